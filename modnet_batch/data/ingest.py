@@ -1,0 +1,388 @@
+"""Ingest a source folder (PPM-100 layout or flat images) into a dataset directory.
+
+Stores each file's original bytes; decodes once only to validate and measure it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Generator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from modnet_batch import __version__
+from modnet_batch.data.dataset import (
+    META_FILE,
+    SCHEMA_VERSION,
+    SHARD_DIR,
+    SHARD_SCHEMA,
+    file_sha256,
+    shard_name,
+)
+from modnet_batch.data.decode import DecodeError, decode_image, decode_matte, sniff_format
+from modnet_batch.errors import ModnetBatchError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+# Ids become file names (alpha/<image_id>.npz) on every OS, so only portable characters.
+SAFE_ID = re.compile(r"[A-Za-z0-9._-]+")
+_SHOWN = 5  # how many offending names an error message lists
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """What `ingest` wrote: counts, skipped inputs as (name, reason), wall time."""
+
+    images: int
+    with_matte: int
+    shards: int
+    skipped: list[tuple[str, str]]
+    seconds: float
+    ignored: list[str] = field(default_factory=list)  # files without an image extension
+
+
+@dataclass(frozen=True)
+class _Item:
+    image_id: str
+    image: str  # path relative to the source root
+    matte: str | None
+
+
+@dataclass(frozen=True)
+class _Row:
+    image_id: str
+    image: bytes
+    matte: bytes | None
+    width: int
+    height: int
+    image_file: str
+    matte_file: str | None
+
+
+@dataclass(frozen=True)
+class _Skip:
+    name: str
+    reason: str
+
+
+def _listing(names: list[str]) -> str:
+    more = f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
+    return ", ".join(names[:_SHOWN]) + more
+
+
+def _scan(folder: Path, prefix: str) -> tuple[dict[str, str], list[str]]:
+    """Image files of one folder by id -> relative path, and the other files' relative paths.
+
+    Raises ModnetBatchError on unsafe or duplicate ids (duplicates ignore case, since outputs
+    named by id would collide on case-insensitive file systems).
+    """
+    by_key: dict[str, list[str]] = {}
+    ignored: list[str] = []
+    unsafe: list[str] = []
+    for path in sorted(folder.iterdir()):
+        if not path.is_file():
+            continue
+        rel = prefix + path.name
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            ignored.append(rel)
+            continue
+        if not SAFE_ID.fullmatch(path.stem) or path.stem.startswith("."):
+            unsafe.append(rel)
+        by_key.setdefault(path.stem.lower(), []).append(rel)
+    if unsafe:
+        raise ModnetBatchError(
+            f"unsafe image ids in {folder}: {_listing(unsafe)}; an id (the file name without "
+            "extension) must match [A-Za-z0-9._-]+ and not start with '.', because outputs are "
+            "named <image_id>.npz; rename or remove these files"
+        )
+    dups = [" = ".join(rels) for rels in by_key.values() if len(rels) > 1]
+    if dups:
+        raise ModnetBatchError(
+            f"duplicate image ids in {folder}: {_listing(dups)}; ids are file names without "
+            "extension and must be unique ignoring case; rename or remove one of each group"
+        )
+    files = {Path(rels[0]).stem: rels[0] for rels in by_key.values()}
+    return files, ignored
+
+
+def _plan(src: Path) -> tuple[str, list[_Item], list[_Skip], list[str]]:
+    """(layout, items in id order, orphan mattes, ignored files) of a source folder."""
+    if (src / "image").is_dir():
+        images, ignored = _scan(src / "image", "image/")
+        mattes: dict[str, str] = {}
+        if (src / "matte").is_dir():
+            mattes, ignored_mattes = _scan(src / "matte", "matte/")
+            ignored += ignored_mattes
+        layout, where = "ppm", f"{src / 'image'}"
+    else:
+        images, ignored = _scan(src, "")
+        mattes, layout, where = {}, "flat", f"{src} (and it has no image/ subfolder)"
+    if not images:
+        raise ModnetBatchError(
+            f"no images in {where}; expected files with extensions "
+            f"{', '.join(sorted(IMAGE_EXTENSIONS))} (any case), in SRC/image/ with optional "
+            "SRC/matte/ of the same base names, or directly in SRC"
+        )
+    items = [_Item(i, images[i], mattes.get(i)) for i in sorted(images)]
+    orphans = [
+        _Skip(mattes[i], f"no image with id '{i}' in image/")
+        for i in sorted(mattes)
+        if i not in images
+    ]
+    return layout, items, orphans, ignored
+
+
+def _load(src: Path, item: _Item) -> _Row | _Skip:
+    """Read and decode one pair; any problem becomes a _Skip naming the file at fault."""
+    try:
+        image = (src / item.image).read_bytes()
+    except OSError as exc:
+        return _Skip(item.image, f"cannot read the file: {exc.strerror or exc}")
+    try:
+        height, width = decode_image(image, name=item.image).shape[:2]
+    except DecodeError as exc:
+        return _Skip(item.image, exc.reason)
+    matte: bytes | None = None
+    if item.matte is not None:
+        try:
+            matte = (src / item.matte).read_bytes()
+        except OSError as exc:
+            return _Skip(item.matte, f"cannot read the file: {exc.strerror or exc}")
+        try:
+            mh, mw = decode_matte(matte, name=item.matte).shape
+        except DecodeError as exc:
+            return _Skip(item.matte, exc.reason)
+        if (mh, mw) != (height, width):
+            return _Skip(
+                item.matte,
+                f"matte is {mw}x{mh} (WxH) but its image {item.image} is {width}x{height}; "
+                "a matte must have its image's size",
+            )
+    return _Row(item.image_id, image, matte, width, height, item.image, item.matte)
+
+
+class _ShardWriter:
+    """Writes rows into shards of `shard_size` rows, flushing a row group every `group` rows."""
+
+    def __init__(self, root: Path, shard_size: int, group: int) -> None:
+        self.root, self.shard_size, self.group = root, shard_size, group
+        self.shards: list[dict[str, Any]] = []
+        self._buffer: list[_Row] = []
+        self._writer: pq.ParquetWriter | None = None
+        self._rows = 0
+        self._mattes = 0
+        self._first = ""
+        self._last = ""
+
+    def add(self, row: _Row) -> None:
+        if self._writer is None:
+            rel = f"{SHARD_DIR}/{shard_name(len(self.shards))}.parquet"
+            self._writer = pq.ParquetWriter(
+                self.root / rel,
+                SHARD_SCHEMA,
+                # Encoded images do not compress; zstd only pays on the small columns.
+                compression={c: "zstd" for c in SHARD_SCHEMA.names if c not in ("image", "matte")}
+                | {"image": "none", "matte": "none"},
+                use_dictionary=["image_format", "matte_format"],
+                write_statistics=["image_id", "width", "height"],
+            )
+            self._first = row.image_id
+        self._buffer.append(row)
+        self._rows += 1
+        self._mattes += row.matte is not None
+        self._last = row.image_id
+        if len(self._buffer) == self.group:
+            self._flush()
+        if self._rows == self.shard_size:
+            self.close()
+
+    def _flush(self) -> None:
+        if not self._buffer or self._writer is None:
+            return
+        rows = self._buffer
+        table = pa.Table.from_pydict(
+            {
+                "image_id": [r.image_id for r in rows],
+                "image": [r.image for r in rows],
+                "matte": [r.matte for r in rows],
+                "width": [r.width for r in rows],
+                "height": [r.height for r in rows],
+                "image_format": [sniff_format(r.image) for r in rows],
+                "matte_format": [None if r.matte is None else sniff_format(r.matte) for r in rows],
+                "image_file": [r.image_file for r in rows],
+                "matte_file": [r.matte_file for r in rows],
+            },
+            schema=SHARD_SCHEMA,
+        )
+        self._writer.write_table(table, row_group_size=self.group)
+        self._buffer = []
+
+    def close(self) -> None:
+        """Finish the open shard (if any) and record it."""
+        if self._writer is None:
+            return
+        self._flush()
+        self._writer.close()
+        self._writer = None
+        name = shard_name(len(self.shards))
+        path = self.root / SHARD_DIR / f"{name}.parquet"
+        self.shards.append(
+            {
+                "name": name,
+                "path": f"{SHARD_DIR}/{name}.parquet",
+                "rows": self._rows,
+                "with_matte": self._mattes,
+                "bytes": path.stat().st_size,
+                "sha256": file_sha256(path),
+                "first_image_id": self._first,
+                "last_image_id": self._last,
+            }
+        )
+        self._rows = self._mattes = 0
+
+
+def _loaded(src: Path, items: list[_Item], workers: int) -> Generator[_Row | _Skip, None, None]:
+    """Load items on `workers` threads, yielded in input order, at most 2*workers in flight."""
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") as pool:
+        pending: deque[Future[_Row | _Skip]] = deque()
+        todo = iter(items)
+        try:
+            for item in todo:
+                pending.append(pool.submit(_load, src, item))
+                if len(pending) >= 2 * workers:
+                    break
+            while pending:
+                result = pending.popleft().result()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.append(pool.submit(_load, src, nxt))
+                yield result
+        finally:
+            for fut in pending:
+                fut.cancel()
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        what = "a file" if not out.is_dir() else "not empty"
+        raise ModnetBatchError(
+            f"output {out} exists and is {what}; ingest never overwrites: choose a new "
+            "directory or remove it"
+        )
+
+
+def ingest(
+    src: Path,
+    out: Path,
+    *,
+    shard_size: int = 64,
+    strict: bool = False,
+    workers: int = 2,
+    progress: Callable[[int, int], None] | None = None,
+    row_group_rows: int = 8,
+) -> IngestReport:
+    """Turn source folder `src` into dataset directory `out` (see architecture.md).
+
+    Bad inputs (undecodable image or matte, matte of another size, matte without image) are
+    skipped and listed, or with `strict` raise ModnetBatchError. `out` appears atomically: it is
+    built beside itself and renamed, so an interrupted ingest leaves no partial dataset.
+    `progress(done, total)` is called after each image.
+    """
+    started = time.perf_counter()
+    for key, value in (
+        ("shard_size", shard_size),
+        ("workers", workers),
+        ("row_group_rows", row_group_rows),
+    ):
+        if value < 1:
+            raise ModnetBatchError(f"{key}={value}: expected a positive integer")
+    src, out = Path(src).expanduser().resolve(), Path(out).expanduser().resolve()
+    if not src.is_dir():
+        what = "does not exist" if not src.exists() else "is not a directory"
+        raise ModnetBatchError(
+            f"source {src} {what}; expected a folder with image/ (and optional matte/) or "
+            "a folder of images"
+        )
+    _check_out(out)
+    layout, items, skipped, ignored = _plan(src)
+    if strict and skipped:
+        raise ModnetBatchError(
+            f"cannot ingest {src / skipped[0].name}: {skipped[0].reason}; add the image or "
+            "remove the matte, or ingest without strict to skip it"
+        )
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.ingest-{uuid.uuid4().hex[:12]}"
+    (tmp / SHARD_DIR).mkdir(parents=True)
+    try:
+        writer = _ShardWriter(tmp, shard_size, row_group_rows)
+        images = with_matte = 0
+        with closing(_loaded(src, items, workers)) as results:
+            for done, result in enumerate(results, start=1):
+                if isinstance(result, _Skip):
+                    if strict:
+                        raise ModnetBatchError(
+                            f"cannot ingest {src / result.name}: {result.reason}; fix or remove "
+                            "the file, or ingest without strict to skip it"
+                        )
+                    skipped.append(result)
+                else:
+                    writer.add(result)
+                    images += 1
+                    with_matte += result.matte is not None
+                if progress is not None:
+                    progress(done, len(items))
+        writer.close()
+        if images == 0:
+            raise ModnetBatchError(
+                f"no readable images in {src}: all {len(items)} skipped, e.g. "
+                f"{skipped[-1].name}: {skipped[-1].reason}"
+            )
+        skipped.sort(key=lambda s: s.name)
+        meta = {
+            "schema_version": SCHEMA_VERSION,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "tool_version": __version__,
+            "source": str(src),
+            "layout": layout,
+            "shard_size": shard_size,
+            "row_group_rows": row_group_rows,
+            "counts": {
+                "images": images,
+                "with_matte": with_matte,
+                "skipped": len(skipped),
+                "ignored": len(ignored),
+                "shards": len(writer.shards),
+            },
+            "shards": writer.shards,
+            "skipped": [{"name": s.name, "reason": s.reason} for s in skipped],
+            "ignored": ignored,
+        }
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        _check_out(out)  # someone may have written there meanwhile
+        if out.exists():
+            out.rmdir()  # empty: rename onto a directory is not portable
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return IngestReport(
+        images=images,
+        with_matte=with_matte,
+        shards=len(writer.shards),
+        skipped=[(s.name, s.reason) for s in skipped],
+        seconds=time.perf_counter() - started,
+        ignored=ignored,
+    )

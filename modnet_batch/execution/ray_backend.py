@@ -1,0 +1,306 @@
+"""Run shard tasks on Ray: one actor per device (GPU, custom accelerator unit, or CPU worker).
+
+The driver hands out shard descriptors, never pixels; each actor reads its shard itself. Dispatch
+is dynamic with a bounded number of shards in flight per actor, so faster devices take more
+shards. A dead actor's shards go back to the queue (bounded retries) and Ray restarts the actor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, replace
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from modnet_batch.config import JobConfig
+from modnet_batch.errors import ModnetBatchError
+from modnet_batch.execution.backends import BackendReport, OnImages, OnResult
+from modnet_batch.execution.processor import ShardProcessor, ShardResult, ShardTask, WorkerSpec
+from modnet_batch.execution.resources import cpu_split
+
+log = logging.getLogger(__name__)
+ACTOR_RESTARTS = 4  # Ray restarts a crashed actor process this many times
+POLL_S = 0.5
+READY_TIMEOUT_S = 300.0  # loading a model on a busy node can be slow; never wait forever
+
+
+class ShardWorker:
+    """A Ray actor holding one inference session on one device; processes whole shards."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.processor = ShardProcessor(spec)
+        ctx = ray.get_runtime_context()
+        # hostnames repeat when several nodes share a machine; the node id does not
+        self.node = f"{ray.util.get_node_ip_address()}:{ctx.get_node_id()[:6]}"
+
+    def info(self) -> dict[str, Any]:
+        ctx = ray.get_runtime_context()
+        return {
+            "label": self.spec.label,
+            "node": self.node,
+            "node_id": ctx.get_node_id(),
+            "pid": os.getpid(),
+            "accelerators": {k: list(v) for k, v in ctx.get_accelerator_ids().items() if v},
+            "device_index": self.spec.device_index,
+            "provider": self.processor.session.provider,
+            "session_seconds": self.processor.session_seconds,
+        }
+
+    def process(self, task: ShardTask) -> ShardResult:
+        result = self.processor.process(task)
+        result.node = self.node
+        return result
+
+    def progress(self) -> int:
+        return self.processor.images_done
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    """One actor to start: its spec and the Ray options that pin it."""
+
+    spec: WorkerSpec
+    options: dict[str, Any]
+
+
+def _alive_nodes() -> list[dict[str, Any]]:
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def plan_actors(job: JobConfig, base: WorkerSpec) -> list[ActorPlan]:
+    """One actor per device per instance; CPU workers fill each node without oversubscribing."""
+    nodes = _alive_nodes()
+    plans: list[ActorPlan] = []
+    inst = job.instances
+    if job.device == "cpu":
+        for node in nodes:
+            cpus = int(node["Resources"].get("CPU", 0))
+            if cpus == 0:
+                continue
+            split = cpu_split(None, job.threads, cpus)
+            short = node["NodeManagerAddress"] + ":" + node["NodeID"][:6]
+            for w in range(split.workers):
+                spec = replace(base, threads=split.threads, label=f"cpu{w}@{short}")
+                opts = {
+                    "num_cpus": split.threads,
+                    "scheduling_strategy": NodeAffinitySchedulingStrategy(
+                        node["NodeID"], soft=False
+                    ),
+                }
+                plans.append(ActorPlan(spec, opts))
+        if job.workers is not None:
+            if job.workers > len(plans):
+                raise ModnetBatchError(
+                    f"asked for {job.workers} CPU workers of {plans[0].spec.threads if plans else '?'} "
+                    f"threads but the cluster has room for {len(plans)}; lower --workers or --threads"
+                )
+            plans = plans[: job.workers]
+        return plans
+    resource = "GPU" if job.device == "gpu" else job.device
+    for node in nodes:
+        count = int(node["Resources"].get(resource, 0))
+        short = node["NodeManagerAddress"] + ":" + node["NodeID"][:6]
+        for index in range(count):
+            for i in range(inst):
+                label = (
+                    f"{resource.lower()}{index}.{i}@{short}"
+                    if inst > 1
+                    else f"{resource.lower()}{index}@{short}"
+                )
+                # a GPU is chosen by Ray (CUDA_VISIBLE_DEVICES), so inside the actor it is device 0;
+                # a custom accelerator unit gets its index from us, distinct per node
+                spec = replace(
+                    base,
+                    device_index=0 if resource == "GPU" else index,
+                    threads=job.threads or 1,
+                    label=label,
+                )
+                opts: dict[str, Any] = {
+                    # one CPU per device for decoding and scoring, shared by its instances
+                    "num_cpus": 1 / inst,
+                    "scheduling_strategy": NodeAffinitySchedulingStrategy(
+                        node["NodeID"], soft=False
+                    ),
+                }
+                if resource == "GPU":
+                    opts["num_gpus"] = 1 / inst
+                else:
+                    opts["resources"] = {resource: 1 / inst}
+                plans.append(ActorPlan(spec, opts))
+    if job.workers is not None:
+        plans = plans[: job.workers * inst]
+    _check_fits(plans, nodes)
+    if not plans:
+        have = sorted({k for n in nodes for k in n["Resources"] if not k.startswith("node:")})
+        raise ModnetBatchError(
+            f"the Ray cluster has no {resource!r} resource (it has: {', '.join(have)}); "
+            "use --device cpu, or start nodes that advertise it"
+        )
+    return plans
+
+
+def _check_fits(plans: list[ActorPlan], nodes: list[dict[str, Any]]) -> None:
+    """Refuse a plan whose actors cannot all be placed: waiting for them would hang forever."""
+    need: dict[tuple[str, str], float] = {}
+    for plan in plans:
+        node = plan.options["scheduling_strategy"].node_id
+        wanted = {"CPU": plan.options.get("num_cpus", 0), "GPU": plan.options.get("num_gpus", 0)}
+        wanted.update(plan.options.get("resources", {}))
+        for key, amount in wanted.items():
+            need[(node, key)] = need.get((node, key), 0.0) + amount
+    for node in nodes:
+        for (node_id, key), amount in need.items():
+            have = float(node["Resources"].get(key, 0.0))
+            if node_id == node["NodeID"] and amount > have + 1e-9:
+                raise ModnetBatchError(
+                    f"node {node['NodeManagerAddress']} has {have:g} {key} but the job's actors "
+                    f"there need {amount:g}; lower --instances, --threads or --workers"
+                )
+
+
+class RayBackend:
+    """Embedded local Ray when no address is given, else the cluster the driver runs in."""
+
+    def run(
+        self,
+        job: JobConfig,
+        base: WorkerSpec,
+        tasks: list[ShardTask],
+        on_result: OnResult,
+        on_images: OnImages,
+    ) -> BackendReport:
+        t0 = time.perf_counter()
+        owns_ray = not ray.is_initialized()
+        if owns_ray:
+            init_ray(job)
+        try:
+            report = BackendReport()
+            plans = plan_actors(job, base)
+            remote_cls = ray.remote(ShardWorker)
+            actors = [
+                remote_cls.options(
+                    max_restarts=ACTOR_RESTARTS, max_task_retries=0, max_concurrency=2, **p.options
+                ).remote(p.spec)
+                for p in plans
+            ]
+            infos = _wait_ready(actors, plans)
+            report.workers = infos
+            report.startup_seconds = time.perf_counter() - t0
+            _dispatch(job, actors, plans, tasks, on_result, on_images, report)
+            for actor in actors:
+                ray.kill(actor)
+            return report
+        finally:
+            if owns_ray:
+                ray.shutdown()
+
+
+def _wait_ready(actors: list[Any], plans: list[ActorPlan]) -> list[dict[str, Any]]:
+    """Wait for every actor to load its model; name the ones that never came up."""
+    refs = [a.info.remote() for a in actors]
+    ready, pending = ray.wait(refs, num_returns=len(refs), timeout=READY_TIMEOUT_S)
+    if pending:
+        late = [plans[refs.index(r)].spec.label for r in pending]
+        raise ModnetBatchError(
+            f"{len(late)} worker(s) did not start within {READY_TIMEOUT_S:.0f} s ({', '.join(late)}); "
+            "the cluster may lack the resources they need (check `ray status`)"
+        )
+    return list(ray.get(refs))
+
+
+def init_ray(job: JobConfig) -> None:
+    """Start an embedded single-node Ray on loopback, or join the cluster we run inside."""
+    if job.address:
+        ray.init(address=job.address, logging_level=logging.WARNING)
+        return
+    start_local_ray(include_dashboard=job.dashboard)
+
+
+def start_local_ray(**kwargs: Any) -> None:
+    """An embedded Ray private to this process, every Ray process bound to loopback.
+
+    Ray's single-machine mode (its default on macOS/Windows) keeps the node on 127.0.0.1 instead of
+    the machine's network address; extra keyword arguments go to `ray.init` (num_cpus, num_gpus,
+    resources for fake accelerators in tests).
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
+    kwargs.setdefault("include_dashboard", False)
+    ray.init(address="local", logging_level=logging.WARNING, log_to_driver=True, **kwargs)
+
+
+def _dispatch(
+    job: JobConfig,
+    actors: list[Any],
+    plans: list[ActorPlan],
+    tasks: list[ShardTask],
+    on_result: OnResult,
+    on_images: OnImages,
+    report: BackendReport,
+) -> None:
+    queue: deque[ShardTask] = deque(tasks)
+    inflight: dict[Any, tuple[int, ShardTask]] = {}
+    load = [0] * len(actors)
+    deaths = [0] * len(actors)
+    seen = [0] * len(actors)  # images reported by each actor's progress counter
+    labels = [p.spec.label for p in plans]
+    usable = set(range(len(actors)))
+    while queue or inflight:
+        for i in sorted(usable, key=lambda k: load[k]):
+            while queue and load[i] < job.shards_in_flight:
+                task = queue.popleft()
+                inflight[actors[i].process.remote(task)] = (i, task)
+                load[i] += 1
+        if not inflight:
+            for task in queue:
+                report.failed[task.name] = "no worker left alive"
+            return
+        ready, _ = ray.wait(list(inflight), num_returns=1, timeout=POLL_S)
+        _poll_progress(actors, usable, seen, labels, on_images)
+        for ref in ready:
+            i, task = inflight.pop(ref)
+            load[i] -= 1
+            try:
+                result: ShardResult = ray.get(ref)
+            except (RayActorError, RayTaskError) as exc:
+                if isinstance(exc, RayActorError):
+                    deaths[i] += 1
+                    seen[i] = 0  # a restarted actor counts from zero
+                    if deaths[i] > ACTOR_RESTARTS:
+                        usable.discard(i)
+                reason = f"{type(exc).__name__} on {labels[i]}: {str(exc).splitlines()[0][:200]}"
+                if task.attempt < job.max_retries:
+                    report.retries += 1
+                    log.warning("shard %s: %s; retrying", task.name, reason)
+                    queue.append(replace(task, attempt=task.attempt + 1))
+                else:
+                    report.failed[task.name] = reason
+                continue
+            on_result(result)
+    _poll_progress(actors, usable, seen, labels, on_images)
+
+
+def _poll_progress(
+    actors: list[Any], usable: set[int], seen: list[int], labels: list[str], on_images: OnImages
+) -> None:
+    """Ask every live actor how many images it finished; report the increase."""
+    refs = {actors[i].progress.remote(): i for i in usable}
+    if not refs:
+        return
+    ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=POLL_S)
+    for ref in ready:
+        i = refs[ref]
+        try:
+            done = ray.get(ref)
+        except RayActorError:
+            continue
+        if done > seen[i]:
+            on_images(labels[i], done - seen[i])
+            seen[i] = done

@@ -1,0 +1,31 @@
+"""How many CPU workers and threads fill a machine without oversubscribing it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CpuSplit:
+    workers: int
+    threads: int
+
+
+def available_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def cpu_split(workers: int | None, threads: int | None, cpus: int | None = None) -> CpuSplit:
+    """Fill `cpus` cores: given neither, one worker using every core (the network scales well with
+    threads and one session keeps memory low); given one, derive the other; given both, use them."""
+    cpus = cpus or available_cpus()
+    if workers is None and threads is None:
+        return CpuSplit(workers=1, threads=cpus)
+    if threads is not None:
+        return CpuSplit(workers=workers or max(1, cpus // threads), threads=threads)
+    workers = workers or 1
+    return CpuSplit(workers=workers, threads=max(1, cpus // workers))

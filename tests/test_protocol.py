@@ -1,0 +1,90 @@
+"""Protocols: shapes, the ref-size rule, thresholds; against the reference CSVs on real images."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from modnet_batch.errors import ModnetBatchError
+from modnet_batch.protocol import PROTOCOLS, get_protocol
+from modnet_batch.protocol.paper import PaperProtocol
+
+
+def test_registry_and_unknown_name() -> None:
+    assert set(PROTOCOLS) == {"seed-area", "seed-linear", "paper"}
+    with pytest.raises(ModnetBatchError, match="seed-area"):
+        get_protocol("nope")
+
+
+@pytest.mark.parametrize("name", ["seed-area", "seed-linear"])
+def test_seed_shapes_and_range(name: str) -> None:
+    p = get_protocol(name)
+    rgb = np.zeros((1000, 700, 3), np.uint8)
+    rgb[:, :, 0] = 255
+    x = p.preprocess(rgb)
+    assert x.shape == (3, 480, 288) and x.dtype == np.float32
+    assert x[0].min() == 1.0 and x[1].max() == -1.0
+    out = np.full((480, 288), 0.999, np.float32)
+    alpha = p.postprocess(out, 1000, 700)
+    assert alpha.stored.dtype == np.uint8 and alpha.stored.shape == (480, 288)
+    assert int(alpha.stored[0, 0]) == 254  # 254.745 truncated, as the seed does
+    gt = p.ground_truth(np.full((1000, 700), 255, np.uint8))
+    assert gt.shape == (480, 288) and gt.max() == 1.0
+
+
+def test_seed_foreground_threshold_is_128() -> None:
+    p = get_protocol("seed-area")
+    values = np.arange(256, dtype=np.float64) / 255.0
+    fg = p.foreground(values)
+    assert not fg[127] and fg[128] and fg.sum() == 128
+
+
+@pytest.mark.parametrize(
+    ("hw", "expected"),
+    [
+        ((1000, 700), (704, 512)),  # both > 512: short side -> 512, long = int(1000/700*512) = 731 -> 704
+        ((300, 400), (512, 672)),  # both < 512: short side -> 512, long = 682 -> 672
+        ((400, 800), (384, 800)),  # straddles 512: kept, floored to multiples of 32
+        ((512, 512), (512, 512)),
+    ],
+)
+def test_paper_ref_size_rule(hw: tuple[int, int], expected: tuple[int, int]) -> None:
+    assert PaperProtocol(name="paper").network_size(*hw) == expected
+
+
+def test_paper_scores_at_full_resolution_without_uint8_step() -> None:
+    p = get_protocol("paper")
+    out = np.full((704, 512), 0.4999, np.float32)
+    alpha = p.postprocess(out, 1000, 700)
+    assert alpha.score.shape == (1000, 700)
+    assert np.allclose(alpha.score, 0.4999, atol=1e-6)  # not quantised to 127/255
+    assert not p.foreground(alpha.score).any()
+    assert p.preprocess(np.zeros((1000, 700, 3), np.uint8)).shape == (3, 704, 512)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["seed-area", "seed-linear", "paper"])
+def test_reference_per_image_values(name: str, shared: Path, real_model: Path) -> None:
+    """Three real images through each protocol match the independent implementation to 1e-9."""
+    from modnet_batch.model.session import SessionSpec, open_session
+    from modnet_batch.metrics import image_metrics
+
+    session = open_session(SessionSpec(model=str(real_model), threads=2))
+    p = get_protocol(name)
+    ref_csv = shared / "reference" / f"ppm100-dev.{name}.per-image.csv"
+    rows = list(csv.DictReader(ref_csv.open()))[:3]
+    root = shared / "datasets" / "ppm100-dev"
+    for row in rows:
+        rgb = cv2.cvtColor(cv2.imread(str(root / "image" / f"{row['image_id']}.jpg")), cv2.COLOR_BGR2RGB)
+        matte = cv2.imread(str(root / "matte" / f"{row['image_id']}.jpg"), cv2.IMREAD_GRAYSCALE)
+        out = session.run(p.preprocess(rgb)[None])[0, 0]
+        alpha = p.postprocess(out, rgb.shape[0], rgb.shape[1])
+        gt = p.ground_truth(matte)
+        m = image_metrics(alpha.score, gt, p.foreground(alpha.score), p.foreground(gt))
+        assert m.mse == pytest.approx(float(row["mse"]), abs=1e-9)
+        assert m.mad == pytest.approx(float(row["mad"]), abs=1e-9)
+        assert m.sad == pytest.approx(float(row["sad"]), rel=1e-8)

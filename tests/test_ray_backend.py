@@ -1,0 +1,94 @@
+"""The Ray backend on a real local Ray: exact equality with the inline run, device pinning."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from modnet_batch.config import JobConfig, load_job
+from modnet_batch.execution.driver import run_job
+
+pytestmark = pytest.mark.ray
+
+
+def _job(dataset: Path, out: Path, model: Path, **kw: object) -> JobConfig:
+    return load_job(None, {"dataset": str(dataset), "out": str(out), "model": str(model), **kw})
+
+
+@pytest.fixture(scope="module")
+def inline_run(synth_dataset: Path, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("inline") / "run"
+    run_job(_job(synth_dataset, out, tiny_model, backend="inline"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def fake_device_ray() -> Iterator[None]:
+    """A local Ray advertising 2 fake GPUs and 2 units of a custom accelerator resource."""
+    import ray
+
+    from modnet_batch.execution.ray_backend import start_local_ray
+
+    start_local_ray(num_cpus=2, num_gpus=2, resources={"fake_npu": 2})
+    yield
+    ray.shutdown()
+
+
+def _same_results(a: Path, b: Path) -> None:
+    sa, sb = (json.loads((r / "summary.json").read_text()) for r in (a, b))
+    assert sa["metrics"] == sb["metrics"]  # bit-identical floats, not approx
+    assert sa["accumulator"] == sb["accumulator"]
+    assert sa["images"] == sb["images"]
+    assert pq.read_table(a / "metrics.parquet").equals(pq.read_table(b / "metrics.parquet"))
+    assert sorted(p.name for p in (a / "alpha").iterdir()) == sorted(
+        p.name for p in (b / "alpha").iterdir()
+    )
+
+
+def test_embedded_ray_equals_inline_exactly(
+    synth_dataset: Path, tiny_model: Path, inline_run: Path, tmp_path: Path
+) -> None:
+    outcome = run_job(_job(synth_dataset, tmp_path / "run", tiny_model, threads=1))
+    assert outcome.complete
+    _same_results(inline_run, tmp_path / "run")
+    per_device = outcome.summary["throughput"]["per_device"]
+    assert len(per_device) == 2  # 2 CPUs / 1 thread = 2 workers
+    assert sum(d["images"] for d in per_device.values()) == 12
+    assert {w["provider"] for w in outcome.summary["workers"]} == {"CPUExecutionProvider"}
+
+
+def test_one_actor_per_fake_gpu_with_distinct_devices(
+    fake_device_ray: None, synth_dataset: Path, tiny_model: Path, inline_run: Path, tmp_path: Path
+) -> None:
+    # the CPU provider stands in for CUDA: the scheduling and pinning are what is tested
+    outcome = run_job(_job(synth_dataset, tmp_path / "run", tiny_model, device="gpu", provider="cpu"))
+    workers = outcome.summary["workers"]
+    gpu_ids = [tuple(w["accelerators"]["GPU"]) for w in workers]
+    assert len(workers) == 2 and len(set(gpu_ids)) == 2, gpu_ids
+    assert all(w["device_index"] == 0 for w in workers)  # CUDA_VISIBLE_DEVICES maps it to 0
+    _same_results(inline_run, tmp_path / "run")
+
+
+def test_custom_accelerator_resource_gets_distinct_indices(
+    fake_device_ray: None, synth_dataset: Path, tiny_model: Path, inline_run: Path, tmp_path: Path
+) -> None:
+    outcome = run_job(
+        _job(synth_dataset, tmp_path / "run", tiny_model, device="fake_npu", provider="cpu", instances=2)
+    )
+    workers = outcome.summary["workers"]
+    assert len(workers) == 4  # 2 units x 2 instances
+    assert sorted(w["device_index"] for w in workers) == [0, 0, 1, 1]
+    _same_results(inline_run, tmp_path / "run")
+
+
+def test_missing_resource_is_a_clear_error(
+    fake_device_ray: None, synth_dataset: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    from modnet_batch.errors import ModnetBatchError
+
+    with pytest.raises(ModnetBatchError, match="no 'tpu_v9' resource"):
+        run_job(_job(synth_dataset, tmp_path / "run", tiny_model, device="tpu_v9"))
