@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -273,7 +274,7 @@ def logs(
         if follow:
             follow_logs(_need(address), job_id)
         else:
-            out.print(job_logs(_need(address), job_id), end="", highlight=False, markup=False)
+            sys.stdout.write(job_logs(_need(address), job_id))
     except ModnetBatchError as exc:
         raise _fail(exc) from None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,35 @@ def synth_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src = make_synthetic(base / "src", n=12, height=160, width=120, seed=1)
     ingest(src, base / "dataset", shard_size=4)
     return base / "dataset"
+
+
+@pytest.fixture(scope="session")
+def ppm_dataset(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ppm100-dev ingested in shards of 4 images (11 shards), for several workers to share."""
+    from modnet_batch.data.ingest import ingest
+
+    out = tmp_path_factory.mktemp("ppm") / "ppm100-dev"
+    ingest(shared / "datasets" / "ppm100-dev", out, shard_size=4)
+    return out
+
+
+@pytest.fixture(scope="session")
+def inline_run(
+    ppm_dataset: Path, real_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], Path]:
+    """Single-process runs of ppm100-dev with the real model, one per protocol, made once."""
+    from modnet_batch.config import load_job
+    from modnet_batch.execution.driver import run_job
+
+    base = tmp_path_factory.mktemp("inline-runs")
+    runs: dict[str, Path] = {}
+
+    def get(protocol: str) -> Path:
+        if protocol not in runs:
+            overrides = {"dataset": str(ppm_dataset), "out": str(base / protocol),
+                         "protocol": protocol, "backend": "inline", "model": str(real_model)}
+            run_job(load_job(None, overrides))
+            runs[protocol] = base / protocol
+        return runs[protocol]
+
+    return get
