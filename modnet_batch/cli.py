@@ -21,8 +21,10 @@ app = typer.Typer(
 )
 model_app = typer.Typer(help="Obtain and inspect models.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
-console = Console(stderr=True)
-out = Console()
+# Lines are never wrapped (an error stays one line, a path stays copyable); tables get room when
+# the output is a file or a pipe rather than a terminal.
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 AddressOpt = Annotated[
     str | None,
@@ -213,39 +215,38 @@ def _submit_remote(job: Any, follow: bool) -> None:
 
 
 def _submit_local(job: Any) -> bool:
+    import time
+
     from modnet_batch.execution.driver import JobPlan, run_job
     from modnet_batch.reporting.table import print_summary
 
     per_device: dict[str, int] = defaultdict(int)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    ) as bar:
-        task = bar.add_task("submit", total=None, rate="")
-        import time
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console,
+    )
+    task = bar.add_task("submit", total=None, rate="")
+    state = {"t0": time.perf_counter(), "done": 0.0}
 
-        state = {"t0": time.perf_counter(), "done": 0}
+    def on_plan(plan: JobPlan) -> None:  # the bar appears once the job is known to be valid
+        for warning in plan.warnings:
+            console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+        state["t0"] = time.perf_counter()
+        bar.update(task, total=sum(t.rows for t in plan.tasks),
+                   description="resume" if plan.resumed else "submit")
+        bar.start()
 
-        def on_plan(plan: JobPlan) -> None:
-            todo = sum(t.rows for t in plan.tasks)
-            state["t0"] = time.perf_counter()
-            bar.update(task, total=todo, description="resume" if plan.resumed else "submit")
-            for warning in plan.warnings:
-                console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    def on_images(worker: str, n: int) -> None:
+        per_device[worker] += n
+        state["done"] += n
+        rate = state["done"] / max(time.perf_counter() - state["t0"], 1e-9)
+        devices = " ".join(f"{k.split('@')[0]}={v}" for k, v in sorted(per_device.items()))
+        bar.update(task, completed=state["done"], rate=f"{rate:.2f} img/s  {devices}")
 
-        def on_images(worker: str, n: int) -> None:
-            per_device[worker] += n
-            state["done"] += n
-            rate = state["done"] / max(time.perf_counter() - state["t0"], 1e-9)
-            devices = " ".join(f"{k.split('@')[0]}={v}" for k, v in sorted(per_device.items()))
-            bar.update(task, completed=state["done"], rate=f"{rate:.2f} img/s  {devices}")
-
+    try:
         outcome = run_job(job, on_images=on_images, on_plan=on_plan)
+    finally:
+        bar.stop()
     print_summary(outcome.summary, outcome.run_dir, out)
     return outcome.complete
 

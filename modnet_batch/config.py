@@ -85,6 +85,9 @@ def validate(job: JobConfig) -> None:
         )
     if not job.out:
         raise ModnetBatchError("no run directory given; pass --out RUN")
+    from modnet_batch.protocol import get_protocol
+
+    get_protocol(job.protocol)  # an unknown name fails here, listing the known ones
     if job.backend not in {"ray", "inline"}:
         raise ModnetBatchError(f"backend {job.backend!r} is unknown; use 'ray' or 'inline'")
     for name in ("batch_size", "instances", "decode_threads", "shards_in_flight"):

@@ -30,7 +30,7 @@ def summary_table(summary: dict[str, Any], title: str = "") -> Table:
         "images",
         "scored",
         "failed",
-        *[m.upper() if m != "miou" else "mIoU" for m in METRICS],
+        *("MSE", "MAD", "SAD", "Grad", "Conn", "mIoU"),
         "img/s",
     ):
         table.add_column(col, justify="right")

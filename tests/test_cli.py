@@ -1,0 +1,61 @@
+"""The command line: exit codes and the one line that matters, through typer's CliRunner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from modnet_batch.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_every_command() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("model", "ingest", "build", "submit", "status", "logs", "stop", "bench", "report"):
+        assert command in result.output
+
+
+def test_model_fetch_prints_cached_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modnet_batch.model import fetch
+
+    monkeypatch.setenv(fetch.CACHE_ENV, str(tmp_path))
+    cached = fetch.reference_model_path()
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"cached")  # present: no download, no re-hash of a file we already verified
+    result = runner.invoke(app, ["model", "fetch"])
+    assert result.exit_code == 0 and result.output.strip() == str(cached)
+
+
+def test_ingest_then_submit_inline(tiny_model: Path, tmp_path: Path) -> None:
+    from modnet_batch.data.synthetic import make_synthetic
+
+    src = make_synthetic(tmp_path / "src", n=4, height=96, width=64)
+    result = runner.invoke(app, ["ingest", str(src), str(tmp_path / "ds"), "--shard-size", "2"])
+    assert result.exit_code == 0, result.output
+    assert "4 images (4 with matte) in 2 shard(s)" in result.output
+    result = runner.invoke(
+        app,
+        ["submit", "--dataset", str(tmp_path / "ds"), "--out", str(tmp_path / "run"),
+         "--model", str(tiny_model), "--backend", "inline"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "2 shard(s) processed" in result.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["images"]["scored"] == 4
+    report = runner.invoke(app, ["report", str(tmp_path / "run")])
+    assert report.exit_code == 0 and "run" in report.output
+
+
+def test_errors_are_one_line_with_exit_1(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["submit", "--dataset", str(tmp_path / "none"), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1
+    assert "error:" in result.output and "ingest" in result.output
+    result = runner.invoke(app, ["status", "raysubmit_x"], env={"RAY_ADDRESS": ""})
+    assert result.exit_code == 1 and "--address" in result.output
+    result = runner.invoke(app, ["submit", "--dataset", "d", "--out", "r", "--protocol", "nope"])
+    assert result.exit_code == 1 and "seed-area" in result.output
