@@ -1,4 +1,4 @@
-"""The `modnet-batch` command line: each command parses, loads config and calls one library function."""
+"""The `modnet-batch` command line: each command parses, loads config and calls one function."""
 
 from __future__ import annotations
 
@@ -222,8 +222,12 @@ def _submit_local(job: Any) -> bool:
 
     per_device: dict[str, int] = defaultdict(int)
     bar = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        console=console,
     )
     task = bar.add_task("submit", total=None, rate="")
     state = {"t0": time.perf_counter(), "done": 0.0}
@@ -232,8 +236,11 @@ def _submit_local(job: Any) -> bool:
         for warning in plan.warnings:
             console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
         state["t0"] = time.perf_counter()
-        bar.update(task, total=sum(t.rows for t in plan.tasks),
-                   description="resume" if plan.resumed else "submit")
+        bar.update(
+            task,
+            total=sum(t.rows for t in plan.tasks),
+            description="resume" if plan.resumed else "submit",
+        )
         bar.start()
 
     def on_images(worker: str, n: int) -> None:

@@ -78,8 +78,13 @@ def inline_run(
 
     def get(protocol: str) -> Path:
         if protocol not in runs:
-            overrides = {"dataset": str(ppm_dataset), "out": str(base / protocol),
-                         "protocol": protocol, "backend": "inline", "model": str(real_model)}
+            overrides = {
+                "dataset": str(ppm_dataset),
+                "out": str(base / protocol),
+                "protocol": protocol,
+                "backend": "inline",
+                "model": str(real_model),
+            }
             run_job(load_job(None, overrides))
             runs[protocol] = base / protocol
         return runs[protocol]

@@ -16,7 +16,17 @@ runner = CliRunner()
 def test_help_lists_every_command() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("model", "ingest", "build", "submit", "status", "logs", "stop", "bench", "report"):
+    for command in (
+        "model",
+        "ingest",
+        "build",
+        "submit",
+        "status",
+        "logs",
+        "stop",
+        "bench",
+        "report",
+    ):
         assert command in result.output
 
 
@@ -40,8 +50,17 @@ def test_ingest_then_submit_inline(tiny_model: Path, tmp_path: Path) -> None:
     assert "4 images (4 with matte) in 2 shard(s)" in result.output
     result = runner.invoke(
         app,
-        ["submit", "--dataset", str(tmp_path / "ds"), "--out", str(tmp_path / "run"),
-         "--model", str(tiny_model), "--backend", "inline"],
+        [
+            "submit",
+            "--dataset",
+            str(tmp_path / "ds"),
+            "--out",
+            str(tmp_path / "run"),
+            "--model",
+            str(tiny_model),
+            "--backend",
+            "inline",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "2 shard(s) processed" in result.output
@@ -52,7 +71,9 @@ def test_ingest_then_submit_inline(tiny_model: Path, tmp_path: Path) -> None:
 
 
 def test_errors_are_one_line_with_exit_1(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["submit", "--dataset", str(tmp_path / "none"), "--out", str(tmp_path / "r")])
+    result = runner.invoke(
+        app, ["submit", "--dataset", str(tmp_path / "none"), "--out", str(tmp_path / "r")]
+    )
     assert result.exit_code == 1
     assert "error:" in result.output and "ingest" in result.output
     result = runner.invoke(app, ["status", "raysubmit_x"], env={"RAY_ADDRESS": ""})

@@ -18,8 +18,10 @@ from modnet_batch.execution.driver import run_job
 
 
 def _job(dataset: Path, out: Path, model: Path, **kw: object) -> object:
-    return load_job(None, {"dataset": str(dataset), "out": str(out), "model": str(model),
-                           "backend": "inline", **kw})
+    return load_job(
+        None,
+        {"dataset": str(dataset), "out": str(out), "model": str(model), "backend": "inline", **kw},
+    )
 
 
 def test_run_dir_contract(synth_dataset: Path, tiny_model: Path, tmp_path: Path) -> None:
@@ -62,7 +64,9 @@ def test_bad_image_becomes_error_row_and_unmatted_image_is_unscored(
         s["sha256"] = file_sha256(ds / s["path"])
     (ds / "dataset.json").write_text(json.dumps(meta))
     outcome = run_job(_job(ds, tmp_path / "run", tiny_model))  # type: ignore[arg-type]
-    rows = {r["image_id"]: r for r in pq.read_table(tmp_path / "run" / "metrics.parquet").to_pylist()}
+    rows = {
+        r["image_id"]: r for r in pq.read_table(tmp_path / "run" / "metrics.parquet").to_pylist()
+    }
     assert "DecodeError" in rows[table[0]["image_id"]]["error"]
     assert rows[table[1]["image_id"]]["error"] is None and rows[table[1]["image_id"]]["mse"] is None
     assert (tmp_path / "run" / "alpha" / f"{table[1]['image_id']}.npz").exists()
@@ -87,7 +91,7 @@ def test_refuses_to_reuse_a_run_dir_of_another_job(
     synth_dataset: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
     run_job(_job(synth_dataset, tmp_path / "run", tiny_model))  # type: ignore[arg-type]
-    with pytest.raises(ModnetBatchError, match="different job.*protocol"):
+    with pytest.raises(ModnetBatchError, match=r"different job.*protocol"):
         run_job(_job(synth_dataset, tmp_path / "run", tiny_model, protocol="paper"))  # type: ignore[arg-type]
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")

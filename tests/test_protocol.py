@@ -46,7 +46,10 @@ def test_seed_foreground_threshold_is_128() -> None:
 @pytest.mark.parametrize(
     ("hw", "expected"),
     [
-        ((1000, 700), (704, 512)),  # both > 512: short side -> 512, long = int(1000/700*512) = 731 -> 704
+        (
+            (1000, 700),
+            (704, 512),
+        ),  # both > 512: short side -> 512, long = int(1000/700*512) = 731 -> 704
         ((300, 400), (512, 672)),  # both < 512: short side -> 512, long = 682 -> 672
         ((400, 800), (384, 800)),  # straddles 512: kept, floored to multiples of 32
         ((512, 512), (512, 512)),
@@ -70,8 +73,8 @@ def test_paper_scores_at_full_resolution_without_uint8_step() -> None:
 @pytest.mark.parametrize("name", ["seed-area", "seed-linear", "paper"])
 def test_reference_per_image_values(name: str, shared: Path, real_model: Path) -> None:
     """Three real images through each protocol match the independent implementation to 1e-9."""
-    from modnet_batch.model.session import SessionSpec, open_session
     from modnet_batch.metrics import image_metrics
+    from modnet_batch.model.session import SessionSpec, open_session
 
     session = open_session(SessionSpec(model=str(real_model), threads=2))
     p = get_protocol(name)
@@ -79,7 +82,9 @@ def test_reference_per_image_values(name: str, shared: Path, real_model: Path) -
     rows = list(csv.DictReader(ref_csv.open()))[:3]
     root = shared / "datasets" / "ppm100-dev"
     for row in rows:
-        rgb = cv2.cvtColor(cv2.imread(str(root / "image" / f"{row['image_id']}.jpg")), cv2.COLOR_BGR2RGB)
+        rgb = cv2.cvtColor(
+            cv2.imread(str(root / "image" / f"{row['image_id']}.jpg")), cv2.COLOR_BGR2RGB
+        )
         matte = cv2.imread(str(root / "matte" / f"{row['image_id']}.jpg"), cv2.IMREAD_GRAYSCALE)
         out = session.run(p.preprocess(rgb)[None])[0, 0]
         alpha = p.postprocess(out, rgb.shape[0], rgb.shape[1])

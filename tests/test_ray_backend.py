@@ -20,7 +20,9 @@ def _job(dataset: Path, out: Path, model: Path, **kw: object) -> JobConfig:
 
 
 @pytest.fixture(scope="module")
-def inline_run(synth_dataset: Path, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def inline_run(
+    synth_dataset: Path, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     out = tmp_path_factory.mktemp("inline") / "run"
     run_job(_job(synth_dataset, out, tiny_model, backend="inline"))
     return out
@@ -65,7 +67,9 @@ def test_one_actor_per_fake_gpu_with_distinct_devices(
     fake_device_ray: None, synth_dataset: Path, tiny_model: Path, inline_run: Path, tmp_path: Path
 ) -> None:
     # the CPU provider stands in for CUDA: the scheduling and pinning are what is tested
-    outcome = run_job(_job(synth_dataset, tmp_path / "run", tiny_model, device="gpu", provider="cpu"))
+    outcome = run_job(
+        _job(synth_dataset, tmp_path / "run", tiny_model, device="gpu", provider="cpu")
+    )
     workers = outcome.summary["workers"]
     gpu_ids = [tuple(w["accelerators"]["GPU"]) for w in workers]
     assert len(workers) == 2 and len(set(gpu_ids)) == 2, gpu_ids
@@ -77,7 +81,14 @@ def test_custom_accelerator_resource_gets_distinct_indices(
     fake_device_ray: None, synth_dataset: Path, tiny_model: Path, inline_run: Path, tmp_path: Path
 ) -> None:
     outcome = run_job(
-        _job(synth_dataset, tmp_path / "run", tiny_model, device="fake_npu", provider="cpu", instances=2)
+        _job(
+            synth_dataset,
+            tmp_path / "run",
+            tiny_model,
+            device="fake_npu",
+            provider="cpu",
+            instances=2,
+        )
     )
     workers = outcome.summary["workers"]
     assert len(workers) == 4  # 2 units x 2 instances

@@ -3,6 +3,7 @@ mid-job, and a driver killed mid-job then resumed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,13 +22,26 @@ SHARDS = 11  # 41 images in shards of 4
 
 
 def _submit_cmd(dataset: Path, model: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "modnet_batch", "submit", "--dataset", str(dataset),
-            "--model", str(model), "--out", str(out), "--threads", "1"]
+    return [
+        sys.executable,
+        "-m",
+        "modnet_batch",
+        "submit",
+        "--dataset",
+        str(dataset),
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+    ]
 
 
 def _start(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def _wait_for_markers(out: Path, proc: subprocess.Popen[bytes], at_least: int) -> int:
@@ -48,15 +62,11 @@ def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
         family = psutil.Process(proc.pid).children(recursive=True)
     except psutil.NoSuchProcess:
         family = []
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     for p in family:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
-        except psutil.NoSuchProcess:
-            pass
     proc.wait(timeout=60)
 
 
@@ -65,7 +75,9 @@ def _assert_same_as(reference: Path, run: Path) -> None:
     assert got["metrics"] == ref["metrics"]  # exact
     assert got["accumulator"] == ref["accumulator"]
     assert got["images"] == {"total": 41, "scored": 41, "failed": 0, "unscored": 0}
-    assert pq.read_table(run / "metrics.parquet").equals(pq.read_table(reference / "metrics.parquet"))
+    assert pq.read_table(run / "metrics.parquet").equals(
+        pq.read_table(reference / "metrics.parquet")
+    )
     names = sorted(p.name for p in (run / "alpha").iterdir())
     assert names == sorted(p.name for p in (reference / "alpha").iterdir())
     assert len(names) == 41  # each image exactly once, no temp files left behind
@@ -91,7 +103,8 @@ def test_killed_worker_is_replaced_and_nothing_is_lost(
     try:
         _wait_for_markers(out, proc, 1)
         workers = [
-            p for p in psutil.Process(proc.pid).children(recursive=True)
+            p
+            for p in psutil.Process(proc.pid).children(recursive=True)
             if "ShardWorker" in " ".join(p.cmdline())
         ]
         assert len(workers) == 2, [p.cmdline() for p in workers]
@@ -116,7 +129,9 @@ def test_killed_driver_resumes_without_redoing_shards(
         _kill_tree(proc)
     done_before = len(list((out / "state" / "shards").glob("*.json")))
     assert 2 <= done_before < SHARDS
-    again = subprocess.run(_submit_cmd(ppm_dataset, real_model, out), capture_output=True, text=True)
+    again = subprocess.run(
+        _submit_cmd(ppm_dataset, real_model, out), capture_output=True, text=True
+    )
     assert again.returncode == 0, again.stdout + again.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["shards"]["skipped_done"] == done_before

@@ -59,23 +59,35 @@ def test_per_image_metrics_match_reference(
 def test_alpha_files(protocol: str, inline_runs: dict[str, Path]) -> None:
     files = sorted((inline_runs[protocol] / "alpha").glob("*.npz"))
     assert len(files) == 41
-    rows = {r["image_id"]: r for r in pq.read_table(inline_runs[protocol] / "metrics.parquet").to_pylist()}
+    rows = {
+        r["image_id"]: r
+        for r in pq.read_table(inline_runs[protocol] / "metrics.parquet").to_pylist()
+    }
     for path in files:
         with np.load(path, allow_pickle=False) as data:
             alpha = data["alpha"]
         assert alpha.dtype == np.uint8
-        expected = (480, 288) if protocol == "seed-area" else (rows[path.stem]["height"], rows[path.stem]["width"])
+        expected = (
+            (480, 288)
+            if protocol == "seed-area"
+            else (rows[path.stem]["height"], rows[path.stem]["width"])
+        )
         assert alpha.shape == expected
 
 
-def test_p3m_png_sample_runs_clean(
-    shared: Path, real_model: Path, tmp_path: Path
-) -> None:
+def test_p3m_png_sample_runs_clean(shared: Path, real_model: Path, tmp_path: Path) -> None:
     from modnet_batch.data.ingest import ingest
 
     ingest(shared / "datasets" / "p3m10k-sample", tmp_path / "p3m")
-    job = load_job(None, {"dataset": str(tmp_path / "p3m"), "out": str(tmp_path / "run"),
-                          "backend": "inline", "model": str(real_model)})
+    job = load_job(
+        None,
+        {
+            "dataset": str(tmp_path / "p3m"),
+            "out": str(tmp_path / "run"),
+            "backend": "inline",
+            "model": str(real_model),
+        },
+    )
     outcome = run_job(job)
     assert outcome.complete
     assert outcome.summary["images"] == {"total": 5, "scored": 5, "failed": 0, "unscored": 0}

@@ -1,4 +1,4 @@
-"""A tiny ONNX model with MODNet's signature (float [B,3,H,W] in [-1,1] -> float [B,1,H,W] in [0,1])."""
+"""A tiny ONNX model with MODNet's signature: float [B,3,H,W] in [-1,1] -> float [B,1,H,W]."""
 
 from __future__ import annotations
 
@@ -32,8 +32,16 @@ def make_tiny_model(path: Path, seed: int = 0, opset: int = 11) -> Path:
     graph = helper.make_graph(
         nodes,
         "tiny_modnet",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch_size", 3, "height", "width"])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch_size", 1, "height", "width"])],
+        [
+            helper.make_tensor_value_info(
+                "input", TensorProto.FLOAT, ["batch_size", 3, "height", "width"]
+            )
+        ],
+        [
+            helper.make_tensor_value_info(
+                "output", TensorProto.FLOAT, ["batch_size", 1, "height", "width"]
+            )
+        ],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])

@@ -38,7 +38,7 @@ class ShardWorker:
         self.processor = ShardProcessor(spec)
         ctx = ray.get_runtime_context()
         # hostnames repeat when several nodes share a machine; the node id does not
-        self.node = f"{ray.util.get_node_ip_address()}:{ctx.get_node_id()[:6]}"
+        self.node = f"{ray.util.get_node_ip_address()}:{ctx.get_node_id()[:6]}"  # type: ignore[no-untyped-call]
 
     def info(self) -> dict[str, Any]:
         ctx = ray.get_runtime_context()
@@ -71,7 +71,8 @@ class ActorPlan:
 
 
 def _alive_nodes() -> list[dict[str, Any]]:
-    return [n for n in ray.nodes() if n.get("Alive")]
+    nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+    return [n for n in nodes if n.get("Alive")]
 
 
 def plan_actors(job: JobConfig, base: WorkerSpec) -> list[ActorPlan]:
@@ -88,7 +89,7 @@ def plan_actors(job: JobConfig, base: WorkerSpec) -> list[ActorPlan]:
             short = node["NodeManagerAddress"] + ":" + node["NodeID"][:6]
             for w in range(split.workers):
                 spec = replace(base, threads=split.threads, label=f"cpu{w}@{short}")
-                opts = {
+                opts: dict[str, Any] = {
                     "num_cpus": split.threads,
                     "scheduling_strategy": NodeAffinitySchedulingStrategy(
                         node["NodeID"], soft=False
@@ -98,8 +99,8 @@ def plan_actors(job: JobConfig, base: WorkerSpec) -> list[ActorPlan]:
         if job.workers is not None:
             if job.workers > len(plans):
                 raise ModnetBatchError(
-                    f"asked for {job.workers} CPU workers of {plans[0].spec.threads if plans else '?'} "
-                    f"threads but the cluster has room for {len(plans)}; lower --workers or --threads"
+                    f"asked for {job.workers} CPU workers but the cluster has room for "
+                    f"{len(plans)} at these threads per worker; lower --workers or --threads"
                 )
             plans = plans[: job.workers]
         return plans
@@ -122,7 +123,7 @@ def plan_actors(job: JobConfig, base: WorkerSpec) -> list[ActorPlan]:
                     threads=job.threads or 1,
                     label=label,
                 )
-                opts: dict[str, Any] = {
+                opts = {
                     # one CPU per device for decoding and scoring, shared by its instances
                     "num_cpus": 1 / inst,
                     "scheduling_strategy": NodeAffinitySchedulingStrategy(
@@ -183,7 +184,7 @@ class RayBackend:
         try:
             report = BackendReport()
             plans = plan_actors(job, base)
-            remote_cls = ray.remote(ShardWorker)
+            remote_cls: Any = ray.remote(ShardWorker)
             actors = [
                 remote_cls.options(
                     max_restarts=ACTOR_RESTARTS, max_task_retries=0, max_concurrency=2, **p.options
@@ -205,11 +206,11 @@ class RayBackend:
 def _wait_ready(actors: list[Any], plans: list[ActorPlan]) -> list[dict[str, Any]]:
     """Wait for every actor to load its model; name the ones that never came up."""
     refs = [a.info.remote() for a in actors]
-    ready, pending = ray.wait(refs, num_returns=len(refs), timeout=READY_TIMEOUT_S)
+    _, pending = ray.wait(refs, num_returns=len(refs), timeout=READY_TIMEOUT_S)
     if pending:
-        late = [plans[refs.index(r)].spec.label for r in pending]
+        late = ", ".join(plans[refs.index(r)].spec.label for r in pending)
         raise ModnetBatchError(
-            f"{len(late)} worker(s) did not start within {READY_TIMEOUT_S:.0f} s ({', '.join(late)}); "
+            f"{len(pending)} worker(s) did not start within {READY_TIMEOUT_S:.0f} s ({late}); "
             "the cluster may lack the resources they need (check `ray status`)"
         )
     return list(ray.get(refs))

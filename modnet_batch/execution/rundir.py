@@ -37,7 +37,7 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def write_alpha(path: Path, alpha: npt.NDArray[np.uint8]) -> None:
-    """`alpha/<image_id>.npz`: compressed, key `alpha`, uint8 HxW, loadable with allow_pickle=False."""
+    """`alpha/<image_id>.npz`: compressed, key `alpha`, uint8 HxW, loads with allow_pickle=False."""
     buf = io.BytesIO()
     np.savez_compressed(buf, alpha=alpha)
     atomic_write_bytes(path, buf.getvalue())
@@ -77,13 +77,14 @@ class RunDir:
                     if identity.get(k) != previous.get(k)
                 )
                 raise ModnetBatchError(
-                    f"run directory {self.root} holds a different job (differs in {', '.join(diff)}); "
-                    "choose a new --out, or delete it to start over"
+                    f"run directory {self.root} holds a different job (differs in "
+                    f"{', '.join(diff)}); choose a new --out, or delete it to start over"
                 )
             return True
         if self.root.exists() and any(self.root.iterdir()):
             raise ModnetBatchError(
-                f"run directory {self.root} exists and is not a modnet-batch run; choose a new --out"
+                f"run directory {self.root} exists and is not a modnet-batch run; "
+                "choose a new --out"
             )
         self.shard_state.mkdir(parents=True, exist_ok=True)
         self.alpha.mkdir(parents=True, exist_ok=True)

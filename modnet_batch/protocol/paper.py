@@ -38,8 +38,8 @@ class PaperProtocol(Protocol):
     def preprocess(self, rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         h, w = self.network_size(rgb.shape[0], rgb.shape[1])
         x = (rgb.astype(np.float32) - np.float32(127.5)) / np.float32(127.5)
-        x = cv2.resize(x, (w, h), interpolation=cv2.INTER_AREA)
-        return np.ascontiguousarray(x.transpose(2, 0, 1))
+        small = cv2.resize(x, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32, copy=False)
+        return np.ascontiguousarray(small.transpose(2, 0, 1))
 
     def postprocess(self, output: npt.NDArray[np.float32], height: int, width: int) -> ScoredAlpha:
         full = cv2.resize(output, (width, height), interpolation=cv2.INTER_AREA)

@@ -41,7 +41,7 @@ def compare_runs(runs: list[Path], console: Console) -> Table:
         m = s["metrics"]
         variant = s["job"].get("variant") or {}
 
-        def f(key: str, digits: int) -> str:
+        def f(key: str, digits: int, m: dict[str, Any] = m) -> str:
             v = m.get(key)
             return "-" if v is None else f"{v:.{digits}f}"
 
