@@ -312,12 +312,28 @@ def report(
     runs: Annotated[
         list[Path], typer.Argument(exists=True, file_okay=False, help="Run directories.")
     ],
+    worst: Annotated[int, typer.Option(help="List this many worst images (one run).")] = 10,
+    metric: Annotated[
+        str, typer.Option(help="Rank images by mse, mad, sad, grad or conn.")
+    ] = "mse",
+    html: Annotated[
+        bool, typer.Option(help="Also write RUN/report.html with visual panels.")
+    ] = False,
 ) -> None:
-    """Summary table of one run, or a comparison table of several."""
-    from modnet_batch.reporting.compare import compare_runs
+    """Summary of one run (worst images, optional HTML), or the comparison table of several."""
+    from modnet_batch.reporting.compare import compare_runs, load_summary
+    from modnet_batch.reporting.html import worst_images, write_html
+    from modnet_batch.reporting.table import print_summary, worst_table
 
     try:
-        compare_runs(runs, out)
+        if len(runs) > 1:
+            compare_runs(runs, out)
+            return
+        summary = load_summary(runs[0])
+        print_summary(summary, runs[0], out)
+        out.print(worst_table(worst_images(runs[0], metric, worst), metric))
+        if html:
+            out.print(str(write_html(runs[0], summary, metric, worst)), highlight=False)
     except ModnetBatchError as exc:
         raise _fail(exc) from None
 

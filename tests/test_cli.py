@@ -66,8 +66,22 @@ def test_ingest_then_submit_inline(tiny_model: Path, tmp_path: Path) -> None:
     assert "2 shard(s) processed" in result.output
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["images"]["scored"] == 4
-    report = runner.invoke(app, ["report", str(tmp_path / "run")])
-    assert report.exit_code == 0 and "run" in report.output
+    report = runner.invoke(app, ["report", str(tmp_path / "run"), "--worst", "2", "--html"])
+    assert report.exit_code == 0, report.output
+    assert "worst 2 by mse" in report.output
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert page.count("<h3>") == 2 and page.count("data:image/png;base64,") == 8
+
+
+def test_worst_images_are_ranked(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from modnet_batch.reporting.html import worst_images
+
+    rows = [{"image_id": i, "mse": m} for i, m in (("a", 0.1), ("b", None), ("c", 0.3), ("d", 0.2))]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "metrics.parquet")
+    assert [r["image_id"] for r in worst_images(tmp_path, "mse", 2)] == ["c", "d"]
 
 
 def test_errors_are_one_line_with_exit_1(tmp_path: Path) -> None:

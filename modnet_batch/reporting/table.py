@@ -67,3 +67,19 @@ def print_summary(summary: dict[str, Any], run_dir: Path, console: Console | Non
         f"{shards['skipped_done']} already done, {len(shards['failed'])} failed; "
         f"wall {summary['throughput']['wall_s']:.1f} s"
     )
+
+
+def worst_table(rows: list[dict[str, Any]], metric: str) -> Table:
+    table = Table(title=f"worst {len(rows)} by {metric}")
+    for col in ("image", "MSE", "MAD", "SAD", "Grad", "Conn"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(
+            r["image_id"],
+            _fmt(r["mse"], 6),
+            _fmt(r["mad"], 6),
+            _fmt(r["sad"], 3),
+            _fmt(r["grad"], 3),
+            _fmt(r["conn"], 3),
+        )
+    return table
