@@ -1,8 +1,12 @@
-"""Resolve a model spec (None, a variant name, or a path) to an ONNX file, and describe it."""
+"""Resolve a model spec (None, a variant name, or a path) to an ONNX file, and describe it.
+
+Variants live in `<cache>/variants/<name>.onnx` with `<name>.build.json` beside them.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -12,36 +16,93 @@ from modnet_batch.model.fetch import cache_dir, fetch_model, sha256_file
 VARIANTS = ("fp32", "fp16", "int8")
 
 
-def _build_json(path: Path) -> Path:
-    return path.with_suffix(".build.json")
+def variants_dir() -> Path:
+    """Where `modnet-batch build` writes variants unless a config says otherwise."""
+    return cache_dir() / "variants"
+
+
+def build_record_path(model_path: str | Path) -> Path:
+    """`<dir>/<name>.build.json` for `<dir>/<name>.onnx`."""
+    path = Path(model_path)
+    return path.with_name(path.stem + ".build.json")
+
+
+def read_build_record(model_path: str | Path) -> dict[str, Any] | None:
+    """The model's build.json, or None when it has none (e.g. the reference model).
+
+    Raises ModnetBatchError if the record exists but is unreadable.
+    """
+    record_path = build_record_path(model_path)
+    if not record_path.is_file():
+        return None
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModnetBatchError(
+            f"{record_path} is unreadable ({exc}); rebuild the variant with `modnet-batch build`"
+        ) from exc
+    if not isinstance(record, dict):
+        raise ModnetBatchError(f"{record_path} is not a build record; rebuild the variant")
+    return record
 
 
 def resolve_model(spec: str | None) -> Path:
+    """None -> the fetched reference; fp32/fp16/int8 -> the built variant; else a path."""
     if spec is None:
         return fetch_model()
     if spec in VARIANTS:
-        path = cache_dir() / "variants" / f"{spec}.onnx"
-        if not path.exists():
+        path = variants_dir() / f"{spec}.onnx"
+        if not path.is_file():
             raise ModnetBatchError(
-                f"variant {spec} is not built; run `modnet-batch build configs/build-{spec}.yaml`"
+                f"model variant {spec!r} is not built (no {path}); run "
+                f"`modnet-batch build configs/build-{spec}.yaml` first"
             )
         return path
-    return Path(spec)
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise ModnetBatchError(
+            f"model {spec!r} is neither a variant name ({', '.join(VARIANTS)}) nor an existing "
+            "ONNX file; pass a path, or build the variant with `modnet-batch build CONFIG`"
+        )
+    return path
 
 
-def variant_info(path: Path) -> dict[str, Any]:
-    info: dict[str, Any] = {"name": path.stem, "sha256": sha256_file(path), "precision": "fp32"}
-    meta = _build_json(path)
-    if meta.exists():
-        data = json.loads(meta.read_text())
-        info["precision"] = data.get("precision", "fp32")
-        info["build"] = data
+def variant_info(path: str | Path) -> dict[str, Any]:
+    """name, precision, sha256, path and, when built here, the build record (`build`).
+
+    `precision` comes from build.json, else from the graph (quantize ops -> int8, fp16
+    initializers -> fp16, else fp32). `stale` is True when build.json names another file hash.
+    """
+    path = Path(path)
+    digest = sha256_file(path)
+    info: dict[str, Any] = {"name": path.stem, "path": str(path), "sha256": digest}
+    record = read_build_record(path)
+    if record is not None:
+        info["precision"] = record.get("precision") or _graph_precision(path)
+        info["name"] = record.get("name", path.stem)
+        info["stale"] = record.get("output", {}).get("sha256") != digest
+        info["build"] = record
+    else:
+        info["precision"] = _graph_precision(path)
     return info
 
 
-def calibration_overlap(model_path: Path, image_ids: list[str]) -> list[str]:
-    meta = _build_json(model_path)
-    if not meta.exists():
-        return []
-    calibrated = set(json.loads(meta.read_text()).get("calibration_ids", []))
+def calibration_overlap(model_path: str | Path, image_ids: Iterable[str]) -> list[str]:
+    """The ids among `image_ids` that the model was calibrated on (sorted); [] if none or if the
+    model has no build record with calibration ids."""
+    record = read_build_record(model_path)
+    calibration = (record or {}).get("calibration") or {}
+    calibrated = set(calibration.get("ids") or [])
     return sorted(calibrated.intersection(image_ids))
+
+
+def _graph_precision(path: Path) -> str:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    ops = {n.op_type for n in model.graph.node}
+    if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger"}:
+        return "int8"
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
+        return "fp16"
+    return "fp32"
