@@ -63,6 +63,14 @@ def ingest(
         bool, typer.Option(help="Stop at the first bad file instead of skipping it.")
     ] = False,
     workers: Annotated[int, typer.Option(min=1, help="Decode threads used for validation.")] = 2,
+    prepare: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PROTOCOL",
+            help="Also store this protocol's network inputs (seed-area, seed-linear): jobs "
+            "with it decode nothing, with the same results.",
+        ),
+    ] = None,
 ) -> None:
     """Turn an image folder into a dataset of Parquet shards."""
     from modnet_batch.data.ingest import ingest as run_ingest
@@ -81,7 +89,13 @@ def ingest(
 
         try:
             report = run_ingest(
-                src, dst, shard_size=shard_size, strict=strict, workers=workers, progress=progress
+                src,
+                dst,
+                shard_size=shard_size,
+                strict=strict,
+                workers=workers,
+                progress=progress,
+                prepare=prepare,
             )
         except ModnetBatchError as exc:
             raise _fail(exc) from None
@@ -92,6 +106,12 @@ def ingest(
         f"shard(s), {len(report.skipped)} skipped, {report.seconds:.1f} s",
         highlight=False,
     )
+    if report.prepared:
+        out.print(
+            f"prepared for {report.prepared}: {report.prepared_bytes / 2**20:.1f} MiB added, "
+            f"{report.prepare_cpu_seconds:.1f} CPU s",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -305,6 +325,85 @@ def _need(address: str | None) -> str:
             "no cluster address; pass --address http://HEAD:8265 or set RAY_ADDRESS"
         )
     return address
+
+
+def _ints(value: str, name: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise ModnetBatchError(f"--{name} {value!r}: expected comma-separated integers") from None
+
+
+@app.command()
+def bench(
+    dataset: Annotated[
+        str | None, typer.Option(help="Dataset dir (from `ingest`); needed for end-to-end.")
+    ] = None,
+    mode: Annotated[str, typer.Option(help="model (session alone), e2e (a real submit), both.")] = (
+        "both"
+    ),
+    model: Annotated[
+        str | None, typer.Option(help="A path, or a built variant fp32/fp16/int8.")
+    ] = None,
+    protocol: Annotated[str, typer.Option(help="seed-area, seed-linear or paper.")] = "seed-area",
+    batch_size: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,4",
+    device: Annotated[str, typer.Option(help="cpu, gpu, or a Ray custom resource.")] = "cpu",
+    provider: Annotated[str | None, typer.Option(help="onnxruntime provider.")] = None,
+    workers: Annotated[
+        str, typer.Option(help="Device / CPU-worker counts to measure, e.g. 1,2 (default all).")
+    ] = "",
+    threads: Annotated[int | None, typer.Option(help="Threads per CPU worker.")] = None,
+    instances: Annotated[int, typer.Option(help="Sessions (actors) per device.")] = 1,
+    duration: Annotated[float, typer.Option(help="Seconds per model-only measurement.")] = 10.0,
+    iterations: Annotated[
+        int | None, typer.Option(help="Batches per session instead of --duration.")
+    ] = None,
+    warmup: Annotated[int, typer.Option(help="Warm-up batches per session (reported apart).")] = 2,
+    rounds: Annotated[int, typer.Option(help="Interleaved repetitions; figures are medians.")] = 1,
+    backend: Annotated[str, typer.Option(help="End-to-end backend: ray or inline.")] = "ray",
+    decode_reduce: Annotated[str, typer.Option(help="End-to-end decode: off, auto, 2, 4, 8.")] = (
+        "off"
+    ),
+    decode_threads: Annotated[int, typer.Option(help="Decode/score threads per worker.")] = 1,
+    naive: Annotated[bool, typer.Option(help="Also time the naive sequential loop.")] = False,
+    keep_runs: Annotated[bool, typer.Option(help="Keep the end-to-end run dirs.")] = False,
+    out_file: Annotated[str, typer.Option("--out", help="JSON file to write.")] = (
+        "bench/bench.json"
+    ),
+) -> None:
+    """Throughput test: model-only and end-to-end images/s, per device and in total."""
+    from modnet_batch.bench.config import BenchConfig
+    from modnet_batch.bench.run import run_bench
+    from modnet_batch.bench.table import print_bench
+
+    try:
+        cfg = BenchConfig(
+            mode=mode,
+            model=model,
+            protocol=protocol,
+            dataset=dataset,
+            device=device,
+            provider=provider,
+            workers=_ints(workers, "workers"),
+            threads=threads,
+            instances=instances,
+            batch_sizes=_ints(batch_size, "batch-size"),
+            duration_s=duration,
+            iterations=iterations,
+            warmup=warmup,
+            rounds=rounds,
+            backend=backend,
+            decode_reduce=decode_reduce,
+            decode_threads=decode_threads,
+            naive=naive,
+            keep_runs=keep_runs,
+            out=out_file,
+        )
+        doc = run_bench(cfg, log=lambda msg: console.print(msg, highlight=False))
+    except ModnetBatchError as exc:
+        raise _fail(exc) from None
+    print_bench(doc, out)
+    console.print(f"wrote {out_file}", highlight=False)
 
 
 @app.command()

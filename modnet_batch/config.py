@@ -34,7 +34,7 @@ class JobConfig:
     # --- how
     batch_size: int = 4
     decode_threads: int = 1  # per actor, overlapping decode/preprocess with inference
-    decode_reduce: str = "auto"  # JPEG DCT-domain downscale: auto | off | 2 | 4 | 8
+    decode_reduce: str = "off"  # JPEG DCT-domain downscale: off (exact) | auto | 2 | 4 | 8
     shards_in_flight: int = 2  # per actor: one running, one queued
     max_retries: int = 3  # per shard, after a worker dies
     dashboard: bool = False  # embedded Ray only

@@ -1,6 +1,7 @@
 """The dataset directory: Parquet shards of original encoded files plus `dataset.json`.
 
-Readers open it with `Dataset.open` and stream one shard at a time with `iter_records`.
+Readers open it with `Dataset.open` and stream one shard at a time with `iter_records`. A dataset
+ingested with `--prepare PROTOCOL` also holds that protocol's network inputs (see PREPARED_FIELDS).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -40,6 +42,41 @@ SHARD_SCHEMA = pa.schema(
 )
 _READ_COLUMNS = ["image_id", "image", "matte", "width", "height"]
 
+# `ingest --prepare PROTOCOL` adds these columns: the image as the protocol's network input
+# (uint8 RGB, HxWx3 raw bytes, before normalisation) and the matte at the scoring size (uint8 HxW
+# raw bytes), so a job decodes nothing. PREPARED_KEY in the Parquet metadata says for which
+# protocol and at which shapes (JSON); the original bytes stay for provenance and other protocols.
+PREPARED_FIELDS = (
+    pa.field("prepared_image", pa.binary(), nullable=True),
+    pa.field("prepared_matte", pa.binary(), nullable=True),
+)
+PREPARED_KEY = "modnet_batch.prepared"
+_PREPARED_COLUMNS = ["image_id", "width", "height", "prepared_image", "prepared_matte"]
+
+
+def shard_schema(prepared: dict[str, Any] | None = None) -> pa.Schema:
+    """SHARD_SCHEMA, plus the prepared columns and their description when `prepared` is given."""
+    if prepared is None:
+        return SHARD_SCHEMA
+    schema = SHARD_SCHEMA
+    for f in PREPARED_FIELDS:
+        schema = schema.append(f)
+    return schema.with_metadata(
+        {**(SHARD_SCHEMA.metadata or {}), PREPARED_KEY.encode(): json.dumps(prepared).encode()}
+    )
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A record's stored network input (HxWx3 uint8 RGB) and scoring-size matte (HxW uint8).
+
+    Read-only zero-copy views into the Arrow batch; `protocol` is the protocol they were made for.
+    """
+
+    protocol: str
+    image: npt.NDArray[np.uint8]
+    matte: npt.NDArray[np.uint8] | None
+
 
 @dataclass(frozen=True)
 class ShardInfo:
@@ -56,7 +93,8 @@ class Record:
     """One image (and its matte, if any) as stored: encoded bytes, not pixels.
 
     `image`/`matte` are zero-copy read-only views into the Arrow batch when read by
-    `iter_records` (memoryview; not picklable, `bytes(record.image)` copies).
+    `iter_records` (memoryview; not picklable, `bytes(record.image)` copies). When `prepared` is
+    set, the original bytes were not read: `image` is empty and `matte` None.
     """
 
     image_id: str
@@ -64,6 +102,7 @@ class Record:
     matte: bytes | memoryview | None
     width: int
     height: int
+    prepared: Prepared | None = None
 
 
 def shard_name(index: int) -> str:
@@ -183,9 +222,35 @@ class Dataset:
             yield from iter_records(self.shard_path(shard))
 
 
-def iter_records(path: str | Path, *, batch_rows: int = 8) -> Iterator[Record]:
+def shard_prepared(path: str | Path) -> dict[str, Any] | None:
+    """The prepared-input description of a shard file (protocol, shapes), or None."""
+    return _prepared_meta(pq.read_schema(path), Path(path))
+
+
+def _prepared_meta(schema: pa.Schema, path: Path) -> dict[str, Any] | None:
+    raw = (schema.metadata or {}).get(PREPARED_KEY.encode())
+    if raw is None:
+        return None
+    try:
+        meta = json.loads(raw)
+        meta["image_shape"] = tuple(int(v) for v in meta["image_shape"])
+        meta["matte_shape"] = tuple(int(v) for v in meta["matte_shape"])
+        str(meta["protocol"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModnetBatchError(
+            f"{path} has malformed {PREPARED_KEY} metadata ({exc!r}); re-create the dataset"
+        ) from exc
+    return dict(meta)
+
+
+def iter_records(
+    path: str | Path, *, batch_rows: int = 8, prepared_for: str | None = None
+) -> Iterator[Record]:
     """Stream one shard file, `batch_rows` rows at a time, so memory stays ~one row group.
 
+    With `prepared_for` naming the protocol the shard was prepared for (`ingest --prepare`),
+    only the prepared columns are read and each record carries them in `prepared`; for any
+    other protocol, or an unprepared shard, the original encoded bytes are read.
     Raises ModnetBatchError if the file is not a readable shard.
     """
     if batch_rows < 1:
@@ -197,17 +262,24 @@ def iter_records(path: str | Path, *, batch_rows: int = 8) -> Iterator[Record]:
         raise ModnetBatchError(
             f"{path} is not a readable Parquet shard ({exc}); re-create the dataset"
         ) from exc
-    missing = [c for c in _READ_COLUMNS if c not in shard.schema_arrow.names]
+    prepared = _prepared_meta(shard.schema_arrow, path)
+    if prepared is not None and prepared_for != prepared["protocol"]:
+        prepared = None  # prepared for another protocol: decode the originals
+    columns = _READ_COLUMNS if prepared is None else _PREPARED_COLUMNS
+    missing = [c for c in columns if c not in shard.schema_arrow.names]
     if missing:
         raise ModnetBatchError(
             f"{path} lacks column(s) {', '.join(missing)}; it is not a modnet-batch shard, "
             "re-create the dataset with `modnet-batch ingest`"
         )
     with shard:
-        for batch in shard.iter_batches(batch_size=batch_rows, columns=_READ_COLUMNS):
+        for batch in shard.iter_batches(batch_size=batch_rows, columns=columns):
             ids = batch.column("image_id").to_pylist()
             widths = batch.column("width").to_pylist()
             heights = batch.column("height").to_pylist()
+            if prepared is not None:
+                yield from _prepared_records(path, batch, prepared, ids, widths, heights)
+                continue
             images = _binary_views(batch.column("image"))
             mattes = _binary_views(batch.column("matte"))
             for i in range(batch.num_rows):
@@ -217,6 +289,42 @@ def iter_records(path: str | Path, *, batch_rows: int = 8) -> Iterator[Record]:
                         f"{path}: row {ids[i]!r} has no image bytes; re-create the dataset"
                     )
                 yield Record(ids[i], image, mattes[i], widths[i], heights[i])
+
+
+def _prepared_records(
+    path: Path,
+    batch: pa.RecordBatch,
+    meta: dict[str, Any],
+    ids: list[str],
+    widths: list[int],
+    heights: list[int],
+) -> Iterator[Record]:
+    images = _binary_views(batch.column("prepared_image"))
+    mattes = _binary_views(batch.column("prepared_matte"))
+    for i in range(batch.num_rows):
+        image, matte = images[i], mattes[i]
+        if image is None:
+            raise ModnetBatchError(
+                f"{path}: row {ids[i]!r} has no prepared image; re-create the dataset"
+            )
+        prep = Prepared(
+            protocol=meta["protocol"],
+            image=_raw_view(image, meta["image_shape"], path, ids[i]),
+            matte=None if matte is None else _raw_view(matte, meta["matte_shape"], path, ids[i]),
+        )
+        yield Record(ids[i], b"", None, widths[i], heights[i], prepared=prep)
+
+
+def _raw_view(
+    data: memoryview, shape: tuple[int, ...], path: Path, image_id: str
+) -> npt.NDArray[np.uint8]:
+    """Raw uint8 bytes as an array of `shape`, zero-copy (read-only)."""
+    if len(data) != int(np.prod(shape)):
+        raise ModnetBatchError(
+            f"{path}: prepared data of {image_id!r} has {len(data)} bytes, expected shape "
+            f"{shape}; re-create the dataset"
+        )
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
 def _binary_views(column: pa.Array) -> list[memoryview | None]:
@@ -232,8 +340,10 @@ def _binary_views(column: pa.Array) -> list[memoryview | None]:
         column.offset : column.offset + len(column) + 1
     ]
     data = memoryview(data_buf if data_buf is not None else b"").toreadonly()
-    valid = column.is_valid().to_numpy(zero_copy_only=False)
-    return [
-        data[int(offsets[i]) : int(offsets[i + 1])] if valid[i] else None
-        for i in range(len(column))
-    ]
+    bounds = offsets.tolist()
+    if column.null_count == 0:
+        return [data[bounds[i] : bounds[i + 1]] for i in range(len(column))]
+    # the validity bitmap by hand: pyarrow's is_valid().to_numpy() costs ~0.4 s on first use
+    bits = np.unpackbits(np.frombuffer(column.buffers()[0], dtype=np.uint8), bitorder="little")
+    valid = bits[column.offset : column.offset + len(column)]
+    return [data[bounds[i] : bounds[i + 1]] if valid[i] else None for i in range(len(column))]

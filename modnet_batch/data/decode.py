@@ -119,11 +119,21 @@ def decode_image(data: EncodedBytes, *, name: str, reduce: int = 1) -> npt.NDArr
     return np.ascontiguousarray(rgb)
 
 
-def decode_matte(data: EncodedBytes, *, name: str) -> npt.NDArray[np.uint8]:
+def decode_matte(data: EncodedBytes, *, name: str, reduce: int = 1) -> npt.NDArray[np.uint8]:
     """Encoded matte file -> HxW uint8 alpha (0..255), EXIF orientation applied like images.
 
     Colour mattes are converted to gray (equal channels stay exact), alpha channels are
-    dropped, 16-bit is scaled to 8-bit with rounding. Raises DecodeError.
+    dropped, 16-bit is scaled to 8-bit with rounding. `reduce` divides each side as in
+    decode_image (JPEG inside libjpeg, other formats area-averaged). Raises DecodeError.
     """
-    gray = _to_uint8(_imdecode(_as_buffer(data, name), _MATTE_FLAGS, name), name)
+    if reduce not in _REDUCE_FLAGS:
+        raise ModnetBatchError(f"reduce={reduce} for {name}: expected 1, 2, 4 or 8")
+    buf = _as_buffer(data, name)
+    is_jpeg = sniff_format(buf) == "jpeg"
+    flags = _MATTE_FLAGS | (_REDUCE_FLAGS[reduce] if is_jpeg else 0)
+    gray = _to_uint8(_imdecode(buf, flags, name), name)
+    if reduce > 1 and not is_jpeg:
+        h, w = gray.shape[:2]
+        size = (math.ceil(w / reduce), math.ceil(h / reduce))
+        gray = np.asarray(cv2.resize(gray, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
     return np.ascontiguousarray(gray)

@@ -1,10 +1,12 @@
 """Ingest a source folder (PPM-100 layout or flat images) into a dataset directory.
 
-Stores each file's original bytes; decodes once only to validate and measure it.
+Stores each file's original bytes; decodes once only to validate and measure it, and with
+`prepare` also stores that protocol's network input and scoring-size matte (data/prepared.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -28,12 +30,14 @@ from modnet_batch.data.dataset import (
     META_FILE,
     SCHEMA_VERSION,
     SHARD_DIR,
-    SHARD_SCHEMA,
     file_sha256,
     shard_name,
+    shard_schema,
 )
 from modnet_batch.data.decode import DecodeError, decode_image, decode_matte, sniff_format
+from modnet_batch.data.prepared import prepare_pair, prepared_description
 from modnet_batch.errors import ModnetBatchError
+from modnet_batch.protocol import Protocol, get_protocol
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 # Ids become file names (alpha/<image_id>.npz) on every OS, so only portable characters.
@@ -51,6 +55,9 @@ class IngestReport:
     skipped: list[tuple[str, str]]
     seconds: float
     ignored: list[str] = field(default_factory=list)  # files without an image extension
+    prepared: str | None = None  # the protocol whose inputs were stored (ingest --prepare)
+    prepare_cpu_seconds: float = 0.0  # CPU time spent making them, summed over threads
+    prepared_bytes: int = 0  # what they add to the shards
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,9 @@ class _Row:
     height: int
     image_file: str
     matte_file: str | None
+    prepared_image: bytes | None = None
+    prepared_matte: bytes | None = None
+    prepare_cpu: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -144,40 +154,57 @@ def _plan(src: Path) -> tuple[str, list[_Item], list[_Skip], list[str]]:
     return layout, items, orphans, ignored
 
 
-def _load(src: Path, item: _Item) -> _Row | _Skip:
+def _load(src: Path, item: _Item, prepare: Protocol | None = None) -> _Row | _Skip:
     """Read and decode one pair; any problem becomes a _Skip naming the file at fault."""
     try:
         image = (src / item.image).read_bytes()
     except OSError as exc:
         return _Skip(item.image, f"cannot read the file: {exc.strerror or exc}")
     try:
-        height, width = decode_image(image, name=item.image).shape[:2]
+        rgb = decode_image(image, name=item.image)
     except DecodeError as exc:
         return _Skip(item.image, exc.reason)
+    height, width = rgb.shape[:2]
     matte: bytes | None = None
+    gray = None
     if item.matte is not None:
         try:
             matte = (src / item.matte).read_bytes()
         except OSError as exc:
             return _Skip(item.matte, f"cannot read the file: {exc.strerror or exc}")
         try:
-            mh, mw = decode_matte(matte, name=item.matte).shape
+            gray = decode_matte(matte, name=item.matte)
         except DecodeError as exc:
             return _Skip(item.matte, exc.reason)
+        mh, mw = gray.shape
         if (mh, mw) != (height, width):
             return _Skip(
                 item.matte,
                 f"matte is {mw}x{mh} (WxH) but its image {item.image} is {width}x{height}; "
                 "a matte must have its image's size",
             )
-    return _Row(item.image_id, image, matte, width, height, item.image, item.matte)
+    row = _Row(item.image_id, image, matte, width, height, item.image, item.matte)
+    if prepare is None:
+        return row
+    t0 = time.thread_time()
+    small, small_matte = prepare_pair(prepare, rgb, gray, name=item.image)
+    return dataclasses.replace(
+        row,
+        prepared_image=small.tobytes(),
+        prepared_matte=None if small_matte is None else small_matte.tobytes(),
+        prepare_cpu=time.thread_time() - t0,
+    )
 
 
 class _ShardWriter:
     """Writes rows into shards of `shard_size` rows, flushing a row group every `group` rows."""
 
-    def __init__(self, root: Path, shard_size: int, group: int) -> None:
+    def __init__(
+        self, root: Path, shard_size: int, group: int, prepared: dict[str, Any] | None = None
+    ) -> None:
         self.root, self.shard_size, self.group = root, shard_size, group
+        self.schema = shard_schema(prepared)
+        self.prepared_bytes = 0
         self.shards: list[dict[str, Any]] = []
         self._buffer: list[_Row] = []
         self._writer: pq.ParquetWriter | None = None
@@ -191,10 +218,11 @@ class _ShardWriter:
             rel = f"{SHARD_DIR}/{shard_name(len(self.shards))}.parquet"
             self._writer = pq.ParquetWriter(
                 self.root / rel,
-                SHARD_SCHEMA,
-                # Encoded images do not compress; zstd only pays on the small columns.
-                compression={c: "zstd" for c in SHARD_SCHEMA.names if c not in ("image", "matte")}
-                | {"image": "none", "matte": "none"},
+                self.schema,
+                # Encoded images do not compress; zstd only pays on the small columns. Prepared
+                # images stay raw too: they are read back at job time, where every ms counts.
+                compression={c: "zstd" for c in self.schema.names}
+                | {"image": "none", "matte": "none", "prepared_image": "none"},
                 use_dictionary=["image_format", "matte_format"],
                 write_statistics=["image_id", "width", "height"],
             )
@@ -212,20 +240,24 @@ class _ShardWriter:
         if not self._buffer or self._writer is None:
             return
         rows = self._buffer
-        table = pa.Table.from_pydict(
-            {
-                "image_id": [r.image_id for r in rows],
-                "image": [r.image for r in rows],
-                "matte": [r.matte for r in rows],
-                "width": [r.width for r in rows],
-                "height": [r.height for r in rows],
-                "image_format": [sniff_format(r.image) for r in rows],
-                "matte_format": [None if r.matte is None else sniff_format(r.matte) for r in rows],
-                "image_file": [r.image_file for r in rows],
-                "matte_file": [r.matte_file for r in rows],
-            },
-            schema=SHARD_SCHEMA,
-        )
+        columns: dict[str, list[Any]] = {
+            "image_id": [r.image_id for r in rows],
+            "image": [r.image for r in rows],
+            "matte": [r.matte for r in rows],
+            "width": [r.width for r in rows],
+            "height": [r.height for r in rows],
+            "image_format": [sniff_format(r.image) for r in rows],
+            "matte_format": [None if r.matte is None else sniff_format(r.matte) for r in rows],
+            "image_file": [r.image_file for r in rows],
+            "matte_file": [r.matte_file for r in rows],
+        }
+        if "prepared_image" in self.schema.names:
+            columns["prepared_image"] = [r.prepared_image for r in rows]
+            columns["prepared_matte"] = [r.prepared_matte for r in rows]
+            self.prepared_bytes += sum(
+                len(r.prepared_image or b"") + len(r.prepared_matte or b"") for r in rows
+            )
+        table = pa.Table.from_pydict(columns, schema=self.schema)
         self._writer.write_table(table, row_group_size=self.group)
         self._buffer = []
 
@@ -253,21 +285,23 @@ class _ShardWriter:
         self._rows = self._mattes = 0
 
 
-def _loaded(src: Path, items: list[_Item], workers: int) -> Generator[_Row | _Skip, None, None]:
+def _loaded(
+    src: Path, items: list[_Item], workers: int, prepare: Protocol | None = None
+) -> Generator[_Row | _Skip, None, None]:
     """Load items on `workers` threads, yielded in input order, at most 2*workers in flight."""
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") as pool:
         pending: deque[Future[_Row | _Skip]] = deque()
         todo = iter(items)
         try:
             for item in todo:
-                pending.append(pool.submit(_load, src, item))
+                pending.append(pool.submit(_load, src, item, prepare))
                 if len(pending) >= 2 * workers:
                     break
             while pending:
                 result = pending.popleft().result()
                 nxt = next(todo, None)
                 if nxt is not None:
-                    pending.append(pool.submit(_load, src, nxt))
+                    pending.append(pool.submit(_load, src, nxt, prepare))
                 yield result
         finally:
             for fut in pending:
@@ -292,13 +326,16 @@ def ingest(
     workers: int = 2,
     progress: Callable[[int, int], None] | None = None,
     row_group_rows: int = 8,
+    prepare: str | None = None,
 ) -> IngestReport:
     """Turn source folder `src` into dataset directory `out` (see architecture.md).
 
     Bad inputs (undecodable image or matte, matte of another size, matte without image) are
     skipped and listed, or with `strict` raise ModnetBatchError. `out` appears atomically: it is
     built beside itself and renamed, so an interrupted ingest leaves no partial dataset.
-    `progress(done, total)` is called after each image.
+    `progress(done, total)` is called after each image. `prepare` names a fixed-size protocol
+    (seed-area, seed-linear) whose network inputs are stored too, so jobs with that protocol
+    read them instead of decoding (same results, see data/prepared.py).
     """
     started = time.perf_counter()
     for key, value in (
@@ -316,6 +353,8 @@ def ingest(
             "a folder of images"
         )
     _check_out(out)
+    prepared = None if prepare is None else prepared_description(prepare)
+    protocol = None if prepare is None else get_protocol(prepare)
     layout, items, skipped, ignored = _plan(src)
     if strict and skipped:
         raise ModnetBatchError(
@@ -327,9 +366,10 @@ def ingest(
     tmp = out.parent / f".{out.name}.ingest-{uuid.uuid4().hex[:12]}"
     (tmp / SHARD_DIR).mkdir(parents=True)
     try:
-        writer = _ShardWriter(tmp, shard_size, row_group_rows)
+        writer = _ShardWriter(tmp, shard_size, row_group_rows, prepared)
         images = with_matte = 0
-        with closing(_loaded(src, items, workers)) as results:
+        prepare_cpu = 0.0
+        with closing(_loaded(src, items, workers, protocol)) as results:
             for done, result in enumerate(results, start=1):
                 if isinstance(result, _Skip):
                     if strict:
@@ -340,6 +380,7 @@ def ingest(
                     skipped.append(result)
                 else:
                     writer.add(result)
+                    prepare_cpu += result.prepare_cpu
                     images += 1
                     with_matte += result.matte is not None
                 if progress is not None:
@@ -370,6 +411,12 @@ def ingest(
             "skipped": [{"name": s.name, "reason": s.reason} for s in skipped],
             "ignored": ignored,
         }
+        if prepared is not None:
+            meta["prepared"] = {
+                **prepared,
+                "cpu_seconds": round(prepare_cpu, 3),
+                "bytes": writer.prepared_bytes,
+            }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         _check_out(out)  # someone may have written there meanwhile
         if out.exists():
@@ -385,4 +432,7 @@ def ingest(
         skipped=[(s.name, s.reason) for s in skipped],
         seconds=time.perf_counter() - started,
         ignored=ignored,
+        prepared=prepare,
+        prepare_cpu_seconds=prepare_cpu,
+        prepared_bytes=writer.prepared_bytes,
     )

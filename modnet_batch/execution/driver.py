@@ -23,6 +23,7 @@ from modnet_batch.config import JobConfig, dump_job
 from modnet_batch.data.dataset import Dataset
 from modnet_batch.execution.backends import BackendReport, get_backend
 from modnet_batch.execution.processor import (
+    AUTO_REDUCE,
     CONFUSION_COLUMNS,
     METRIC_COLUMNS,
     ShardResult,
@@ -61,7 +62,10 @@ class JobOutcome:
 
 
 def decode_reduce_factor(job: JobConfig) -> int:
-    return 1 if job.decode_reduce in {"off", "auto", "1"} else int(job.decode_reduce)
+    """WorkerSpec.decode_reduce: 1 exact (off), AUTO_REDUCE per image (auto), else the factor."""
+    if job.decode_reduce == "auto":
+        return AUTO_REDUCE
+    return 1 if job.decode_reduce in {"off", "1"} else int(job.decode_reduce)
 
 
 def plan_job(job: JobConfig) -> JobPlan:

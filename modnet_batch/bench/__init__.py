@@ -1,0 +1,1 @@
+"""Throughput benchmarks: model-only and end-to-end images/s (`modnet-batch bench`)."""

@@ -1,0 +1,138 @@
+"""End-to-end throughput: a real job (`submit`, through `run_job`) timed as the job sees it.
+
+Ray start-up, actor creation and session loading are reported apart from the processing span;
+the stage breakdown comes from the shard loops (execution/processor.py LOOP_STAGES).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from modnet_batch.bench.config import BenchConfig
+from modnet_batch.bench.stats import stability, window_rates
+from modnet_batch.config import load_job
+from modnet_batch.execution.driver import JobPlan, run_job
+from modnet_batch.execution.processor import LOOP_STAGES, POOL_STAGES
+
+
+def job_overrides(
+    cfg: BenchConfig, model: str, batch: int, workers: int | None, threads: int | None, out: Path
+) -> dict[str, Any]:
+    """The `submit` options of one end-to-end run."""
+    return {
+        "dataset": cfg.dataset,
+        "model": model,
+        "protocol": cfg.protocol,
+        "out": str(out),
+        "backend": cfg.backend,
+        "device": cfg.device,
+        "provider": cfg.provider,
+        "workers": workers,
+        "threads": threads,
+        "instances": cfg.instances,
+        "batch_size": batch,
+        "decode_reduce": cfg.decode_reduce,
+        "decode_threads": cfg.decode_threads,
+    }
+
+
+def run_end_to_end(
+    cfg: BenchConfig, model: str, batch: int, workers: int | None, threads: int | None, out: Path
+) -> dict[str, Any]:
+    """Run one job into the fresh directory `out` and describe its timing; `out` is removed
+    afterwards unless cfg.keep_runs."""
+    if out.exists():
+        shutil.rmtree(out)
+    job = load_job(None, job_overrides(cfg, model, batch, workers, threads, out))
+    started_epoch = time.time()
+    plan_epoch = [started_epoch]
+
+    def on_plan(plan: JobPlan) -> None:
+        plan_epoch[0] = time.time()
+
+    outcome = run_job(job, on_plan=on_plan)
+    total = time.time() - started_epoch
+    try:
+        return describe(outcome.summary, out, started_epoch, plan_epoch[0], total, job.to_dict())
+    finally:
+        if not cfg.keep_runs:
+            shutil.rmtree(out, ignore_errors=True)
+
+
+def _finish_times(run: Path) -> list[float]:
+    """Epoch times at which each alpha file was written (its mtime): one per image."""
+    return sorted(os.stat(p).st_mtime for p in (run / "alpha").glob("*.npz"))
+
+
+def _last_result(run: Path) -> float | None:
+    """When the driver recorded the last shard result (its marker's mtime)."""
+    marks = [os.stat(p).st_mtime for p in (run / "state" / "shards").glob("*.json")]
+    return max(marks) if marks else None
+
+
+def describe(
+    summary: dict[str, Any],
+    run: Path,
+    started_epoch: float,
+    plan_epoch: float,
+    total: float,
+    job: dict[str, Any],
+) -> dict[str, Any]:
+    """The bench record of a finished run: `summary` is its summary.json, the epochs are when
+    `run_job` was called and when its plan was ready (the backend starts right after)."""
+    thr = summary["throughput"]
+    startup = float(summary["startup_seconds"])
+    wall = float(thr["wall_s"])  # backend start to backend end: start-up and teardown included
+    images = int(thr["images"])
+    ready_epoch = plan_epoch + startup  # workers up, sessions loaded
+    # the job's processing span: workers ready -> last shard result in the driver's hands
+    # (Ray's shutdown afterwards is teardown, reported apart)
+    last = _last_result(run)
+    processing = max((last - ready_epoch) if last else wall - startup, 1e-9)
+    teardown = max(0.0, wall - startup - processing)
+    finishes = _finish_times(run)
+    first = (finishes[0] - ready_epoch) if finishes else None
+    workers = max(1, len(thr["per_device"]))
+    stages = thr["stages_s"]
+    loop = {k: float(stages.get(k, 0.0)) / workers for k in LOOP_STAGES}
+    in_loops = sum(float(v["seconds"]) for v in thr["per_device"].values()) / workers
+    # the part of the processing span no shard loop accounts for: dispatch, load imbalance
+    loop["outside_shard_loops"] = processing - in_loops
+    return {
+        "job": job,
+        "images": images,
+        "failed": summary["images"]["failed"],
+        "images_per_s": images / processing,
+        "processing_s": processing,
+        "startup_s": startup,
+        "plan_s": plan_epoch - started_epoch,
+        "teardown_s": teardown,
+        "finalize_s": max(0.0, total - wall - (plan_epoch - started_epoch)),
+        "total_s": total,
+        "time_to_first_result_s": first,
+        "time_to_first_result_from_submit_s": (finishes[0] - started_epoch) if finishes else None,
+        "per_device": {
+            k: {
+                "images": v["images"],
+                "busy_s": v["seconds"],
+                "images_per_s": v["images_per_s"],
+                "images_per_processing_s": v["images"] / processing,
+            }
+            for k, v in thr["per_device"].items()
+        },
+        "workers": [
+            {k: w.get(k) for k in ("label", "provider", "session_seconds")}
+            for w in summary.get("workers", [])
+        ],
+        "stages_wall_s": loop,  # per worker (mean); adds up to processing_s
+        "stages_sum_s": sum(loop.values()),
+        "pool_cpu_s": {k: float(stages.get(f"cpu_{k}", 0.0)) for k in POOL_STAGES},
+        "stability": stability(window_rates([(t, 1) for t in finishes], ready_epoch, finishes[-1]))
+        if finishes
+        else stability([]),
+        "metrics": summary["metrics"],
+    }

@@ -1,0 +1,92 @@
+"""The peer: the obvious sequential loop (decode, resize, infer, score, write; one image at a
+time, library defaults) on the same images and cores, to show what the pipeline buys."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from modnet_batch.data.dataset import Dataset
+from modnet_batch.data.decode import decode_image, decode_matte
+from modnet_batch.execution.rundir import write_alpha
+from modnet_batch.metrics import MetricAccumulator, image_metrics
+from modnet_batch.model.session import SessionSpec, open_session
+from modnet_batch.protocol import get_protocol
+
+NAIVE_STAGES = ("read", "decode", "preprocess", "infer", "postprocess", "score", "write")
+
+
+def run_naive(
+    dataset: str, model: str, protocol_name: str, threads: int, out: Path
+) -> dict[str, Any]:
+    """Time the sequential loop over every image of `dataset`, decoding the original files."""
+    protocol = get_protocol(protocol_name)
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(-1)  # OpenCV's default, as a plain script has it
+    t = time.perf_counter()
+    # onnxruntime's defaults for a script: spinning on, one thread per core
+    session = open_session(SessionSpec(model=model, threads=threads, spin=True))
+    session_s = time.perf_counter() - t
+    out.mkdir(parents=True, exist_ok=True)
+    stages = dict.fromkeys(NAIVE_STAGES, 0.0)
+    acc = MetricAccumulator()
+    images = 0
+    try:
+        start = time.perf_counter()
+        records = Dataset.open(dataset).records()
+        while True:
+            t0 = time.perf_counter()
+            rec = next(records, None)
+            t1 = time.perf_counter()
+            stages["read"] += t1 - t0
+            if rec is None:
+                break
+            rgb = decode_image(rec.image, name=rec.image_id)
+            matte = None if rec.matte is None else decode_matte(rec.matte, name=rec.image_id)
+            t2 = time.perf_counter()
+            x = protocol.preprocess(rgb)
+            gt = None if matte is None else protocol.ground_truth(matte)
+            t3 = time.perf_counter()
+            y = session.run(x[np.newaxis])[0, 0]
+            t4 = time.perf_counter()
+            alpha = protocol.postprocess(y, rec.height, rec.width)
+            t5 = time.perf_counter()
+            if gt is not None:
+                acc.update(
+                    image_metrics(
+                        alpha.score, gt, protocol.foreground(alpha.score), protocol.foreground(gt)
+                    )
+                )
+            t6 = time.perf_counter()
+            write_alpha(out / f"{rec.image_id}.npz", alpha.stored)
+            t7 = time.perf_counter()
+            for k, a, b in (
+                ("decode", t1, t2),
+                ("preprocess", t2, t3),
+                ("infer", t3, t4),
+                ("postprocess", t4, t5),
+                ("score", t5, t6),
+                ("write", t6, t7),
+            ):
+                stages[k] += b - a
+            images += 1
+        seconds = time.perf_counter() - start
+    finally:
+        cv2.setNumThreads(previous)
+        shutil.rmtree(out, ignore_errors=True)
+    stats = acc.summary()
+    return {
+        "images": images,
+        "seconds": seconds,
+        "images_per_s": images / seconds if seconds > 0 else 0.0,
+        "session_seconds": session_s,
+        "threads": threads,
+        "stages_s": stages,
+        "outside_network_fraction": 1.0 - stages["infer"] / seconds if seconds > 0 else 0.0,
+        "metrics": {k: stats[k] for k in ("mse", "mad", "sad", "grad", "conn", "miou")},
+    }
