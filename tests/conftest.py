@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny_model import make_tiny_model
+from modnet_batch.bench.tiny import make_tiny_model
 
 SHARED_ENV = "MODNET_SHARED_DIR"
 
