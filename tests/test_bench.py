@@ -171,3 +171,44 @@ def test_bench_end_to_end_on_ray_per_device(
     assert run["startup_s"] > 0 and run["teardown_s"] >= 0
     assert sum(run["stages_wall_s"].values()) == pytest.approx(run["processing_s"], rel=1e-9)
     assert run["machine_load"]["own_by_role_cores"]["ray_workers"] > 0
+
+
+def _rec(kind: str, rnd: int, ips: float, foreign: float = 0.0, **keys: Any) -> dict[str, Any]:
+    rec: dict[str, Any] = {"kind": kind, "round": rnd, "images_per_s": ips, **keys}
+    rec["machine_load"] = {"foreign_cores": foreign}
+    if kind == "end_to_end":
+        rec.update(
+            startup_s=5.0,
+            processing_s=10.0,
+            time_to_first_result_s=0.5,
+            stages_wall_s={"infer": 9.0, "other": 1.0},
+            pool_cpu_s={"score": 0.5},
+            metrics={"mse": 0.01, "mad": 0.02, "miou": 0.9},
+        )
+    return rec
+
+
+def test_standard_summary_pairs_each_run_with_its_neighbour() -> None:
+    from modnet_batch.bench.standard import acceptance, summarize_model
+
+    records = []
+    for rnd, (model, e2e, naive, foreign) in enumerate(
+        [(8.0, 6.0, 3.0, 0.0), (4.0, 4.0, 2.0, 1.0)]
+    ):
+        records += [
+            _rec("model_only", rnd, model, foreign, layout="2x1", batch_size=1, pair="2x1/exact"),
+            _rec("end_to_end", rnd, e2e, foreign, layout="2x1", inputs="exact", pair="2x1/exact"),
+            _rec("naive", rnd, naive, foreign, layout="1x2", pair="2x1/exact"),
+        ]
+    summary = summarize_model(records)
+    eff = summary["pipeline_efficiency_derived"]["2x1/exact"]
+    assert eff["per_round"] == [0.75, 1.0] and eff["median"] == pytest.approx(0.875)
+    assert eff["clean_median"] == 0.75 and eff["clean_rounds"] == 1  # round 2 had a neighbour
+    assert summary["speedup_vs_naive_derived"]["2x1/exact"]["per_round"] == [2.0, 2.0]
+    assert summary["images_per_s"]["naive"] == pytest.approx(2.5)
+    summary["default_layout"] = "2x1"
+    rows = acceptance({"models": {"fp32": {"summary": summary}}, "reference": None})
+    met = {r["what"]: r["met"] for r in rows}
+    assert met["fp32: e2e 2x1/exact / naive"] is True
+    assert met["fp32: efficiency 2x1/exact"] is True  # 0.875 >= 0.80
+    assert met["fp32: Ray start-up s (max)"] is True

@@ -377,6 +377,7 @@ def main(argv: list[str] | None = None) -> None:
         help="fp32 = the reference model; fp16/int8 when built (else skipped); or .onnx paths",
     )
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--keep-data", action="store_true", help="keep the ingested datasets")
     args = parser.parse_args(argv)
     console = Console()
     out: Path = args.out
@@ -414,7 +415,9 @@ def main(argv: list[str] | None = None) -> None:
     doc["acceptance"] = acceptance(doc)
     doc["load_average_after"] = load_average()
     doc["seconds"] = time.perf_counter() - started
-    shutil.rmtree(out / "runs", ignore_errors=True)
+    if not args.keep_data:  # re-ingested on every run; only the JSON is worth keeping
+        for sub in ("runs", "data", "memory"):
+            shutil.rmtree(out / sub, ignore_errors=True)
     atomic_write_json(out / "standard.json", json.loads(json.dumps(doc)))
     print_standard(doc, console)
     console.print(f"wrote {out / 'standard.json'}", highlight=False)

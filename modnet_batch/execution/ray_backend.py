@@ -187,7 +187,11 @@ class RayBackend:
             remote_cls: Any = ray.remote(ShardWorker)
             actors = [
                 remote_cls.options(
-                    max_restarts=ACTOR_RESTARTS, max_task_retries=0, max_concurrency=2, **p.options
+                    max_restarts=ACTOR_RESTARTS,
+                    max_task_retries=0,
+                    # every queued shard gets a thread, plus one so progress polls never wait
+                    max_concurrency=job.shards_in_flight + 1,
+                    **p.options,
                 ).remote(p.spec)
                 for p in plans
             ]
