@@ -96,6 +96,23 @@ def _to_uint8(arr: npt.NDArray[np.generic], name: str) -> npt.NDArray[np.uint8]:
     )
 
 
+def _decode(data: EncodedBytes, name: str, reduce: int, base_flags: int) -> npt.NDArray[np.uint8]:
+    """Shared body of decode_image/decode_matte: decode, 8-bit, optional 1/reduce downscale."""
+    if reduce not in _REDUCE_FLAGS:
+        raise ModnetBatchError(f"reduce={reduce} for {name}: expected 1, 2, 4 or 8")
+    buf = _as_buffer(data, name)
+    is_jpeg = sniff_format(buf) == "jpeg"
+    flags = base_flags | (_REDUCE_FLAGS[reduce] if is_jpeg else 0)
+    pixels = _to_uint8(_imdecode(buf, flags, name), name)
+    if reduce > 1 and not is_jpeg:
+        # OpenCV's own fallback floors the size and uses a non-antialiased linear filter;
+        # INTER_AREA to the ceil size matches what libjpeg gives for JPEG.
+        h, w = pixels.shape[:2]
+        size = (math.ceil(w / reduce), math.ceil(h / reduce))
+        pixels = np.asarray(cv2.resize(pixels, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
+    return np.ascontiguousarray(pixels)
+
+
 def decode_image(data: EncodedBytes, *, name: str, reduce: int = 1) -> npt.NDArray[np.uint8]:
     """Encoded image file -> HxWx3 uint8 RGB, C-contiguous, EXIF orientation applied.
 
@@ -104,19 +121,7 @@ def decode_image(data: EncodedBytes, *, name: str, reduce: int = 1) -> npt.NDArr
     for every format: JPEG scales inside libjpeg (fast), other formats decode at full size and
     are area-averaged. `name` only labels errors. Raises DecodeError.
     """
-    if reduce not in _REDUCE_FLAGS:
-        raise ModnetBatchError(f"reduce={reduce} for {name}: expected 1, 2, 4 or 8")
-    buf = _as_buffer(data, name)
-    is_jpeg = sniff_format(buf) == "jpeg"
-    flags = _IMAGE_FLAGS | (_REDUCE_FLAGS[reduce] if is_jpeg else 0)
-    rgb = _to_uint8(_imdecode(buf, flags, name), name)
-    if reduce > 1 and not is_jpeg:
-        # OpenCV's own fallback floors the size and uses a non-antialiased linear filter;
-        # INTER_AREA to the ceil size matches what libjpeg gives for JPEG.
-        h, w = rgb.shape[:2]
-        size = (math.ceil(w / reduce), math.ceil(h / reduce))
-        rgb = np.asarray(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
-    return np.ascontiguousarray(rgb)
+    return _decode(data, name, reduce, _IMAGE_FLAGS)
 
 
 def decode_matte(data: EncodedBytes, *, name: str, reduce: int = 1) -> npt.NDArray[np.uint8]:
@@ -126,14 +131,4 @@ def decode_matte(data: EncodedBytes, *, name: str, reduce: int = 1) -> npt.NDArr
     dropped, 16-bit is scaled to 8-bit with rounding. `reduce` divides each side as in
     decode_image (JPEG inside libjpeg, other formats area-averaged). Raises DecodeError.
     """
-    if reduce not in _REDUCE_FLAGS:
-        raise ModnetBatchError(f"reduce={reduce} for {name}: expected 1, 2, 4 or 8")
-    buf = _as_buffer(data, name)
-    is_jpeg = sniff_format(buf) == "jpeg"
-    flags = _MATTE_FLAGS | (_REDUCE_FLAGS[reduce] if is_jpeg else 0)
-    gray = _to_uint8(_imdecode(buf, flags, name), name)
-    if reduce > 1 and not is_jpeg:
-        h, w = gray.shape[:2]
-        size = (math.ceil(w / reduce), math.ceil(h / reduce))
-        gray = np.asarray(cv2.resize(gray, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
-    return np.ascontiguousarray(gray)
+    return _decode(data, name, reduce, _MATTE_FLAGS)
