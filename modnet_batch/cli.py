@@ -128,7 +128,9 @@ def build(
     from modnet_batch.model.build import build_variant
 
     try:
-        result = build_variant(config, force=force)
+        result = build_variant(
+            config, force=force, progress=lambda msg: console.print(msg, highlight=False)
+        )
     except ModnetBatchError as exc:
         raise _fail(exc) from None
     out.print(str(result.output), highlight=False, soft_wrap=True)
@@ -172,9 +174,15 @@ def submit(
     workers: Annotated[int | None, typer.Option(help="Devices or CPU workers to use.")] = None,
     threads: Annotated[int | None, typer.Option(help="Threads per CPU worker.")] = None,
     instances: Annotated[int | None, typer.Option(help="Actors per device.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per inference batch.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Images per inference batch [default: 1 on CPU, else 4].")
+    ] = None,
     decode_reduce: Annotated[
-        str | None, typer.Option(help="JPEG reduced decode: off (exact, default), auto, 2, 4, 8.")
+        str | None,
+        typer.Option(
+            help="JPEG decode: auto (default: reduced where metrics stay within 1e-4), "
+            "off (exact), 2, 4, 8."
+        ),
     ] = None,
     max_retries: Annotated[
         int | None, typer.Option(help="Retries of a shard whose worker died.")
@@ -248,6 +256,7 @@ def _submit_local(job: Any) -> bool:
         TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
         console=console,
+        refresh_per_second=2,
     )
     task = bar.add_task("submit", total=None, rate="")
     state = {"t0": time.perf_counter(), "done": 0.0}
@@ -361,9 +370,9 @@ def bench(
     warmup: Annotated[int, typer.Option(help="Warm-up batches per session (reported apart).")] = 2,
     rounds: Annotated[int, typer.Option(help="Interleaved repetitions; figures are medians.")] = 1,
     backend: Annotated[str, typer.Option(help="End-to-end backend: ray or inline.")] = "ray",
-    decode_reduce: Annotated[str, typer.Option(help="End-to-end decode: off, auto, 2, 4, 8.")] = (
-        "off"
-    ),
+    decode_reduce: Annotated[
+        str, typer.Option(help="End-to-end decode: auto (as submit), off, 2, 4, 8.")
+    ] = "auto",
     decode_threads: Annotated[int, typer.Option(help="Decode/score threads per worker.")] = 1,
     naive: Annotated[bool, typer.Option(help="Also time the naive sequential loop.")] = False,
     keep_runs: Annotated[bool, typer.Option(help="Keep the end-to-end run dirs.")] = False,

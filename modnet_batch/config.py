@@ -32,9 +32,10 @@ class JobConfig:
     )
     instances: int = 1  # actors per device, like a model zoo's perf tool `-i`
     # --- how
-    batch_size: int = 4
+    batch_size: int | None = None  # images per inference; None = 1 on CPU, 4 on accelerators
     decode_threads: int = 1  # per actor, overlapping decode/preprocess with inference
-    decode_reduce: str = "off"  # JPEG DCT-domain downscale: off (exact) | auto | 2 | 4 | 8
+    # JPEG DCT-domain downscale: auto (where it keeps metrics within 1e-4) | off (exact) | 2 | 4 | 8
+    decode_reduce: str = "auto"
     shards_in_flight: int = 2  # per actor: one running, one queued
     max_retries: int = 3  # per shard, after a worker dies
     dashboard: bool = False  # embedded Ray only
@@ -91,7 +92,7 @@ def validate(job: JobConfig) -> None:
     if job.backend not in {"ray", "inline"}:
         raise ModnetBatchError(f"backend {job.backend!r} is unknown; use 'ray' or 'inline'")
     for name in ("batch_size", "instances", "decode_threads", "shards_in_flight"):
-        if getattr(job, name) < 1:
+        if getattr(job, name) is not None and getattr(job, name) < 1:
             raise ModnetBatchError(f"{name} must be at least 1, got {getattr(job, name)}")
     if job.max_retries < 0:
         raise ModnetBatchError(f"max_retries must be >= 0, got {job.max_retries}")

@@ -68,25 +68,29 @@ def ppm_dataset(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def inline_run(
     ppm_dataset: Path, real_model: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Callable[[str], Path]:
-    """Single-process runs of ppm100-dev with the real model, one per protocol, made once."""
+) -> Callable[..., Path]:
+    """Single-process runs of ppm100-dev with the real model, one per protocol and decode mode
+    (default "off": exact, as the reference), each made once."""
     from modnet_batch.config import load_job
     from modnet_batch.execution.driver import run_job
 
     base = tmp_path_factory.mktemp("inline-runs")
-    runs: dict[str, Path] = {}
+    runs: dict[tuple[str, str], Path] = {}
 
-    def get(protocol: str) -> Path:
-        if protocol not in runs:
+    def get(protocol: str, decode_reduce: str = "off") -> Path:
+        key = (protocol, decode_reduce)
+        if key not in runs:
+            out = base / f"{protocol}-{decode_reduce}"
             overrides = {
                 "dataset": str(ppm_dataset),
-                "out": str(base / protocol),
+                "out": str(out),
                 "protocol": protocol,
                 "backend": "inline",
                 "model": str(real_model),
+                "decode_reduce": decode_reduce,
             }
             run_job(load_job(None, overrides))
-            runs[protocol] = base / protocol
-        return runs[protocol]
+            runs[key] = out
+        return runs[key]
 
     return get

@@ -196,19 +196,21 @@ def test_standard_summary_pairs_each_run_with_its_neighbour() -> None:
         [(8.0, 6.0, 3.0, 0.0), (4.0, 4.0, 2.0, 1.0)]
     ):
         records += [
-            _rec("model_only", rnd, model, foreign, layout="2x1", batch_size=1, pair="2x1/exact"),
-            _rec("end_to_end", rnd, e2e, foreign, layout="2x1", inputs="exact", pair="2x1/exact"),
-            _rec("naive", rnd, naive, foreign, layout="1x2", pair="2x1/exact"),
+            _rec("model_only", rnd, model, foreign, layout="2x1", batch_size=1, pair="2x1/default"),
+            _rec(
+                "end_to_end", rnd, e2e, foreign, layout="2x1", inputs="default", pair="2x1/default"
+            ),
+            _rec("naive", rnd, naive, foreign, layout="1x2", pair="2x1/default"),
         ]
     summary = summarize_model(records)
-    eff = summary["pipeline_efficiency_derived"]["2x1/exact"]
+    eff = summary["pipeline_efficiency_derived"]["2x1/default"]
     assert eff["per_round"] == [0.75, 1.0] and eff["median"] == pytest.approx(0.875)
     assert eff["clean_median"] == 0.75 and eff["clean_rounds"] == 1  # round 2 had a neighbour
-    assert summary["speedup_vs_naive_derived"]["2x1/exact"]["per_round"] == [2.0, 2.0]
+    assert summary["speedup_vs_naive_derived"]["2x1/default"]["per_round"] == [2.0, 2.0]
     assert summary["images_per_s"]["naive"] == pytest.approx(2.5)
     summary["default_layout"] = "2x1"
     rows = acceptance({"models": {"fp32": {"summary": summary}}, "reference": None})
     met = {r["what"]: r["met"] for r in rows}
-    assert met["fp32: e2e 2x1/exact / naive"] is True
-    assert met["fp32: efficiency 2x1/exact"] is True  # 0.875 >= 0.80
+    assert met["fp32: e2e 2x1/default / naive"] is True
+    assert met["fp32: efficiency 2x1/default"] is True  # 0.875 >= 0.80
     assert met["fp32: Ray start-up s (max)"] is True

@@ -104,3 +104,38 @@ def test_missing_dataset_and_bad_model_are_clear(tiny_model: Path, tmp_path: Pat
     with pytest.raises(ModnetBatchError, match="ingest"):
         run_job(_job(tmp_path / "nope", tmp_path / "run", tiny_model))  # type: ignore[arg-type]
     shutil.rmtree(tmp_path / "run", ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    ("protocol", "precision", "asked", "factor"),
+    [
+        ("seed-area", "fp32", "auto", 0),  # AUTO_REDUCE: per image
+        ("seed-area", "fp16", "auto", 0),
+        ("seed-area", "int8", "auto", 1),  # int8 moves ~1e-3 on reduced inputs: exact
+        ("seed-linear", "fp32", "auto", 1),  # INTER_LINEAR samples pixels: exact
+        ("paper", "fp32", "auto", 1),  # full-resolution scoring: exact
+        ("seed-area", "fp32", "off", 1),
+        ("seed-area", "int8", "4", 4),  # an explicit factor is obeyed
+        ("seed-linear", "fp32", "2", 2),
+    ],
+)
+def test_decode_mode_resolution(protocol: str, precision: str, asked: str, factor: int) -> None:
+    from modnet_batch.execution.driver import decode_description, decode_reduce_factor
+    from modnet_batch.execution.processor import AUTO_REDUCE
+
+    job = load_job(None, {"dataset": "d", "out": "r", "protocol": protocol, "decode_reduce": asked})
+    assert job.decode_reduce == asked
+    got = decode_reduce_factor(job, precision)
+    assert got == factor
+    assert decode_description(got).startswith(
+        "auto" if got == AUTO_REDUCE else ("exact" if got == 1 else "JPEG")
+    )
+
+
+def test_defaults_batch_one_on_cpu_four_on_accelerators() -> None:
+    from modnet_batch.execution.driver import batch_size
+
+    assert batch_size(load_job(None, {"dataset": "d", "out": "r"})) == 1
+    assert batch_size(load_job(None, {"dataset": "d", "out": "r", "device": "gpu"})) == 4
+    assert batch_size(load_job(None, {"dataset": "d", "out": "r", "batch_size": 3})) == 3
+    assert load_job(None, {"dataset": "d", "out": "r"}).decode_reduce == "auto"

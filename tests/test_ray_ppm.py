@@ -1,5 +1,5 @@
-"""Ray on ppm100-dev with the real model: equality with the single-process run, a worker killed
-mid-job, and a driver killed mid-job then resumed."""
+"""Ray on ppm100-dev with the real model: equality with the single-process run (both with the
+default decode), a worker killed mid-job, and a driver killed mid-job then resumed."""
 
 from __future__ import annotations
 
@@ -84,19 +84,19 @@ def _assert_same_as(reference: Path, run: Path) -> None:
 
 
 def test_ray_equals_single_process(
-    ppm_dataset: Path, real_model: Path, inline_run: Callable[[str], Path], tmp_path: Path
+    ppm_dataset: Path, real_model: Path, inline_run: Callable[..., Path], tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
     done = subprocess.run(_submit_cmd(ppm_dataset, real_model, out), capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
-    _assert_same_as(inline_run("seed-area"), out)
+    _assert_same_as(inline_run("seed-area", "auto"), out)  # submit's default decode
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["throughput"]["per_device"]) == 2
     assert summary["shards"]["processed"] == SHARDS
 
 
 def test_killed_worker_is_replaced_and_nothing_is_lost(
-    ppm_dataset: Path, real_model: Path, inline_run: Callable[[str], Path], tmp_path: Path
+    ppm_dataset: Path, real_model: Path, inline_run: Callable[..., Path], tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
     proc = _start(_submit_cmd(ppm_dataset, real_model, out), tmp_path / "log")
@@ -115,11 +115,11 @@ def test_killed_worker_is_replaced_and_nothing_is_lost(
             _kill_tree(proc)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["shards"]["retries"] >= 1 and summary["complete"]
-    _assert_same_as(inline_run("seed-area"), out)
+    _assert_same_as(inline_run("seed-area", "auto"), out)  # submit's default decode
 
 
 def test_killed_driver_resumes_without_redoing_shards(
-    ppm_dataset: Path, real_model: Path, inline_run: Callable[[str], Path], tmp_path: Path
+    ppm_dataset: Path, real_model: Path, inline_run: Callable[..., Path], tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
     proc = _start(_submit_cmd(ppm_dataset, real_model, out), tmp_path / "log1")
@@ -136,4 +136,4 @@ def test_killed_driver_resumes_without_redoing_shards(
     summary = json.loads((out / "summary.json").read_text())
     assert summary["shards"]["skipped_done"] == done_before
     assert summary["shards"]["processed"] == SHARDS - done_before
-    _assert_same_as(inline_run("seed-area"), out)
+    _assert_same_as(inline_run("seed-area", "auto"), out)  # submit's default decode

@@ -32,7 +32,7 @@ class BenchConfig:
     rounds: int = 1  # interleaved repetitions of every measurement; figures are medians
     # --- the end-to-end pipeline
     backend: str = "ray"  # ray (embedded local Ray, as `submit`) | inline (one process)
-    decode_reduce: str = "off"
+    decode_reduce: str = "auto"  # as `submit`
     decode_threads: int = 1
     naive: bool = False  # also time the naive sequential loop on the same images and cores
     keep_runs: bool = False  # keep the e2e run directories (alpha files) under the output

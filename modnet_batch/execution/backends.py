@@ -48,11 +48,11 @@ class InlineBackend:
         import time
 
         from modnet_batch.execution.processor import ShardProcessor
-        from modnet_batch.execution.resources import cpu_split
+        from modnet_batch.execution.resources import available_cpus
 
         t0 = time.perf_counter()
-        split = cpu_split(None, job.threads)
-        spec = replace(base, threads=split.threads, label="inline:cpu")
+        # one process, one session: it gets every core unless --threads says otherwise
+        spec = replace(base, threads=job.threads or available_cpus(), label="inline:cpu")
         processor = ShardProcessor(spec)
         info = {
             "label": spec.label,

@@ -81,11 +81,16 @@ def plan_actors(job: JobConfig, base: WorkerSpec) -> list[ActorPlan]:
     plans: list[ActorPlan] = []
     inst = job.instances
     if job.device == "cpu":
+        threads = job.threads
+        if threads is None and job.workers is not None:
+            # --workers alone: spread the cluster's cores over that many workers
+            total = sum(int(n["Resources"].get("CPU", 0)) for n in nodes)
+            threads = max(1, total // job.workers)
         for node in nodes:
             cpus = int(node["Resources"].get("CPU", 0))
             if cpus == 0:
                 continue
-            split = cpu_split(None, job.threads, cpus)
+            split = cpu_split(None, threads, cpus)
             short = node["NodeManagerAddress"] + ":" + node["NodeID"][:6]
             for w in range(split.workers):
                 spec = replace(base, threads=split.threads, label=f"cpu{w}@{short}")

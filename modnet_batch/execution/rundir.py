@@ -10,6 +10,7 @@ import io
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,23 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+# zlib level 1 instead of np.savez_compressed's 6: on MODNet alphas the file grows by ~10%
+# while compression costs ~4x less CPU, which the network needs more on a small machine.
+ALPHA_COMPRESSLEVEL = 1
+
+
 def write_alpha(path: Path, alpha: npt.NDArray[np.uint8]) -> None:
-    """`alpha/<image_id>.npz`: compressed, key `alpha`, uint8 HxW, loads with allow_pickle=False."""
+    """`alpha/<image_id>.npz`: compressed, key `alpha`, uint8 HxW, loads with allow_pickle=False.
+
+    The same container as np.savez_compressed (a zip of `alpha.npy`), at a faster zlib level.
+    """
     buf = io.BytesIO()
-    np.savez_compressed(buf, alpha=alpha)
+    level = ALPHA_COMPRESSLEVEL
+    with (
+        zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=level) as zf,
+        zf.open("alpha.npy", "w", force_zip64=True) as fh,
+    ):
+        np.lib.format.write_array(fh, np.ascontiguousarray(alpha), allow_pickle=False)
     atomic_write_bytes(path, buf.getvalue())
 
 

@@ -138,22 +138,22 @@ def _largest_component(mask: npt.NDArray[np.uint8]) -> BoolImage:
 
     Ties go to the component met first in raster order, as skimage's / scipy's labelling with
     argmax(bincount[1:]) picks them; that is decided here from the pixels, not from cv2's label
-    numbering.
+    numbering. Areas come from a bincount of the labels: cv2's WithStats variant costs about
+    three times the labelling itself.
     """
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=4, ltype=cv2.CV_32S)
+    n, labels = cv2.connectedComponents(mask, connectivity=4, ltype=cv2.CV_32S)
     if n <= 1:
         return np.zeros(mask.shape, dtype=np.bool_)
-    areas = stats[1:, cv2.CC_STAT_AREA]
+    flat = labels.reshape(-1)
+    if n == 2:
+        comp: BoolImage = labels == 1
+        return comp
+    areas = np.bincount(flat, minlength=n)[1:]
     tied = np.flatnonzero(areas == areas.max()) + 1
     best = int(tied[0])
     if tied.size > 1:
-        # A component's first raster pixel lies in its bounding box's top row: among the tied
-        # components, those starting on the highest row compete for that row's first pixel.
-        tops = stats[tied, cv2.CC_STAT_TOP]
-        top = int(tops.min())
-        row = labels[top]
-        best = int(row[np.argmax(np.isin(row, tied[tops == top]))])
-    comp: BoolImage = labels == best
+        best = int(flat[np.argmax(np.isin(flat, tied))])  # the first tied pixel in raster order
+    comp = labels == best
     return comp
 
 

@@ -49,6 +49,16 @@ class Protocol(ABC):
     def foreground(self, alpha: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
         """The foreground mask used for IoU, for a prediction or a ground truth in [0, 1]."""
 
+    @property
+    def reduced_decode(self) -> bool:
+        """Whether `--decode-reduce auto` may decode large JPEGs at 1/2..1/8 for this protocol.
+
+        Only where the input resize averages areas (a DCT-domain pre-reduction keeping >= 2x
+        the network input then barely moves the result) and the saving matters; every other
+        protocol decodes exactly under `auto`.
+        """
+        return False
+
     def scoring_size(self, height: int, width: int) -> tuple[int, int]:
         """The (height, width) at which this protocol scores an image of this size."""
         return height, width
