@@ -77,6 +77,7 @@ def test_end_to_end_has_the_job_view_and_a_breakdown_that_adds_up(doc: dict[str,
         assert stages["outside_shard_loops"] >= -0.03 * r["processing_s"]
         assert stages["infer"] > 0 and r["pool_cpu_s"]["score"] > 0
         assert isinstance(r["stability"]["stable"], bool)
+        assert r["steady_images_per_s"] is None or r["steady_images_per_s"] > 0
         assert r["metrics"]["mse"] is not None
 
 
@@ -188,24 +189,41 @@ def _rec(kind: str, rnd: int, ips: float, foreign: float = 0.0, **keys: Any) -> 
     return rec
 
 
-def test_standard_summary_pairs_each_run_with_its_neighbour() -> None:
+def test_standard_summary_pairs_each_run_with_its_neighbours() -> None:
     from modnet_batch.bench.standard import acceptance, summarize_model
 
     records = []
-    for rnd, (model, e2e, naive, foreign) in enumerate(
-        [(8.0, 6.0, 3.0, 0.0), (4.0, 4.0, 2.0, 1.0)]
+    # per round: model-only before, e2e, naive, model-only after (M E M): the e2e is compared
+    # with the mean of its two model-only neighbours
+    for rnd, (before, after, e2e, naive, foreign) in enumerate(
+        [(8.0, 8.0, 6.0, 3.0, 0.0), (3.0, 5.0, 4.0, 2.0, 1.0)]
     ):
         records += [
-            _rec("model_only", rnd, model, foreign, layout="2x1", batch_size=1, pair="2x1/default"),
+            _rec(
+                "model_only", rnd, before, foreign, layout="2x1", batch_size=1, pair="2x1/default"
+            ),
             _rec(
                 "end_to_end", rnd, e2e, foreign, layout="2x1", inputs="default", pair="2x1/default"
             ),
             _rec("naive", rnd, naive, foreign, layout="1x2", pair="2x1/default"),
+            _rec(
+                "model_only",
+                rnd,
+                after,
+                0.0,
+                layout="2x1",
+                batch_size=1,
+                pair="",
+                after="2x1/default",
+            ),
         ]
+        records[-3]["steady_images_per_s"] = e2e * 1.1
     summary = summarize_model(records)
     eff = summary["pipeline_efficiency_derived"]["2x1/default"]
     assert eff["per_round"] == [0.75, 1.0] and eff["median"] == pytest.approx(0.875)
     assert eff["clean_median"] == 0.75 and eff["clean_rounds"] == 1  # round 2 had a neighbour
+    steady = summary["steady_efficiency_derived"]["2x1/default"]
+    assert steady["per_round"] == pytest.approx([0.825, 1.1])
     assert summary["speedup_vs_naive_derived"]["2x1/default"]["per_round"] == [2.0, 2.0]
     assert summary["images_per_s"]["naive"] == pytest.approx(2.5)
     summary["default_layout"] = "2x1"
@@ -214,3 +232,13 @@ def test_standard_summary_pairs_each_run_with_its_neighbour() -> None:
     assert met["fp32: e2e 2x1/default / naive"] is True
     assert met["fp32: efficiency 2x1/default"] is True  # 0.875 >= 0.80
     assert met["fp32: Ray start-up s (max)"] is True
+
+
+def test_steady_rate_leaves_out_start_and_tail() -> None:
+    from modnet_batch.bench.stats import steady_rate
+
+    # 20 results: a slow start (first at 2 s), then one every 0.1 s, then a straggler at 10 s
+    finishes = [2.0] + [2.0 + 0.1 * i for i in range(1, 19)] + [10.0]
+    assert steady_rate(finishes) == pytest.approx(10.0)  # results 2..17: 15 in 1.5 s
+    assert steady_rate(finishes, trim=0.0) == pytest.approx(19 / 8.0)
+    assert steady_rate([1.0, 2.0]) is None

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from modnet_batch.bench.config import BenchConfig
-from modnet_batch.bench.stats import stability, window_rates
+from modnet_batch.bench.stats import stability, steady_rate, window_rates
 from modnet_batch.config import load_job
 from modnet_batch.execution.driver import JobPlan, run_job
 from modnet_batch.execution.processor import LOOP_STAGES, POOL_STAGES
@@ -107,6 +107,7 @@ def describe(
         "images": images,
         "failed": summary["images"]["failed"],
         "images_per_s": images / processing,
+        "steady_images_per_s": steady_rate(finishes),
         "processing_s": processing,
         "startup_s": startup,
         "plan_s": plan_epoch - started_epoch,

@@ -128,9 +128,11 @@ def bench_model(
     out: Path,
     log: Console,
 ) -> dict[str, Any]:
-    """Each end-to-end run (layout x inputs) right after a model-only run of the same layout, and
-    the naive loop right after the default job: ratios come from adjacent measurements, so a
-    neighbour's load on a shared machine hits both sides alike. Repeated for args.rounds."""
+    """Each end-to-end run (layout x inputs) between two model-only runs of the same layout
+    (M E M E M ...), and the naive loop right after the default job: ratios come from adjacent
+    measurements (the model-only side is the mean of the runs before and after), so a
+    neighbour's load or the host's drifting speed hits both sides alike. Repeated for
+    args.rounds."""
     cores = available_cpus()
     plain, prepared = data["plain"]["path"], data["prepared"]["path"]
     samples = dataset_samples(plain, PROTOCOL)
@@ -149,7 +151,8 @@ def bench_model(
         )
         return rec
 
-    def model_only(rnd: int, lay: Layout, b: int, pair: str) -> None:
+    def model_only(rnd: int, lay: Layout, b: int, pair: str, after: str = "") -> None:
+        """`pair`: the end-to-end run this one precedes; `after`: the one it follows."""
         cfg = BenchConfig(mode="model", model=model, duration_s=args.duration, warmup=2)
         devs = [Device(f"cpu{i}", "cpu", 0, lay.threads) for i in range(lay.workers)]
         record(
@@ -159,6 +162,7 @@ def bench_model(
             layout=lay.name,
             batch_size=b,
             pair=pair,
+            after=after,
         )
 
     default = layouts(cores)[0]  # what `submit` uses without --workers/--threads
@@ -166,9 +170,10 @@ def bench_model(
         for lay in layouts(cores):
             for b in args.batch[1:]:  # other batch sizes: model-only, for information
                 model_only(rnd, lay, b, "")
-            for inp in inputs_for(precision):
+            runs = inputs_for(precision)
+            model_only(rnd, lay, batch, f"{lay.name}/{runs[0].name}")
+            for k, inp in enumerate(runs):
                 pair = f"{lay.name}/{inp.name}"
-                model_only(rnd, lay, batch, pair)
                 cfg = BenchConfig(
                     mode="e2e",
                     dataset=prepared if inp.prepared else plain,
@@ -195,6 +200,8 @@ def bench_model(
                         layout=f"1x{cores}",
                         pair=pair,
                     )
+                following = f"{lay.name}/{runs[k + 1].name}" if k + 1 < len(runs) else ""
+                model_only(rnd, lay, batch, following, after=pair)
     summary = summarize_model(records)
     summary["default_layout"] = default.name
     summary["precision"] = precision
@@ -208,18 +215,33 @@ def summarize_model(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over rounds; each ratio per round from its adjacent pair, then the median (over
     all rounds, and over the clean ones where nobody else used the machine)."""
     e2e = [r for r in records if r["kind"] == "end_to_end"]
-    mo = {(r["round"], r["pair"]): r for r in records if r["kind"] == "model_only" and r["pair"]}
+    # model-only peers of each end-to-end run: the run just before and the run just after
+    neighbours: dict[tuple[int, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        if r["kind"] == "model_only":
+            for key in (r.get("pair"), r.get("after")):
+                if key:
+                    neighbours[(r["round"], key)].append(r)
+    mo = {
+        key: {
+            "images_per_s": sum(r["images_per_s"] for r in rs) / len(rs),
+            "machine_load": {"foreign_cores": max(r["machine_load"]["foreign_cores"] for r in rs)},
+        }
+        for key, rs in neighbours.items()
+    }
     nv = {(r["round"], r["pair"]): r for r in records if r["kind"] == "naive"}
 
-    def ratios(peers: dict[tuple[int, str], dict[str, Any]]) -> dict[str, Any]:
+    def ratios(
+        peers: dict[tuple[int, str], dict[str, Any]], field: str = "images_per_s"
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for pair in sorted({r["pair"] for r in e2e}):
             vals, clean = [], []
             for r in (r for r in e2e if r["pair"] == pair):
                 peer = peers.get((r["round"], pair))
-                if peer is None or peer["images_per_s"] <= 0:
+                if peer is None or peer["images_per_s"] <= 0 or not r.get(field):
                     continue
-                v = r["images_per_s"] / peer["images_per_s"]
+                v = r[field] / peer["images_per_s"]
                 vals.append(v)
                 load = max(
                     r["machine_load"]["foreign_cores"], peer["machine_load"]["foreign_cores"]
@@ -248,6 +270,9 @@ def summarize_model(records: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "images_per_s": {k: median(v) for k, v in sorted(groups.items())},
         "pipeline_efficiency_derived": ratios(mo),
+        # the same over the steady part of each job (between its 10% and 90% results): the
+        # pipeline's own cost, without the start (first decode) and the tail (one worker left)
+        "steady_efficiency_derived": ratios(mo, "steady_images_per_s"),
         "speedup_vs_naive_derived": ratios(nv),
         "metrics": {p: first[p]["metrics"] for p in pairs},
         "ray_startup_s": median([r["startup_s"] for r in e2e]),
@@ -314,6 +339,9 @@ def acceptance(doc: dict[str, Any]) -> list[dict[str, Any]]:
         goals = {"default": 0.80, "exact": 0.80, "prepared": 0.95}
         for pair, r in s["pipeline_efficiency_derived"].items():
             rows.append(_target(f"{name}: efficiency {pair}", r, ">=", goals[pair.split("/")[1]]))
+        for pair, r in s.get("steady_efficiency_derived", {}).items():
+            goal = goals[pair.split("/")[1]]
+            rows.append(_target(f"{name}: (info) steady-part efficiency {pair}", r, ">=", goal))
         ref = doc.get("reference")
         metrics = s["metrics"]
         if ref and default in metrics and res.get("model", {}).get("reference_model"):

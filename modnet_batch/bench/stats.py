@@ -65,5 +65,17 @@ def stability(
     }
 
 
+def steady_rate(finishes: Sequence[float], trim: float = 0.1) -> float | None:
+    """Images/s between the results at the `trim` and `1 - trim` fractions of a job's sorted
+    finish times: its pace once every worker is busy, without the start (first reads and
+    decodes) and the tail (the last worker finishing alone). None with too few results."""
+    times = sorted(finishes)
+    skip = int(len(times) * trim)
+    first, last = skip, len(times) - 1 - skip
+    if last - first < 2 or times[last] <= times[first]:
+        return None
+    return (last - first) / (times[last] - times[first])
+
+
 def median(values: Sequence[float]) -> float:
     return float(np.median(np.asarray(values, dtype=np.float64))) if values else float("nan")
