@@ -7,7 +7,7 @@ SHARED ?= $(abspath ../shared)
 # Where tests find ../shared (datasets + reference numbers); tests that need it skip without it.
 export MODNET_SHARED_DIR ?= $(if $(wildcard $(SHARED)/reference),$(SHARED),)
 
-.PHONY: install demo test test-fast lint fmt typecheck bench clean
+.PHONY: install demo test test-fast lint fmt typecheck bench profile clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ fmt: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m modnet_batch.bench.standard --out bench
+
+profile: $(STAMP)
+	$(PY) -m modnet_batch.bench.profile --out bench/profile
 
 clean:
 	rm -rf demo bench .pytest_cache .mypy_cache .ruff_cache

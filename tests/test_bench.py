@@ -242,3 +242,31 @@ def test_steady_rate_leaves_out_start_and_tail() -> None:
     assert steady_rate(finishes) == pytest.approx(10.0)  # results 2..17: 15 in 1.5 s
     assert steady_rate(finishes, trim=0.0) == pytest.approx(19 / 8.0)
     assert steady_rate([1.0, 2.0]) is None
+
+
+def test_profile_summary_groups_samples_by_stage() -> None:
+    from modnet_batch.bench.profile import OTHER, summarize
+
+    raw = "\n".join(
+        [
+            "thread (1);run_job (driver.py:1);ShardProcessor.process (p.py:2);"
+            "ModelSession.run (modnet_batch/model/session.py:9) 60",
+            "thread (2);_worker (x);ShardProcessor._prepare (p.py:3);"
+            "decode_image (modnet_batch/data/decode.py:5) 25",
+            "thread (2);ShardProcessor._finish (p.py:4);image_metrics (m.py:1);"
+            "connectivity_error (modnet_batch/metrics/matting.py:9) 10",
+            "thread (1);<module> (x.py:1);_find_and_load (<frozen>:1) 4",
+            "thread (1);finalize (driver.py:9) 1",
+            "",
+        ]
+    )
+    doc = summarize(raw)
+    assert doc["samples"] == 100
+    shares = {k: v["share"] for k, v in doc["stages"].items()}
+    assert shares == {
+        "infer": 0.6,
+        "decode": 0.25,
+        "score: conn": 0.1,
+        "start-up: imports": 0.04,
+        OTHER: 0.01,
+    }

@@ -67,6 +67,9 @@ def print_summary(summary: dict[str, Any], run_dir: Path, console: Console | Non
         f"{shards['skipped_done']} already done, {len(shards['failed'])} failed; "
         f"wall {summary['throughput']['wall_s']:.1f} s"
     )
+    job = summary.get("job", {})
+    if "decode" in job:  # how the numbers were made: exact or reduced decode
+        console.print(f"decode: {job['decode']}; batch size {job.get('batch_size')}")
 
 
 def worst_table(rows: list[dict[str, Any]], metric: str) -> Table:
