@@ -103,3 +103,24 @@ def test_missing_resource_is_a_clear_error(
 
     with pytest.raises(ModnetBatchError, match="no 'tpu_v9' resource"):
         run_job(_job(synth_dataset, tmp_path / "run", tiny_model, device="tpu_v9"))
+
+
+@pytest.mark.parametrize(
+    ("options", "layout"),
+    [
+        ({}, [1, 1]),  # default: one single-threaded worker per core
+        ({"workers": 1}, [2]),  # --workers alone spreads the cores over them
+        ({"threads": 2}, [2]),
+        ({"workers": 1, "threads": 1}, [1]),
+    ],
+)
+def test_cpu_worker_layout(
+    fake_device_ray: None, tiny_model: Path, options: dict[str, int], layout: list[int]
+) -> None:
+    from modnet_batch.execution.processor import WorkerSpec
+    from modnet_batch.execution.ray_backend import plan_actors
+
+    job = load_job(None, {"dataset": "d", "out": "r", **options})
+    plans = plan_actors(job, WorkerSpec(model=str(tiny_model), protocol="seed-area", run_dir="r"))
+    assert [p.spec.threads for p in plans] == layout
+    assert [p.options["num_cpus"] for p in plans] == layout

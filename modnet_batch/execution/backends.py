@@ -56,6 +56,8 @@ class InlineBackend:
         processor = ShardProcessor(spec)
         info = {
             "label": spec.label,
+            "threads": spec.threads,
+            "batch_size": spec.batch_size,
             "provider": processor.session.provider,
             "session_seconds": processor.session_seconds,
         }

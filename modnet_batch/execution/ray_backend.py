@@ -49,6 +49,8 @@ class ShardWorker:
             "pid": os.getpid(),
             "accelerators": {k: list(v) for k, v in ctx.get_accelerator_ids().items() if v},
             "device_index": self.spec.device_index,
+            "threads": self.spec.threads,
+            "batch_size": self.spec.batch_size,
             "provider": self.processor.session.provider,
             "session_seconds": self.processor.session_seconds,
         }
