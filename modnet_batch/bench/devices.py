@@ -25,11 +25,13 @@ def provider_for(cfg: BenchConfig) -> str:
 
 
 def cpu_threads(cfg: BenchConfig) -> int:
-    """Threads per CPU worker: given, else the cores split over the largest worker count."""
+    """Threads per CPU worker: given; else, with --workers, the cores split over the largest
+    count; else 1 (one single-threaded worker per core, as `submit` defaults to)."""
     if cfg.threads is not None:
         return cfg.threads
-    most = max(cfg.workers) if cfg.workers else 1
-    return max(1, available_cpus() // (most * cfg.instances))
+    if not cfg.workers:
+        return 1
+    return max(1, available_cpus() // (max(cfg.workers) * cfg.instances))
 
 
 def all_devices(cfg: BenchConfig) -> list[Device]:
