@@ -50,6 +50,7 @@ class JobPlan:
     resumed: bool
     tasks: list[ShardTask]
     done_before: set[str]
+    decode_reduce: int  # WorkerSpec.decode_reduce, resolved for this protocol and model
     warnings: list[str] = field(default_factory=list)
 
 
@@ -98,11 +99,12 @@ def plan_job(job: JobConfig) -> JobPlan:
     model_path = resolve_model(job.model)
     check_signature(model_path)
     info = variant_info(model_path)
+    decode_reduce = decode_reduce_factor(job, info.get("precision", "fp32"))
     identity = {
         "dataset": dataset.fingerprint(),
         "model_sha256": info.get("sha256") or sha256_file(model_path),
         "protocol": job.protocol,
-        "decode_reduce": decode_reduce_factor(job, info.get("precision", "fp32")),
+        "decode_reduce": decode_reduce,
     }
     run = RunDir(job.out)
     resumed = run.prepare(identity)
@@ -114,7 +116,7 @@ def plan_job(job: JobConfig) -> JobPlan:
         for s in dataset.shards
         if s.name not in done
     ]
-    plan = JobPlan(job, dataset, model_path, info, run, resumed, tasks, done)
+    plan = JobPlan(job, dataset, model_path, info, run, resumed, tasks, done, decode_reduce)
     plan.warnings.extend(_overlap_warnings(plan))
     return plan
 
@@ -151,7 +153,7 @@ def worker_spec(plan: JobPlan) -> WorkerSpec:
         provider=provider,
         batch_size=batch_size(job),
         decode_threads=job.decode_threads,
-        decode_reduce=decode_reduce_factor(job, plan.model_info.get("precision", "fp32")),
+        decode_reduce=plan.decode_reduce,
     )
 
 
@@ -232,9 +234,7 @@ def finalize(
             "variant": plan.model_info,
             "backend": plan.job.backend,
             "address": plan.job.address,
-            "decode": decode_description(
-                decode_reduce_factor(plan.job, plan.model_info.get("precision", "fp32"))
-            ),
+            "decode": decode_description(plan.decode_reduce),
             "batch_size": batch_size(plan.job),
         },
         "startup_seconds": report.startup_seconds,
