@@ -270,3 +270,10 @@ def test_profile_summary_groups_samples_by_stage() -> None:
         "start-up: imports": 0.04,
         OTHER: 0.01,
     }
+
+
+def test_standard_set_skips_exact_where_auto_is_exact() -> None:
+    from modnet_batch.bench.standard import inputs_for
+
+    assert [i.name for i in inputs_for("fp32")] == ["default", "exact", "prepared"]
+    assert [i.name for i in inputs_for("int8")] == ["default", "prepared"]

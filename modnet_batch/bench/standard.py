@@ -28,9 +28,11 @@ from modnet_batch.bench.naive import run_naive
 from modnet_batch.bench.run import dataset_samples
 from modnet_batch.bench.stats import median
 from modnet_batch.bench.tiny import make_tiny_model
+from modnet_batch.config import JobConfig
 from modnet_batch.data.ingest import ingest
 from modnet_batch.data.synthetic import make_synthetic
 from modnet_batch.errors import ModnetBatchError
+from modnet_batch.execution.driver import decode_reduce_factor
 from modnet_batch.execution.resources import available_cpus
 from modnet_batch.execution.rundir import atomic_write_json
 from modnet_batch.model.variants import VARIANTS, resolve_model, variant_info
@@ -70,9 +72,10 @@ INPUTS = (
 
 
 def inputs_for(precision: str) -> tuple[Inputs, ...]:
-    """The inputs worth timing: for int8, `auto` already decodes exactly, so "exact" would
-    repeat "default"."""
-    return tuple(i for i in INPUTS if not (precision == "int8" and i.name == "exact"))
+    """The inputs worth timing: where `auto` already decodes exactly for this precision (int8),
+    "exact" would repeat "default"."""
+    auto = decode_reduce_factor(JobConfig(protocol=PROTOCOL, decode_reduce="auto"), precision)
+    return tuple(i for i in INPUTS if not (auto == 1 and i.name == "exact"))
 
 
 def layouts(cores: int) -> list[Layout]:
