@@ -24,8 +24,8 @@ def cpu_split(workers: int | None, threads: int | None, cpus: int | None = None)
     the other; given both, use them.
 
     One session per core beats one session on every core: MODNet's small convolutions scale
-    sub-linearly with intra-op threads (ppm100-dev, 2 cores: 7.8 img/s as 2x1 vs 6.5 as 1x2),
-    at the cost of one model copy per core.
+    sub-linearly with intra-op threads (ppm100-dev, 2 cores, model-only medians: 7.5 img/s as
+    2x1 vs 5.9 as 1x2), at the cost of one model copy per core.
     """
     cpus = cpus or available_cpus()
     if workers is None and threads is None:
