@@ -13,12 +13,11 @@ import numpy as np
 
 from modnet_batch.data.dataset import Dataset
 from modnet_batch.data.decode import decode_image, decode_matte
+from modnet_batch.execution.processor import STAGES
 from modnet_batch.execution.rundir import write_alpha
 from modnet_batch.metrics import MetricAccumulator, image_metrics
 from modnet_batch.model.session import SessionSpec, open_session
 from modnet_batch.protocol import get_protocol
-
-NAIVE_STAGES = ("read", "decode", "preprocess", "infer", "postprocess", "score", "write")
 
 
 def run_naive(
@@ -33,7 +32,7 @@ def run_naive(
     session = open_session(SessionSpec(model=model, threads=threads, spin=True))
     session_s = time.perf_counter() - t
     out.mkdir(parents=True, exist_ok=True)
-    stages = dict.fromkeys(NAIVE_STAGES, 0.0)
+    stages = dict.fromkeys(STAGES, 0.0)  # the pipeline's stages, timed one after another
     acc = MetricAccumulator()
     images = 0
     try:

@@ -33,6 +33,7 @@ from modnet_batch.protocol import Protocol, get_protocol
 
 METRIC_COLUMNS = ("mse", "mad", "sad", "grad", "conn")
 CONFUSION_COLUMNS = ("tp", "fp", "fn", "tn")
+# Every stage an image goes through (the naive peer in bench/naive.py times each of them).
 STAGES = ("read", "decode", "preprocess", "infer", "postprocess", "score", "write")
 # ShardResult.stages holds two views. The shard loop's thread, whose parts add up to
 # ShardResult.seconds: reading the shard, waiting for decoded inputs, inferring, waiting for
