@@ -30,6 +30,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check modnet_batch tests
 	$(VENV)/bin/ruff format --check modnet_batch tests
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format modnet_batch tests

@@ -12,7 +12,11 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from modnet_batch.bench.config import BenchConfig
+from modnet_batch.cli_options import with_options
 from modnet_batch.errors import ModnetBatchError
+from modnet_batch.options import JobConfig
+from modnet_batch.options.spec import build as build_options
 
 app = typer.Typer(
     help="Batch, distributed evaluation and matting for the MODNet portrait-matting model.",
@@ -137,6 +141,7 @@ def build(
 
 
 @app.command()
+@with_options(JobConfig)
 def submit(
     job_file: Annotated[
         Path | None,
@@ -147,75 +152,17 @@ def submit(
             help="Job YAML; options given here override it.",
         ),
     ] = None,
-    dataset: Annotated[str | None, typer.Option(help="Dataset directory (from `ingest`).")] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help="Model: a path, or a built variant fp32/fp16/int8. Default: the reference model."
-        ),
-    ] = None,
-    protocol: Annotated[
-        str | None, typer.Option(help="seed-area (default), seed-linear or paper.")
-    ] = None,
-    out_dir: Annotated[
-        str | None,
-        typer.Option("--out", help="Run directory; an existing one of the same job is resumed."),
-    ] = None,
-    address: AddressOpt = None,
-    backend: Annotated[
-        str | None, typer.Option(help="ray (default) or inline (one process, no Ray).")
-    ] = None,
-    device: Annotated[
-        str | None, typer.Option(help="cpu, gpu, or a Ray custom resource naming one accelerator.")
-    ] = None,
-    provider: Annotated[
-        str | None, typer.Option(help="onnxruntime provider: cpu, cuda, tensorrt, rocm, ...")
-    ] = None,
-    workers: Annotated[int | None, typer.Option(help="Devices or CPU workers to use.")] = None,
-    threads: Annotated[int | None, typer.Option(help="Threads per CPU worker.")] = None,
-    instances: Annotated[int | None, typer.Option(help="Actors per device.")] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Images per inference batch [default: 1 on CPU, else 4].")
-    ] = None,
-    decode_reduce: Annotated[
-        str | None,
-        typer.Option(
-            help="JPEG decode: auto (default: reduced where metrics stay within 1e-4), "
-            "off (exact), 2, 4, 8."
-        ),
-    ] = None,
-    max_retries: Annotated[
-        int | None, typer.Option(help="Retries of a shard whose worker died.")
-    ] = None,
-    dashboard: Annotated[
-        bool | None, typer.Option(help="Start the Ray dashboard (embedded Ray).")
-    ] = None,
     follow: Annotated[
         bool, typer.Option(help="With --address: stream the job's logs until it ends.")
     ] = False,
+    *,
+    options: dict[str, Any],
 ) -> None:
     """Run a matting/evaluation job: embedded local Ray, or a Ray cluster with --address."""
-    from modnet_batch.config import load_job
+    from modnet_batch.options import load_job
 
-    overrides: dict[str, Any] = {
-        "dataset": dataset,
-        "model": model,
-        "protocol": protocol,
-        "out": out_dir,
-        "address": address,
-        "backend": backend,
-        "device": device,
-        "provider": provider,
-        "workers": workers,
-        "threads": threads,
-        "instances": instances,
-        "batch_size": batch_size,
-        "decode_reduce": decode_reduce,
-        "max_retries": max_retries,
-        "dashboard": dashboard,
-    }
     try:
-        job = load_job(job_file, overrides)
+        job = load_job(job_file, options)
         if job.address:
             _submit_remote(job, follow)
             return
@@ -336,83 +283,20 @@ def _need(address: str | None) -> str:
     return address
 
 
-def _ints(value: str, name: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise ModnetBatchError(f"--{name} {value!r}: expected comma-separated integers") from None
-
-
 @app.command()
-def bench(
-    dataset: Annotated[
-        str | None, typer.Option(help="Dataset dir (from `ingest`); needed for end-to-end.")
-    ] = None,
-    mode: Annotated[str, typer.Option(help="model (session alone), e2e (a real submit), both.")] = (
-        "both"
-    ),
-    model: Annotated[
-        str | None, typer.Option(help="A path, or a built variant fp32/fp16/int8.")
-    ] = None,
-    protocol: Annotated[str, typer.Option(help="seed-area, seed-linear or paper.")] = "seed-area",
-    batch_size: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,4",
-    device: Annotated[str, typer.Option(help="cpu, gpu, or a Ray custom resource.")] = "cpu",
-    provider: Annotated[str | None, typer.Option(help="onnxruntime provider.")] = None,
-    workers: Annotated[
-        str, typer.Option(help="Device / CPU-worker counts to measure, e.g. 1,2 (default all).")
-    ] = "",
-    threads: Annotated[int | None, typer.Option(help="Threads per CPU worker.")] = None,
-    instances: Annotated[int, typer.Option(help="Sessions (actors) per device.")] = 1,
-    duration: Annotated[float, typer.Option(help="Seconds per model-only measurement.")] = 10.0,
-    iterations: Annotated[
-        int | None, typer.Option(help="Batches per session instead of --duration.")
-    ] = None,
-    warmup: Annotated[int, typer.Option(help="Warm-up batches per session (reported apart).")] = 2,
-    rounds: Annotated[int, typer.Option(help="Interleaved repetitions; figures are medians.")] = 1,
-    backend: Annotated[str, typer.Option(help="End-to-end backend: ray or inline.")] = "ray",
-    decode_reduce: Annotated[
-        str, typer.Option(help="End-to-end decode: auto (as submit), off, 2, 4, 8.")
-    ] = "auto",
-    decode_threads: Annotated[int, typer.Option(help="Decode/score threads per worker.")] = 1,
-    naive: Annotated[bool, typer.Option(help="Also time the naive sequential loop.")] = False,
-    keep_runs: Annotated[bool, typer.Option(help="Keep the end-to-end run dirs.")] = False,
-    out_file: Annotated[str, typer.Option("--out", help="JSON file to write.")] = (
-        "bench/bench.json"
-    ),
-) -> None:
+@with_options(BenchConfig)
+def bench(*, options: dict[str, Any]) -> None:
     """Throughput test: model-only and end-to-end images/s, per device and in total."""
-    from modnet_batch.bench.config import BenchConfig
     from modnet_batch.bench.run import run_bench
     from modnet_batch.bench.table import print_bench
 
     try:
-        cfg = BenchConfig(
-            mode=mode,
-            model=model,
-            protocol=protocol,
-            dataset=dataset,
-            device=device,
-            provider=provider,
-            workers=_ints(workers, "workers"),
-            threads=threads,
-            instances=instances,
-            batch_sizes=_ints(batch_size, "batch-size"),
-            duration_s=duration,
-            iterations=iterations,
-            warmup=warmup,
-            rounds=rounds,
-            backend=backend,
-            decode_reduce=decode_reduce,
-            decode_threads=decode_threads,
-            naive=naive,
-            keep_runs=keep_runs,
-            out=out_file,
-        )
+        cfg = build_options(BenchConfig, [("command line", options)])
         doc = run_bench(cfg, log=lambda msg: console.print(msg, highlight=False))
     except ModnetBatchError as exc:
         raise _fail(exc) from None
     print_bench(doc, out)
-    console.print(f"wrote {out_file}", highlight=False)
+    console.print(f"wrote {cfg.out}", highlight=False)
 
 
 @app.command()
@@ -429,15 +313,16 @@ def report(
     ] = False,
 ) -> None:
     """Summary of one run (worst images, optional HTML), or the comparison table of several."""
-    from modnet_batch.reporting.compare import compare_runs, load_summary
+    from modnet_batch.reporting.compare import compare_runs
     from modnet_batch.reporting.html import worst_images, write_html
     from modnet_batch.reporting.table import print_summary, worst_table
+    from modnet_batch.results import RunDir
 
     try:
         if len(runs) > 1:
             compare_runs(runs, out)
             return
-        summary = load_summary(runs[0])
+        summary = RunDir(runs[0]).read_summary()
         print_summary(summary, runs[0], out)
         out.print(worst_table(worst_images(runs[0], metric, worst), metric))
         if html:

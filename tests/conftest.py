@@ -71,8 +71,8 @@ def inline_run(
 ) -> Callable[..., Path]:
     """Single-process runs of ppm100-dev with the real model, one per protocol and decode mode
     (default "off": exact, as the reference), each made once."""
-    from modnet_batch.config import load_job
     from modnet_batch.execution.driver import run_job
+    from modnet_batch.options import load_job
 
     base = tmp_path_factory.mktemp("inline-runs")
     runs: dict[tuple[str, str], Path] = {}

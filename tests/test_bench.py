@@ -250,7 +250,7 @@ def test_profile_summary_groups_samples_by_stage() -> None:
     raw = "\n".join(
         [
             "thread (1);run_job (driver.py:1);ShardProcessor.process (p.py:2);"
-            "ModelSession.run (modnet_batch/model/session.py:9) 60",
+            "Session.run (modnet_batch/model/session.py:9) 60",
             "thread (2);_worker (x);ShardProcessor._prepare (p.py:3);"
             "decode_image (modnet_batch/data/decode.py:5) 25",
             "thread (2);ShardProcessor._finish (p.py:4);image_metrics (m.py:1);"

@@ -16,6 +16,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from modnet_batch.data.decode import decode_image
+from modnet_batch.digest import sha256_file
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.model import variants
 from modnet_batch.model.build import build_variant
@@ -26,7 +27,7 @@ from modnet_batch.model.build_config import (
     load_build_config,
 )
 from modnet_batch.model.calibration import load_calibration_images, select_ids
-from modnet_batch.model.fetch import CACHE_ENV, sha256_file
+from modnet_batch.model.fetch import CACHE_ENV
 from modnet_batch.model.quantize import protect_float_nodes
 from modnet_batch.model.variants import (
     calibration_overlap,

@@ -74,14 +74,16 @@ def test_ingest_then_submit_inline(tiny_model: Path, tmp_path: Path) -> None:
 
 
 def test_worst_images_are_ranked(tmp_path: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    from modnet_batch.metrics import ImageMetrics, ImageRow
     from modnet_batch.reporting.html import worst_images
+    from modnet_batch.results import RunDir
 
-    rows = [{"image_id": i, "mse": m} for i, m in (("a", 0.1), ("b", None), ("c", 0.3), ("d", 0.2))]
-    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "metrics.parquet")
-    assert [r["image_id"] for r in worst_images(tmp_path, "mse", 2)] == ["c", "d"]
+    rows = [
+        ImageRow(i, 4, 4, None if m is None else ImageMetrics(m, m, m, m, m, 1, 0, 0, 1))
+        for i, m in (("a", 0.1), ("b", None), ("c", 0.3), ("d", 0.2))
+    ]
+    RunDir(tmp_path).write_rows(rows)
+    assert [r.image_id for r in worst_images(tmp_path, "mse", 2)] == ["c", "d"]
 
 
 def test_errors_are_one_line_with_exit_1(tmp_path: Path) -> None:

@@ -10,11 +10,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from modnet_batch.config import load_job
 from modnet_batch.data.ingest import ingest
 from modnet_batch.data.synthetic import make_synthetic
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.execution.driver import run_job
+from modnet_batch.options import load_job
 
 
 def _job(dataset: Path, out: Path, model: Path, **kw: object) -> object:
@@ -58,7 +58,7 @@ def test_bad_image_becomes_error_row_and_unmatted_image_is_unscored(
 
     pq.write_table(pa.Table.from_pylist(table, schema=pq.read_schema(shard)), shard)
     meta = json.loads((ds / "dataset.json").read_text())
-    from modnet_batch.data.dataset import file_sha256
+    from modnet_batch.digest import sha256_file as file_sha256
 
     for s in meta["shards"]:
         s["sha256"] = file_sha256(ds / s["path"])
@@ -70,7 +70,12 @@ def test_bad_image_becomes_error_row_and_unmatted_image_is_unscored(
     assert "DecodeError" in rows[table[0]["image_id"]]["error"]
     assert rows[table[1]["image_id"]]["error"] is None and rows[table[1]["image_id"]]["mse"] is None
     assert (tmp_path / "run" / "alpha" / f"{table[1]['image_id']}.npz").exists()
-    assert outcome.summary["images"] == {"total": 3, "scored": 1, "failed": 1, "unscored": 1}
+    assert outcome.summary.to_dict()["images"] == {
+        "total": 3,
+        "scored": 1,
+        "failed": 1,
+        "unscored": 1,
+    }
 
 
 def test_rerun_resumes_without_redoing_shards(
@@ -81,10 +86,10 @@ def test_rerun_resumes_without_redoing_shards(
     marker = tmp_path / "run" / "state" / "shards" / "shard-00001.json"
     marker.unlink()  # as if the driver died before that shard finished
     second = run_job(job)  # type: ignore[arg-type]
-    assert second.summary["shards"]["processed"] == 1
-    assert second.summary["shards"]["skipped_done"] == 2
-    assert second.summary["metrics"] == first.summary["metrics"]
-    assert second.summary["accumulator"] == first.summary["accumulator"]
+    assert second.summary.shards.processed == 1
+    assert second.summary.shards.skipped_done == 2
+    assert second.summary.metrics == first.summary.metrics
+    assert second.summary.accumulator == first.summary.accumulator
 
 
 def test_refuses_to_reuse_a_run_dir_of_another_job(
@@ -109,7 +114,7 @@ def test_missing_dataset_and_bad_model_are_clear(tiny_model: Path, tmp_path: Pat
 @pytest.mark.parametrize(
     ("protocol", "precision", "asked", "factor"),
     [
-        ("seed-area", "fp32", "auto", 0),  # AUTO_REDUCE: per image
+        ("seed-area", "fp32", "auto", 0),  # 0: reduced per image (DecodeMode.AUTO)
         ("seed-area", "fp16", "auto", 0),
         ("seed-area", "int8", "auto", 1),  # int8 moves ~1e-3 on reduced inputs: exact
         ("seed-linear", "fp32", "auto", 1),  # INTER_LINEAR samples pixels: exact
@@ -120,15 +125,15 @@ def test_missing_dataset_and_bad_model_are_clear(tiny_model: Path, tmp_path: Pat
     ],
 )
 def test_decode_mode_resolution(protocol: str, precision: str, asked: str, factor: int) -> None:
-    from modnet_batch.execution.driver import decode_description, decode_reduce_factor
-    from modnet_batch.execution.processor import AUTO_REDUCE
+    from modnet_batch.pipeline import DecodeMode
+    from modnet_batch.protocol import get_protocol
 
     job = load_job(None, {"dataset": "d", "out": "r", "protocol": protocol, "decode_reduce": asked})
     assert job.decode_reduce == asked
-    got = decode_reduce_factor(job, precision)
-    assert got == factor
-    assert decode_description(got).startswith(
-        "auto" if got == AUTO_REDUCE else ("exact" if got == 1 else "JPEG")
+    got = job.decode_reduce.resolve(get_protocol(protocol), precision)
+    assert (0 if got is DecodeMode.AUTO else got.factor) == factor
+    assert got.describe().startswith(
+        "auto" if got is DecodeMode.AUTO else ("exact" if got is DecodeMode.EXACT else "JPEG")
     )
 
 

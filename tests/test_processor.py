@@ -14,18 +14,17 @@ from modnet_batch.data.dataset import Dataset, iter_records
 from modnet_batch.data.decode import decode_matte
 from modnet_batch.data.ingest import ingest
 from modnet_batch.data.synthetic import make_synthetic
+from modnet_batch.engine import EngineSpec
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.execution.processor import (
-    AUTO_REDUCE,
     LOOP_STAGES,
     POOL_STAGES,
     ShardProcessor,
-    ShardResult,
-    ShardTask,
     WorkerSpec,
-    auto_reduce,
 )
+from modnet_batch.pipeline import DecodeMode, auto_reduce
 from modnet_batch.protocol import get_protocol
+from modnet_batch.results import ShardResult, ShardTask
 
 
 def _tasks(dataset: Path) -> list[ShardTask]:
@@ -34,7 +33,7 @@ def _tasks(dataset: Path) -> list[ShardTask]:
 
 
 def _run_all(dataset: Path, model: Path, run: Path, **spec: object) -> list[ShardResult]:
-    proc = ShardProcessor(WorkerSpec(str(model), "seed-area", str(run), **spec))  # type: ignore[arg-type]
+    proc = ShardProcessor(WorkerSpec(EngineSpec(str(model)), "seed-area", str(run), **spec))  # type: ignore[arg-type]
     try:
         return [proc.process(t) for t in _tasks(dataset)]
     finally:
@@ -70,8 +69,8 @@ def test_prepared_inputs_give_the_exact_path_results(
     plain, prepared = prepared_pair
     exact = _run_all(plain, tiny_model, tmp_path / "exact")
     fast = _run_all(prepared, tiny_model, tmp_path / "fast")
-    rows = [row for r in exact for row in r.rows]
-    assert rows == [row for r in fast for row in r.rows]  # every metric bit-identical
+    rows = [row.to_record() for r in exact for row in r.rows]
+    assert rows == [row.to_record() for r in fast for row in r.rows]  # every metric bit-identical
     assert all(row["error"] is None and row["mse"] is not None for row in rows)
     assert [r.accumulator for r in exact] == [r.accumulator for r in fast]
     for row in rows:
@@ -136,10 +135,12 @@ def test_auto_decode_runs_and_changes_little(tiny_model: Path, tmp_path: Path) -
         cv2.imwrite(str(tmp_path / "src" / "matte" / f"im{i}{ext}"), rgb[:, :, 0])
     ingest(tmp_path / "src", tmp_path / "ds", shard_size=4)
     exact = _run_all(tmp_path / "ds", tiny_model, tmp_path / "a")[0]
-    auto = _run_all(tmp_path / "ds", tiny_model, tmp_path / "b", decode_reduce=AUTO_REDUCE)[0]
+    auto = _run_all(tmp_path / "ds", tiny_model, tmp_path / "b", decode=DecodeMode.AUTO)[0]
     assert auto.failed == 0 and auto.images == 2
     assert auto.stages["cpu_decode"] > 0.0
-    for e, a in zip(exact.rows, auto.rows, strict=True):
+    for e, a in (
+        (e.to_record(), a.to_record()) for e, a in zip(exact.rows, auto.rows, strict=True)
+    ):
         assert a["mse"] == pytest.approx(e["mse"], abs=1e-3)  # decoded at 1000x600
         assert a["mse"] != e["mse"]  # it did decode reduced
 
@@ -166,7 +167,9 @@ def test_decode_matte_reduce_gives_ceil_size(ext: str, reduce: int) -> None:
 def test_a_queued_shard_reads_ahead_and_waits_its_turn(
     synth_dataset: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
-    proc = ShardProcessor(WorkerSpec(str(tiny_model), "seed-area", str(tmp_path / "run")))
+    proc = ShardProcessor(
+        WorkerSpec(EngineSpec(str(tiny_model)), "seed-area", str(tmp_path / "run"))
+    )
     first, second = _tasks(synth_dataset)[:2]
     try:
         alone = proc.process(first)

@@ -73,10 +73,10 @@ def test_paper_scores_at_full_resolution_without_uint8_step() -> None:
 @pytest.mark.parametrize("name", ["seed-area", "seed-linear", "paper"])
 def test_reference_per_image_values(name: str, shared: Path, real_model: Path) -> None:
     """Three real images through each protocol match the independent implementation to 1e-9."""
+    from modnet_batch.engine import EngineSpec, open_session
     from modnet_batch.metrics import image_metrics
-    from modnet_batch.model.session import SessionSpec, open_session
 
-    session = open_session(SessionSpec(model=str(real_model), threads=2))
+    session = open_session(EngineSpec(model=str(real_model), threads=2))
     p = get_protocol(name)
     ref_csv = shared / "reference" / f"ppm100-dev.{name}.per-image.csv"
     rows = list(csv.DictReader(ref_csv.open()))[:3]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from modnet_batch.config import JobConfig, load_job
 from modnet_batch.execution.driver import run_job
+from modnet_batch.options import JobConfig, load_job
 
 pytestmark = pytest.mark.ray
 

@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from modnet_batch.config import load_job
 from modnet_batch.execution.driver import run_job
+from modnet_batch.options import load_job
 
 pytestmark = pytest.mark.slow
 PROTOCOLS = ("seed-area", "seed-linear", "paper")

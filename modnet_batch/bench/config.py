@@ -1,12 +1,15 @@
-"""What a benchmark measures: a frozen configuration, like a model zoo's perf tool flags."""
+"""What a benchmark measures: its options, declared once, like a model zoo's perf tool flags."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from modnet_batch.errors import ModnetBatchError
+from modnet_batch.options import BACKENDS
+from modnet_batch.options.spec import check_all, option, plain
+from modnet_batch.pipeline import DecodeMode
+from modnet_batch.protocol import PROTOCOLS
 
 MODES = ("model", "e2e", "both")
 
@@ -14,38 +17,55 @@ MODES = ("model", "e2e", "both")
 @dataclass(frozen=True)
 class BenchConfig:
     # --- what to measure
-    mode: str = "both"  # model (session alone on in-memory tensors) | e2e (a real submit) | both
-    model: str | None = None  # path, built variant fp32/fp16/int8, None = the reference model
-    protocol: str = "seed-area"  # fixes the network input size (and the e2e pipeline)
-    dataset: str | None = None  # needed for e2e; model-only takes its input tensors from it
+    mode: str = option(
+        "both", "model (session alone), e2e (a real submit), both.", choices=lambda: MODES
+    )
+    model: str | None = option(
+        None, "A path, or a built variant fp32/fp16/int8; none = the reference model."
+    )
+    protocol: str = option(
+        "seed-area",
+        "seed-area, seed-linear or paper (fixes the input size).",
+        choices=PROTOCOLS.keys,
+    )
+    dataset: str | None = option(None, "Dataset dir (from `ingest`); needed for end-to-end.")
     # --- where
-    device: str = "cpu"  # cpu | gpu | a Ray custom resource naming one accelerator unit
-    provider: str | None = None  # onnxruntime provider; default cpu->cpu, gpu->cuda
-    workers: tuple[int, ...] = ()  # device / CPU-worker counts to measure; () = all of them
-    threads: int | None = None  # intra-op threads per CPU worker; None = split the cores
-    instances: int = 1  # sessions (actors) per device, like the perf tool's -i
+    device: str = option("cpu", "cpu, gpu, or a Ray custom resource.")
+    provider: str | None = option(None, "onnxruntime provider; none = cuda on gpu, else cpu.")
+    workers: tuple[int, ...] = option(
+        (), "Device / CPU-worker counts to measure, e.g. 1,2; none = all.", min=1
+    )
+    threads: int | None = option(None, "Threads per CPU worker; none = split the cores.", min=1)
+    instances: int = option(1, "Sessions (actors) per device.", min=1)
     # --- how long
-    batch_sizes: tuple[int, ...] = (1, 4)
-    duration_s: float = 10.0  # timed span of each model-only measurement
-    iterations: int | None = None  # batches per session instead of a duration
-    warmup: int = 2  # batches per session run before timing, reported apart
-    rounds: int = 1  # interleaved repetitions of every measurement; figures are medians
+    batch_sizes: tuple[int, ...] = option(
+        (1, 4), "Batch sizes, comma-separated.", min=1, flag="--batch-size"
+    )
+    duration_s: float = option(
+        10.0, "Seconds per model-only measurement.", min=1e-3, flag="--duration"
+    )
+    iterations: int | None = option(None, "Batches per session instead of --duration.", min=1)
+    warmup: int = option(2, "Warm-up batches per session (reported apart).", min=0)
+    rounds: int = option(1, "Interleaved repetitions; figures are medians.", min=1)
     # --- the end-to-end pipeline
-    backend: str = "ray"  # ray (embedded local Ray, as `submit`) | inline (one process)
-    decode_reduce: str = "auto"  # as `submit`
-    decode_threads: int = 1
-    naive: bool = False  # also time the naive sequential loop on the same images and cores
-    keep_runs: bool = False  # keep the e2e run directories (alpha files) under the output
-    out: str = "bench/bench.json"
+    backend: str = option("ray", "End-to-end backend: ray or inline.", choices=lambda: BACKENDS)
+    decode_reduce: DecodeMode = option(
+        DecodeMode.AUTO,
+        "End-to-end decode: auto (as submit), off, 2, 4, 8.",
+        parse=DecodeMode.parse,
+    )
+    decode_threads: int = option(1, "Decode/score threads per worker.", min=1)
+    naive: bool = option(False, "Also time the naive sequential loop on the same images.")
+    keep_runs: bool = option(False, "Keep the end-to-end run dirs.")
+    out: str = option("bench/bench.json", "JSON file to write.")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return plain(self)
 
 
 def validate(cfg: BenchConfig) -> None:
-    """Raise ModnetBatchError naming the first bad option."""
-    if cfg.mode not in MODES:
-        raise ModnetBatchError(f"bench mode {cfg.mode!r} is unknown; use one of {', '.join(MODES)}")
+    """Every option's type and range, then the rules between options."""
+    check_all(cfg, "bench option")
     if cfg.mode != "model" and not cfg.dataset:
         raise ModnetBatchError(
             "the end-to-end bench needs --dataset DIR (made by `modnet-batch ingest`); "
@@ -53,22 +73,5 @@ def validate(cfg: BenchConfig) -> None:
         )
     if cfg.naive and not cfg.dataset:
         raise ModnetBatchError("--naive needs --dataset DIR")
-    for name in ("batch_sizes", "workers"):
-        bad = [v for v in getattr(cfg, name) if v < 1]
-        if bad:
-            raise ModnetBatchError(f"{name} must be positive integers, got {bad}")
     if not cfg.batch_sizes:
         raise ModnetBatchError("give at least one batch size")
-    for name in ("instances", "rounds", "decode_threads"):
-        if getattr(cfg, name) < 1:
-            raise ModnetBatchError(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.warmup < 0:
-        raise ModnetBatchError(f"warmup must be >= 0, got {cfg.warmup}")
-    if cfg.iterations is None and cfg.duration_s <= 0:
-        raise ModnetBatchError(f"duration must be positive, got {cfg.duration_s}")
-    if cfg.iterations is not None and cfg.iterations < 1:
-        raise ModnetBatchError(f"iterations must be at least 1, got {cfg.iterations}")
-    if cfg.threads is not None and cfg.threads < 1:
-        raise ModnetBatchError(f"threads must be at least 1, got {cfg.threads}")
-    if cfg.backend not in {"ray", "inline"}:
-        raise ModnetBatchError(f"backend {cfg.backend!r} is unknown; use 'ray' or 'inline'")

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 from modnet_batch.bench.config import BenchConfig
 from modnet_batch.bench.environment import gpu_names
+from modnet_batch.engine import default_provider
 from modnet_batch.errors import ModnetBatchError
-from modnet_batch.execution.resources import available_cpus
+from modnet_batch.execution.resources import available_cpus, cpu_split
 
 
 @dataclass(frozen=True)
@@ -21,17 +22,14 @@ class Device:
 
 
 def provider_for(cfg: BenchConfig) -> str:
-    return cfg.provider or ("cuda" if cfg.device == "gpu" else "cpu")
+    return default_provider(cfg.device, cfg.provider)
 
 
 def cpu_threads(cfg: BenchConfig) -> int:
     """Threads per CPU worker: given; else, with --workers, the cores split over the largest
     count; else 1 (one single-threaded worker per core, as `submit` defaults to)."""
-    if cfg.threads is not None:
-        return cfg.threads
-    if not cfg.workers:
-        return 1
-    return max(1, available_cpus() // (max(cfg.workers) * cfg.instances))
+    workers = max(cfg.workers) * cfg.instances if cfg.workers else None
+    return cpu_split(workers, cfg.threads).threads
 
 
 def all_devices(cfg: BenchConfig) -> list[Device]:

@@ -6,7 +6,6 @@ the stage breakdown comes from the shard loops (execution/processor.py LOOP_STAG
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -14,9 +13,10 @@ from typing import Any
 
 from modnet_batch.bench.config import BenchConfig
 from modnet_batch.bench.stats import stability, steady_rate, window_rates
-from modnet_batch.config import load_job
 from modnet_batch.execution.driver import JobPlan, run_job
 from modnet_batch.execution.processor import LOOP_STAGES, POOL_STAGES
+from modnet_batch.options import load_job
+from modnet_batch.results import RunDir, Summary
 
 
 def job_overrides(
@@ -63,19 +63,8 @@ def run_end_to_end(
             shutil.rmtree(out, ignore_errors=True)
 
 
-def _finish_times(run: Path) -> list[float]:
-    """Epoch times at which each alpha file was written (its mtime): one per image."""
-    return sorted(os.stat(p).st_mtime for p in (run / "alpha").glob("*.npz"))
-
-
-def _last_result(run: Path) -> float | None:
-    """When the driver recorded the last shard result (its marker's mtime)."""
-    marks = [os.stat(p).st_mtime for p in (run / "state" / "shards").glob("*.json")]
-    return max(marks) if marks else None
-
-
 def describe(
-    summary: dict[str, Any],
+    summary: Summary,
     run: Path,
     started_epoch: float,
     plan_epoch: float,
@@ -84,17 +73,18 @@ def describe(
 ) -> dict[str, Any]:
     """The bench record of a finished run: `summary` is its summary.json, the epochs are when
     `run_job` was called and when its plan was ready (the backend starts right after)."""
-    thr = summary["throughput"]
-    startup = float(summary["startup_seconds"])
+    thr = summary.throughput
+    startup = float(summary.startup_seconds)
     wall = float(thr["wall_s"])  # backend start to backend end: start-up and teardown included
     images = int(thr["images"])
     ready_epoch = plan_epoch + startup  # workers up, sessions loaded
     # the job's processing span: workers ready -> last shard result in the driver's hands
     # (Ray's shutdown afterwards is teardown, reported apart)
-    last = _last_result(run)
+    run_dir = RunDir(run)
+    last = run_dir.last_result_time()
     processing = max((last - ready_epoch) if last else wall - startup, 1e-9)
     teardown = max(0.0, wall - startup - processing)
-    finishes = _finish_times(run)
+    finishes = run_dir.alpha_times()
     first = (finishes[0] - ready_epoch) if finishes else None
     workers = max(1, len(thr["per_device"]))
     stages = thr["stages_s"]
@@ -105,7 +95,7 @@ def describe(
     return {
         "job": job,
         "images": images,
-        "failed": summary["images"]["failed"],
+        "failed": summary.images.failed,
         "images_per_s": images / processing,
         "steady_images_per_s": steady_rate(finishes),
         "processing_s": processing,
@@ -126,8 +116,7 @@ def describe(
             for k, v in thr["per_device"].items()
         },
         "workers": [
-            {k: w.get(k) for k in ("label", "provider", "session_seconds")}
-            for w in summary.get("workers", [])
+            {k: w.get(k) for k in ("label", "provider", "session_seconds")} for w in summary.workers
         ],
         "stages_wall_s": loop,  # per worker (mean); adds up to processing_s
         "stages_sum_s": sum(loop.values()),
@@ -135,5 +124,5 @@ def describe(
         "stability": stability(window_rates([(t, 1) for t in finishes], ready_epoch, finishes[-1]))
         if finishes
         else stability([]),
-        "metrics": summary["metrics"],
+        "metrics": summary.metrics,
     }

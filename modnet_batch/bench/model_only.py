@@ -18,15 +18,15 @@ import numpy.typing as npt
 from modnet_batch.bench.config import BenchConfig
 from modnet_batch.bench.devices import Device
 from modnet_batch.bench.stats import latency_summary, stability, window_rates
+from modnet_batch.engine import EngineSpec, Session, open_session
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.execution.resources import available_cpus
-from modnet_batch.model.session import ModelSession, SessionSpec, open_session
 
 
 @dataclass
 class _Worker:
     label: str
-    session: ModelSession
+    session: Session
     session_seconds: float
     first_result_s: float = 0.0
     warmup_s: float = 0.0
@@ -55,7 +55,7 @@ def measure(
         for i in range(cfg.instances):
             t = time.perf_counter()
             session = open_session(
-                SessionSpec(
+                EngineSpec(
                     model=model_path,
                     provider=dev.provider,
                     device_index=dev.index,

@@ -9,27 +9,24 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import numpy as np
 
 from modnet_batch.data.dataset import Dataset
-from modnet_batch.data.decode import decode_image, decode_matte
-from modnet_batch.execution.processor import STAGES
-from modnet_batch.execution.rundir import write_alpha
-from modnet_batch.metrics import MetricAccumulator, image_metrics
-from modnet_batch.model.session import SessionSpec, open_session
-from modnet_batch.protocol import get_protocol
+from modnet_batch.engine import EngineSpec, open_session
+from modnet_batch.metrics import DATASET, MetricAccumulator
+from modnet_batch.pipeline import STAGES, ImagePipeline
+from modnet_batch.results import write_alpha
 
 
 def run_naive(
     dataset: str, model: str, protocol_name: str, threads: int, out: Path
 ) -> dict[str, Any]:
     """Time the sequential loop over every image of `dataset`, decoding the original files."""
-    protocol = get_protocol(protocol_name)
+    pipeline = ImagePipeline(protocol_name)  # exact decode, the originals (no prepared inputs)
     previous = cv2.getNumThreads()
     cv2.setNumThreads(-1)  # OpenCV's default, as a plain script has it
     t = time.perf_counter()
     # onnxruntime's defaults for a script: spinning on, one thread per core
-    session = open_session(SessionSpec(model=model, threads=threads, spin=True))
+    session = open_session(EngineSpec(model=model, threads=threads, spin=True))
     session_s = time.perf_counter() - t
     out.mkdir(parents=True, exist_ok=True)
     stages = dict.fromkeys(STAGES, 0.0)  # the pipeline's stages, timed one after another
@@ -45,22 +42,16 @@ def run_naive(
             stages["read"] += t1 - t0
             if rec is None:
                 break
-            rgb = decode_image(rec.image, name=rec.image_id)
-            matte = None if rec.matte is None else decode_matte(rec.matte, name=rec.image_id)
+            decoded = pipeline.decode(rec)
             t2 = time.perf_counter()
-            x = protocol.preprocess(rgb)
-            gt = None if matte is None else protocol.ground_truth(matte)
+            inputs = pipeline.preprocess(decoded)
             t3 = time.perf_counter()
-            y = session.run(x[np.newaxis])[0, 0]
+            y = session.run(inputs.tensor[None])[0, 0]
             t4 = time.perf_counter()
-            alpha = protocol.postprocess(y, rec.height, rec.width)
+            alpha = pipeline.postprocess(y, rec)
             t5 = time.perf_counter()
-            if gt is not None:
-                acc.update(
-                    image_metrics(
-                        alpha.score, gt, protocol.foreground(alpha.score), protocol.foreground(gt)
-                    )
-                )
+            if inputs.gt is not None:
+                acc.update(pipeline.score(alpha, inputs.gt))
             t6 = time.perf_counter()
             write_alpha(out / f"{rec.image_id}.npz", alpha.stored)
             t7 = time.perf_counter()
@@ -87,5 +78,5 @@ def run_naive(
         "threads": threads,
         "stages_s": stages,
         "outside_network_fraction": 1.0 - stages["infer"] / seconds if seconds > 0 else 0.0,
-        "metrics": {k: stats[k] for k in ("mse", "mad", "sad", "grad", "conn", "miou")},
+        "metrics": {k: stats[k] for k in DATASET},
     }

@@ -24,13 +24,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from modnet_batch.execution.rundir import atomic_write_json
+from modnet_batch.results import atomic_write_json
 
 # (stage, substrings of the collapsed stack); the first stage with a match takes the sample.
 STAGE_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("start-up: imports", ("_find_and_load",)),
     ("start-up: session", ("open_session",)),
-    ("infer", ("ModelSession.run", "InferenceSession.run")),
+    ("infer", ("Session.run", "InferenceSession.run")),
     ("read", ("iter_records", "Dataset.records", "read_table", "iter_batches")),
     ("decode", ("decode_image", "decode_matte")),
     ("preprocess", ("preprocess (modnet_batch/protocol", "ground_truth (modnet_batch/protocol")),
@@ -79,13 +79,13 @@ def workload(kind: str, dataset: str, out: Path) -> dict[str, Any]:
 
         r = run_naive(dataset, str(fetch_model()), "seed-area", 1, out)
         return {"images": r["images"], "images_per_s": r["images_per_s"]}
-    from modnet_batch.config import load_job
     from modnet_batch.execution.driver import run_job
+    from modnet_batch.options import load_job
 
     shutil.rmtree(out, ignore_errors=True)
     # inline: the pipeline's shard loop in one process; 1 onnxruntime thread + 1 pool thread
     job = load_job(None, {"dataset": dataset, "out": str(out), "backend": "inline", "threads": 1})
-    thr = run_job(job).summary["throughput"]
+    thr = run_job(job).summary.throughput
     shutil.rmtree(out, ignore_errors=True)
     return {"images": thr["images"], "images_per_s": thr["images"] / thr["wall_s"]}
 

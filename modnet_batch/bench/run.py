@@ -21,13 +21,13 @@ from modnet_batch.bench.environment import LoadMonitor, environment, load_averag
 from modnet_batch.bench.model_only import measure, random_samples
 from modnet_batch.bench.naive import run_naive
 from modnet_batch.bench.stats import median
-from modnet_batch.data.dataset import Dataset, iter_records
-from modnet_batch.data.decode import decode_image
+from modnet_batch.data.dataset import Dataset
+from modnet_batch.engine.signature import check_signature
 from modnet_batch.execution.resources import available_cpus
-from modnet_batch.execution.rundir import atomic_write_json
-from modnet_batch.model.signature import check_signature
 from modnet_batch.model.variants import resolve_model, variant_info
+from modnet_batch.pipeline import ImagePipeline
 from modnet_batch.protocol import get_protocol
+from modnet_batch.results import atomic_write_json
 
 SCHEMA = 1
 Log = Callable[[str], None]
@@ -35,13 +35,12 @@ Log = Callable[[str], None]
 
 def dataset_samples(dataset: str, protocol_name: str, n: int = 4) -> npt.NDArray[np.float32]:
     """The network inputs of the first `n` images of `dataset` that share the first one's size."""
-    protocol = get_protocol(protocol_name)
+    pipeline = ImagePipeline(protocol_name)
     ds = Dataset.open(dataset)
     out: list[npt.NDArray[np.float32]] = []
     for shard in ds.shards:
-        for rec in iter_records(ds.shard_path(shard), prepared_for=protocol_name):
-            rgb = rec.prepared.image if rec.prepared else decode_image(rec.image, name=rec.image_id)
-            x = protocol.preprocess(rgb)
+        for rec in pipeline.records(ds.shard_path(shard)):
+            x = pipeline.network_input(rec)
             if not out or x.shape == out[0].shape:
                 out.append(x)
             if len(out) == n:

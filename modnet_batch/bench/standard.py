@@ -28,14 +28,14 @@ from modnet_batch.bench.naive import run_naive
 from modnet_batch.bench.run import dataset_samples
 from modnet_batch.bench.stats import median
 from modnet_batch.bench.tiny import make_tiny_model
-from modnet_batch.config import JobConfig
 from modnet_batch.data.ingest import ingest
 from modnet_batch.data.synthetic import make_synthetic
 from modnet_batch.errors import ModnetBatchError
-from modnet_batch.execution.driver import decode_reduce_factor
 from modnet_batch.execution.resources import available_cpus
-from modnet_batch.execution.rundir import atomic_write_json
 from modnet_batch.model.variants import VARIANTS, resolve_model, variant_info
+from modnet_batch.pipeline import DecodeMode
+from modnet_batch.protocol import get_protocol
+from modnet_batch.results import atomic_write_json
 
 PROTOCOL = "seed-area"
 SHARD_SIZE = 4  # 41 ppm100-dev images -> 11 shards, enough for two workers to share evenly
@@ -61,21 +61,22 @@ class Inputs:
 
     name: str
     prepared: bool
-    decode_reduce: str
+    decode_reduce: DecodeMode
 
 
 INPUTS = (
-    Inputs("default", False, "auto"),  # what `submit` does: original files, --decode-reduce auto
-    Inputs("exact", False, "off"),  # original files, exact decode (--decode-reduce off)
-    Inputs("prepared", True, "off"),  # `ingest --prepare seed-area`
+    # what `submit` does: original files, --decode-reduce auto
+    Inputs("default", False, DecodeMode.AUTO),
+    Inputs("exact", False, DecodeMode.EXACT),  # original files, --decode-reduce off
+    Inputs("prepared", True, DecodeMode.EXACT),  # `ingest --prepare seed-area`
 )
 
 
 def inputs_for(precision: str) -> tuple[Inputs, ...]:
     """The inputs worth timing: where `auto` already decodes exactly for this precision (int8),
     "exact" would repeat "default"."""
-    auto = decode_reduce_factor(JobConfig(protocol=PROTOCOL, decode_reduce="auto"), precision)
-    return tuple(i for i in INPUTS if not (auto == 1 and i.name == "exact"))
+    auto = DecodeMode.AUTO.resolve(get_protocol(PROTOCOL), precision)
+    return tuple(i for i in INPUTS if not (auto is DecodeMode.EXACT and i.name == "exact"))
 
 
 def layouts(cores: int) -> list[Layout]:

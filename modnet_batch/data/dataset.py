@@ -18,6 +18,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from modnet_batch.digest import sha256_file
 from modnet_batch.errors import ModnetBatchError
 
 SCHEMA_VERSION = 1
@@ -110,15 +111,6 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}"
 
 
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _not_a_dataset(root: Path, why: str) -> ModnetBatchError:
     hint = f"run `modnet-batch ingest SRC {root}` to create one"
     if (root / "image").is_dir():
@@ -209,22 +201,26 @@ class Dataset:
     def verify(self) -> None:
         """Re-hash every shard file; raises ModnetBatchError naming the first that changed."""
         for shard in self.shards:
-            actual = file_sha256(self.shard_path(shard))
+            actual = sha256_file(self.shard_path(shard))
             if actual != shard.sha256:
                 raise ModnetBatchError(
                     f"{self.shard_path(shard)} has sha256 {actual}, dataset.json records "
                     f"{shard.sha256}; the file changed after ingest, re-create the dataset"
                 )
 
+    def image_ids(self, shard: ShardInfo | None = None) -> list[str]:
+        """The image ids of one shard, or of every shard in order; reads only that column."""
+        shards = self.shards if shard is None else [shard]
+        ids: list[str] = []
+        for s in shards:
+            table = pq.read_table(self.shard_path(s), columns=["image_id"])
+            ids.extend(str(i) for i in table.column("image_id").to_pylist())
+        return ids
+
     def records(self) -> Iterator[Record]:
         """Every record of every shard, in shard order, streaming."""
         for shard in self.shards:
             yield from iter_records(self.shard_path(shard))
-
-
-def shard_prepared(path: str | Path) -> dict[str, Any] | None:
-    """The prepared-input description of a shard file (protocol, shapes), or None."""
-    return _prepared_meta(pq.read_schema(path), Path(path))
 
 
 def _prepared_meta(schema: pa.Schema, path: Path) -> dict[str, Any] | None:

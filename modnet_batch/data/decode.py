@@ -13,6 +13,9 @@ import numpy.typing as npt
 
 from modnet_batch.errors import ModnetBatchError
 
+# The file name extensions of the image formats read (any case).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+
 # Leading bytes of each format we accept; OpenCV decides the rest, this only names the format.
 _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\xff\xd8\xff", "jpeg"),

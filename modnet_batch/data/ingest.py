@@ -30,16 +30,21 @@ from modnet_batch.data.dataset import (
     META_FILE,
     SCHEMA_VERSION,
     SHARD_DIR,
-    file_sha256,
     shard_name,
     shard_schema,
 )
-from modnet_batch.data.decode import DecodeError, decode_image, decode_matte, sniff_format
+from modnet_batch.data.decode import (
+    IMAGE_EXTENSIONS,
+    DecodeError,
+    decode_image,
+    decode_matte,
+    sniff_format,
+)
 from modnet_batch.data.prepared import prepare_pair, prepared_description
+from modnet_batch.digest import sha256_file
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.protocol import Protocol, get_protocol
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 # Ids become file names (alpha/<image_id>.npz) on every OS, so only portable characters.
 SAFE_ID = re.compile(r"[A-Za-z0-9._-]+")
 _SHOWN = 5  # how many offending names an error message lists
@@ -277,7 +282,7 @@ class _ShardWriter:
                 "rows": self._rows,
                 "with_matte": self._mattes,
                 "bytes": path.stat().st_size,
-                "sha256": file_sha256(path),
+                "sha256": sha256_file(path),
                 "first_image_id": self._first,
                 "last_image_id": self._last,
             }

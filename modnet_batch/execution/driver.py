@@ -15,27 +15,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from modnet_batch import __version__
-from modnet_batch.config import JobConfig, dump_job
 from modnet_batch.data.dataset import Dataset
-from modnet_batch.execution.backends import BackendReport, get_backend
-from modnet_batch.execution.processor import (
-    AUTO_REDUCE,
-    CONFUSION_COLUMNS,
-    METRIC_COLUMNS,
+from modnet_batch.digest import sha256_file
+from modnet_batch.engine import EngineSpec, default_provider
+from modnet_batch.engine.signature import check_signature
+from modnet_batch.execution.backend import BackendReport
+from modnet_batch.execution.backends import get_backend
+from modnet_batch.execution.processor import WorkerSpec
+from modnet_batch.metrics import DATASET, ImageRow, MetricAccumulator
+from modnet_batch.model.variants import calibration_overlap, resolve_model, variant_info
+from modnet_batch.options import JobConfig, job_yaml
+from modnet_batch.pipeline import DecodeMode
+from modnet_batch.protocol import get_protocol
+from modnet_batch.results import (
+    ImageCounts,
+    JobFacts,
+    RunDir,
+    ShardCounts,
     ShardResult,
     ShardTask,
-    WorkerSpec,
+    Summary,
 )
-from modnet_batch.execution.rundir import RunDir, atomic_write_bytes, atomic_write_json
-from modnet_batch.metrics import MetricAccumulator
-from modnet_batch.model.fetch import sha256_file
-from modnet_batch.model.signature import check_signature
-from modnet_batch.model.variants import resolve_model, variant_info
-from modnet_batch.protocol import get_protocol
 
 ProgressHook = Callable[[str, int], None]
 
@@ -50,38 +51,16 @@ class JobPlan:
     resumed: bool
     tasks: list[ShardTask]
     done_before: set[str]
-    decode_reduce: int  # WorkerSpec.decode_reduce, resolved for this protocol and model
+    decode: DecodeMode  # resolved for this protocol and model (DecodeMode.resolve)
     warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
 class JobOutcome:
-    summary: dict[str, Any]
+    summary: Summary
     run_dir: Path
     complete: bool
     warnings: list[str]
-
-
-def decode_reduce_factor(job: JobConfig, precision: str = "fp32") -> int:
-    """WorkerSpec.decode_reduce: 1 exact (off), AUTO_REDUCE per image (auto), else the factor.
-
-    `auto` (the default) reduces only where that keeps the protocol's metrics within 1e-4 of an
-    exact decode: protocols whose input resize averages areas (Protocol.reduced_decode), with
-    float models. An int8 model turns the same sub-level input changes into a shift of ~1e-3
-    in MSE on ppm100-dev (measured), so int8 decodes exactly unless a factor is asked for.
-    """
-    if job.decode_reduce == "auto":
-        if get_protocol(job.protocol).reduced_decode and precision != "int8":
-            return AUTO_REDUCE
-        return 1
-    return 1 if job.decode_reduce in {"off", "1"} else int(job.decode_reduce)
-
-
-def decode_description(factor: int) -> str:
-    """How a job decodes, for its summary: exact, auto (per image) or a fixed 1/r."""
-    if factor == AUTO_REDUCE:
-        return "auto: JPEG images and mattes at 1/2..1/8, >= 2x the protocol's size"
-    return "exact" if factor == 1 else f"JPEG images at 1/{factor}"
 
 
 def batch_size(job: JobConfig) -> int:
@@ -95,36 +74,33 @@ def batch_size(job: JobConfig) -> int:
 def plan_job(job: JobConfig) -> JobPlan:
     """Resolve the dataset, model and run dir; list the shards still to do."""
     dataset = Dataset.open(job.dataset)
-    get_protocol(job.protocol)  # fail before any work on an unknown protocol
+    protocol = get_protocol(job.protocol)
     model_path = resolve_model(job.model)
     check_signature(model_path)
     info = variant_info(model_path)
-    decode_reduce = decode_reduce_factor(job, info.get("precision", "fp32"))
+    decode = job.decode_reduce.resolve(protocol, info.get("precision", "fp32"))
     identity = {
         "dataset": dataset.fingerprint(),
         "model_sha256": info.get("sha256") or sha256_file(model_path),
         "protocol": job.protocol,
-        "decode_reduce": decode_reduce,
+        "decode": decode.value,
     }
     run = RunDir(job.out)
     resumed = run.prepare(identity)
-    if not run.job_yaml.exists():
-        dump_job(job, run.job_yaml)
+    run.write_job(job_yaml(job))
     done = run.done_shards()
     tasks = [
         ShardTask(name=s.name, path=str(dataset.shard_path(s)), rows=s.rows)
         for s in dataset.shards
         if s.name not in done
     ]
-    plan = JobPlan(job, dataset, model_path, info, run, resumed, tasks, done, decode_reduce)
+    plan = JobPlan(job, dataset, model_path, info, run, resumed, tasks, done, decode)
     plan.warnings.extend(_overlap_warnings(plan))
     return plan
 
 
 def _overlap_warnings(plan: JobPlan) -> list[str]:
-    from modnet_batch.model.variants import calibration_overlap
-
-    ids = _dataset_ids(plan.dataset)
+    ids = plan.dataset.image_ids()
     overlap = calibration_overlap(plan.model_path, ids)
     if not overlap:
         return []
@@ -135,25 +111,21 @@ def _overlap_warnings(plan: JobPlan) -> list[str]:
     ]
 
 
-def _dataset_ids(dataset: Dataset) -> list[str]:
-    ids: list[str] = []
-    for shard in dataset.shards:
-        table = pq.read_table(dataset.shard_path(shard), columns=["image_id"])
-        ids.extend(table.column("image_id").to_pylist())
-    return ids
-
-
 def worker_spec(plan: JobPlan) -> WorkerSpec:
     job = plan.job
-    provider = job.provider or ("cuda" if job.device == "gpu" else "cpu")
-    return WorkerSpec(
+    engine = EngineSpec(
         model=str(plan.model_path),
+        provider=default_provider(job.device, job.provider),
+        precision=str(plan.model_info.get("precision", "fp32")),
+    )
+    return WorkerSpec(
+        engine=engine,
+        engine_name=job.engine,
         protocol=job.protocol,
         run_dir=str(plan.run.root.resolve()),
-        provider=provider,
         batch_size=batch_size(job),
         decode_threads=job.decode_threads,
-        decode_reduce=plan.decode_reduce,
+        decode=plan.decode,
     )
 
 
@@ -171,7 +143,7 @@ def run_job(
     fresh: list[ShardResult] = []
 
     def on_result(result: ShardResult) -> None:
-        atomic_write_json(plan.run.marker(result.shard), result.to_dict())
+        plan.run.write_result(result)
         fresh.append(result)
 
     report = BackendReport()
@@ -192,60 +164,61 @@ def run_job(
 
 def finalize(
     plan: JobPlan, fresh: list[ShardResult], report: BackendReport, wall: float
-) -> dict[str, Any]:
+) -> Summary:
     """Reduce every finished shard (this run's and earlier ones') into the run's results."""
-    results = [ShardResult.from_dict(d) for d in plan.run.load_results()]
+    results = plan.run.load_results()
     acc = MetricAccumulator()
-    rows: list[dict[str, Any]] = []
+    rows: list[ImageRow] = []
     for res in results:
         acc.merge(MetricAccumulator.from_dict(res.accumulator))
         rows.extend(res.rows)
+    shards = {s.name: s for s in plan.dataset.shards}
     for shard_name, reason in sorted(report.failed.items()):
-        shard = next(s for s in plan.dataset.shards if s.name == shard_name)
-        ids = pq.read_table(plan.dataset.shard_path(shard), columns=["image_id"])
-        for image_id in ids.column("image_id").to_pylist():
-            rows.append({"image_id": image_id, "error": f"shard {shard_name} failed: {reason}"})
-    rows.sort(key=lambda r: r["image_id"])
-    _write_metrics(plan.run.metrics, rows)
+        for image_id in plan.dataset.image_ids(shards[shard_name]):
+            rows.append(ImageRow(image_id, error=f"shard {shard_name} failed: {reason}"))
+    rows.sort(key=lambda r: r.image_id)
+    plan.run.write_rows(rows)
 
-    failed = sum(r.get("error") is not None for r in rows)
+    failed = sum(r.error is not None for r in rows)
     stats = acc.summary()
-    summary: dict[str, Any] = {
-        "images": {
-            "total": plan.dataset.num_images,
-            "scored": stats["scored"],
-            "failed": failed,
-            "unscored": len(rows) - failed - int(stats["scored"] or 0),
-        },
-        "metrics": {k: stats[k] for k in (*METRIC_COLUMNS, "miou")},
-        "throughput": _throughput(fresh, wall),
-        "shards": {
-            "total": len(plan.dataset.shards),
-            "processed": len(fresh),
-            "skipped_done": len(plan.done_before),
-            "failed": sorted(report.failed),
-            "retries": report.retries,
-        },
-        "complete": not report.failed and len(results) == len(plan.dataset.shards),
-        "job": {
-            "dataset": str(Path(plan.job.dataset).resolve()),
-            "protocol": plan.job.protocol,
-            "model": str(plan.model_path),
-            "variant": plan.model_info,
-            "backend": plan.job.backend,
-            "address": plan.job.address,
-            "decode": decode_description(plan.decode_reduce),
-            "batch_size": batch_size(plan.job),
-        },
-        "startup_seconds": report.startup_seconds,
-        "workers": report.workers,
-        "warnings": plan.warnings,
-        "accumulator": acc.to_dict(),
-        "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "driver": socket.gethostname(),
-        "version": __version__,
-    }
-    atomic_write_json(plan.run.summary, summary)
+    scored = int(stats["scored"] or 0)
+    summary = Summary(
+        images=ImageCounts(
+            total=plan.dataset.num_images,
+            scored=scored,
+            failed=failed,
+            unscored=len(rows) - failed - scored,
+        ),
+        metrics={k: stats[k] for k in DATASET},
+        throughput=_throughput(fresh, wall),
+        shards=ShardCounts(
+            total=len(plan.dataset.shards),
+            processed=len(fresh),
+            skipped_done=len(plan.done_before),
+            failed=sorted(report.failed),
+            retries=report.retries,
+        ),
+        complete=not report.failed and len(results) == len(plan.dataset.shards),
+        job=JobFacts(
+            dataset=str(Path(plan.job.dataset).resolve()),
+            protocol=plan.job.protocol,
+            model=str(plan.model_path),
+            variant=plan.model_info,
+            backend=plan.job.backend,
+            address=plan.job.address,
+            decode=plan.decode.describe(),
+            batch_size=batch_size(plan.job),
+            engine=plan.job.engine,
+        ),
+        startup_seconds=report.startup_seconds,
+        workers=report.workers,
+        warnings=plan.warnings,
+        accumulator=acc.to_dict(),
+        finished=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        driver=socket.gethostname(),
+        version=__version__,
+    )
+    plan.run.write_summary(summary)
     return summary
 
 
@@ -271,23 +244,3 @@ def _throughput(fresh: list[ShardResult], wall: float) -> dict[str, Any]:
         "per_node": dict(sorted(per_node.items())),
         "stages_s": dict(stages),
     }
-
-
-_SCHEMA = pa.schema(
-    [
-        ("image_id", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        *[(k, pa.float64()) for k in METRIC_COLUMNS],
-        *[(k, pa.int64()) for k in CONFUSION_COLUMNS],
-        ("error", pa.string()),
-    ]
-)
-
-
-def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    columns = {name: [r.get(name) for r in rows] for name in _SCHEMA.names}
-    table = pa.table(columns, schema=_SCHEMA)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())

@@ -17,13 +17,13 @@ from typing import Any
 import yaml
 
 import modnet_batch
-from modnet_batch.config import JobConfig
 from modnet_batch.errors import ModnetBatchError
+from modnet_batch.options import JobConfig
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 # `python` of the cluster's PATH, not this machine's interpreter path: a laptop's venv does not
 # exist on the cluster (ray up, KubeRay images); cluster/local.py puts its venv first on PATH
-ENTRYPOINT = "python -m modnet_batch.execution.entrypoint job.yaml"
+ENTRYPOINT = "python -m modnet_batch.entrypoint job.yaml"
 AUTH_HINT = (
     "the cluster uses token authentication: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH (or "
     "RAY_AUTH_TOKEN) to its token; for cluster/local.py: "

@@ -18,11 +18,12 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from modnet_batch.config import JobConfig
 from modnet_batch.errors import ModnetBatchError
-from modnet_batch.execution.backends import BackendReport, OnImages, OnResult
-from modnet_batch.execution.processor import ShardProcessor, ShardResult, ShardTask, WorkerSpec
+from modnet_batch.execution.backend import BackendReport, OnImages, OnResult
+from modnet_batch.execution.processor import ShardProcessor, WorkerSpec
 from modnet_batch.execution.resources import cpu_split
+from modnet_batch.options import JobConfig
+from modnet_batch.results import ShardResult, ShardTask
 
 log = logging.getLogger(__name__)
 ACTOR_RESTARTS = 4  # Ray restarts a crashed actor process this many times
@@ -48,10 +49,10 @@ class ShardWorker:
             "node_id": ctx.get_node_id(),
             "pid": os.getpid(),
             "accelerators": {k: list(v) for k, v in ctx.get_accelerator_ids().items() if v},
-            "device_index": self.spec.device_index,
-            "threads": self.spec.threads,
+            "device_index": self.spec.engine.device_index,
+            "threads": self.spec.engine.threads,
             "batch_size": self.spec.batch_size,
-            "provider": self.processor.session.provider,
+            "provider": self.processor.session.runs_on,
             "session_seconds": self.processor.session_seconds,
         }
 
@@ -95,7 +96,8 @@ def plan_actors(job: JobConfig, base: WorkerSpec) -> list[ActorPlan]:
             split = cpu_split(None, threads, cpus)
             short = node["NodeManagerAddress"] + ":" + node["NodeID"][:6]
             for w in range(split.workers):
-                spec = replace(base, threads=split.threads, label=f"cpu{w}@{short}")
+                engine = replace(base.engine, threads=split.threads)
+                spec = replace(base, engine=engine, label=f"cpu{w}@{short}")
                 opts: dict[str, Any] = {
                     "num_cpus": split.threads,
                     "scheduling_strategy": NodeAffinitySchedulingStrategy(
@@ -124,12 +126,12 @@ def plan_actors(job: JobConfig, base: WorkerSpec) -> list[ActorPlan]:
                 )
                 # a GPU is chosen by Ray (CUDA_VISIBLE_DEVICES), so inside the actor it is device 0;
                 # a custom accelerator unit gets its index from us, distinct per node
-                spec = replace(
-                    base,
+                engine = replace(
+                    base.engine,
                     device_index=0 if resource == "GPU" else index,
                     threads=job.threads or 1,
-                    label=label,
                 )
+                spec = replace(base, engine=engine, label=label)
                 opts = {
                     # one CPU per device for decoding and scoring, shared by its instances
                     "num_cpus": 1 / inst,

@@ -2,6 +2,9 @@
 
 from modnet_batch.metrics.accumulator import ExactSum, MetricAccumulator
 from modnet_batch.metrics.matting import (
+    CONFUSION,
+    DATASET,
+    PER_IMAGE,
     ImageMetrics,
     confusion,
     connectivity_error,
@@ -11,10 +14,16 @@ from modnet_batch.metrics.matting import (
     mse,
     sad,
 )
+from modnet_batch.metrics.row import COLUMNS, ImageRow
 
 __all__ = [
+    "COLUMNS",
+    "CONFUSION",
+    "DATASET",
+    "PER_IMAGE",
     "ExactSum",
     "ImageMetrics",
+    "ImageRow",
     "MetricAccumulator",
     "confusion",
     "connectivity_error",

@@ -10,14 +10,14 @@ from fractions import Fraction
 from typing import Any
 
 from modnet_batch.errors import ModnetBatchError
-from modnet_batch.metrics.matting import ImageMetrics
+from modnet_batch.metrics.matting import CONFUSION, PER_IMAGE, ImageMetrics
 
 # Every finite double is an integer multiple of 2**-1074 (the smallest subnormal), so a sum of
 # doubles scaled by 2**1074 is an exact Python int, and int addition is associative.
 _SCALE_BITS = 1074
 
-SUMMED = ("mse", "mad", "sad", "grad", "conn")
-COUNTS = ("tp", "fp", "fn", "tn")
+SUMMED = PER_IMAGE
+COUNTS = CONFUSION
 
 
 def _scaled(x: float, what: str = "value") -> int:

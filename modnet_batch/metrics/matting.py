@@ -23,6 +23,12 @@ _GRAD_EPSILON = 1e-2
 # Conn: a pixel counts as "connected" up to d = alpha - l below 0.15 (phi = 1 - d * (d >= 0.15)).
 _CONN_THETA = 0.15
 
+# The metric names, in the order every table shows them: the per-image means, then the pooled
+# IoU confusion counts behind the dataset-level mIoU. Every other module takes them from here.
+PER_IMAGE = ("mse", "mad", "sad", "grad", "conn")
+CONFUSION = ("tp", "fp", "fn", "tn")
+DATASET = (*PER_IMAGE, "miou")
+
 
 @dataclass(frozen=True)
 class ImageMetrics:

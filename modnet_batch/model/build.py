@@ -24,11 +24,12 @@ import numpy as np
 import numpy.typing as npt
 
 from modnet_batch import __version__
+from modnet_batch.digest import sha256_file
+from modnet_batch.engine.signature import check_signature
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.model.build_config import BuildConfig, expand_path, load_build_config
 from modnet_batch.model.calibration import CalibrationImage, load_calibration_images
-from modnet_batch.model.fetch import fetch_model, sha256_file
-from modnet_batch.model.signature import check_signature
+from modnet_batch.model.fetch import fetch_model
 from modnet_batch.model.variants import build_record_path, variants_dir
 
 Progress = Callable[[str], None]

@@ -1,25 +1,23 @@
 """Calibration images from dataset dirs or image folders, preprocessed exactly as a job does.
 
-A job decodes with `decode_image` (or reads `ingest --prepare` inputs) and calls the protocol's
-`preprocess`; so does this, so int8 ranges are measured on the tensors evaluation feeds the model.
+Every image goes through the job's own ImagePipeline (exact decode, or the `ingest --prepare`
+inputs), so int8 ranges are measured on the tensors evaluation feeds the model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import pyarrow.parquet as pq
 
-from modnet_batch.data.dataset import META_FILE, Dataset, iter_records
-from modnet_batch.data.decode import decode_image
-from modnet_batch.data.ingest import IMAGE_EXTENSIONS
+from modnet_batch.data.dataset import META_FILE, Dataset, Record
+from modnet_batch.data.decode import IMAGE_EXTENSIONS
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.model.build_config import CalibrationConfig, ImageSource, expand_path
-from modnet_batch.protocol import get_protocol
+from modnet_batch.pipeline import ImagePipeline
 
 
 @dataclass(frozen=True)
@@ -60,14 +58,15 @@ def load_calibration_images(
 ) -> list[CalibrationImage]:
     """Up to `limit` (default `config.images`) images, dataset by dataset in config order."""
     limit = config.images if limit is None else limit
-    protocol = get_protocol(config.protocol)
+    pipeline = ImagePipeline(config.protocol)
     out: list[CalibrationImage] = []
     for source in config.datasets:
         if len(out) >= limit:
             break
         root = expand_path(source.path, "calibration dataset")
-        for image_id, rgb in _read_source(root, source, limit - len(out), config.protocol):
-            tensor = protocol.preprocess(rgb)
+        for record in _read_source(root, source, limit - len(out), pipeline):
+            image_id = record.image_id
+            tensor = pipeline.network_input(record)
             if input_shape is not None and tuple(tensor.shape[1:]) != tuple(input_shape):
                 raise ModnetBatchError(
                     f"calibration image {image_id} from {root} becomes a {tensor.shape[1]}x"
@@ -82,10 +81,10 @@ def load_calibration_images(
 
 
 def _read_source(
-    root: Path, source: ImageSource, limit: int, protocol: str
-) -> Iterator[tuple[str, npt.NDArray[np.uint8]]]:
+    root: Path, source: ImageSource, limit: int, pipeline: ImagePipeline
+) -> Iterator[Record]:
     if (root / META_FILE).is_file():
-        yield from _read_dataset(root, source, limit, protocol)
+        yield from _read_dataset(root, source, limit, pipeline)
     elif root.is_dir():
         yield from _read_folder(root, source, limit)
     else:
@@ -96,34 +95,34 @@ def _read_source(
 
 
 def _read_dataset(
-    root: Path, source: ImageSource, limit: int, protocol: str
-) -> Iterator[tuple[str, npt.NDArray[np.uint8]]]:
+    root: Path, source: ImageSource, limit: int, pipeline: ImagePipeline
+) -> Iterator[Record]:
     dataset = Dataset.open(root)
-    ids: list[str] = []
-    for shard in dataset.shards:
-        table = pq.read_table(dataset.shard_path(shard), columns=["image_id"])
-        ids.extend(str(i) for i in table.column("image_id").to_pylist())
-    wanted = select_ids(ids, source)[:limit]
-    found: dict[str, npt.NDArray[np.uint8]] = {}
+    wanted = select_ids(dataset.image_ids(), source)[:limit]
+    found: dict[str, Record] = {}
     pending = set(wanted)
     for shard in dataset.shards:
         if not pending:
             break
-        for record in iter_records(dataset.shard_path(shard), prepared_for=protocol):
+        for record in pipeline.records(dataset.shard_path(shard)):
             if record.image_id not in pending:
                 continue
-            if record.prepared is not None:  # as the job reads it: the stored network input
-                found[record.image_id] = np.array(record.prepared.image)
-            else:
-                found[record.image_id] = decode_image(record.image, name=record.image_id)
+            found[record.image_id] = _detached(record)  # outlives the shard's Arrow batch
             pending.discard(record.image_id)
     for image_id in wanted:  # the selection's order, not the shards'
-        yield image_id, found[image_id]
+        yield found[image_id]
 
 
-def _read_folder(
-    root: Path, source: ImageSource, limit: int
-) -> Iterator[tuple[str, npt.NDArray[np.uint8]]]:
+def _detached(record: Record) -> Record:
+    """A copy of `record` that owns its bytes (iter_records gives views into one batch)."""
+    prepared = record.prepared
+    if prepared is not None:
+        matte = None if prepared.matte is None else np.array(prepared.matte)
+        prepared = replace(prepared, image=np.array(prepared.image), matte=matte)
+    return replace(record, image=bytes(record.image), matte=None, prepared=prepared)
+
+
+def _read_folder(root: Path, source: ImageSource, limit: int) -> Iterator[Record]:
     folder = root / "image" if (root / "image").is_dir() else root
     files = {
         p.stem: p
@@ -135,4 +134,5 @@ def _read_folder(
             f"calibration folder {folder} has no images ({', '.join(sorted(IMAGE_EXTENSIONS))})"
         )
     for image_id in select_ids(list(files), source)[:limit]:
-        yield image_id, decode_image(files[image_id].read_bytes(), name=image_id)
+        # an exact decode reads no size from the record
+        yield Record(image_id, files[image_id].read_bytes(), None, width=0, height=0)

@@ -7,7 +7,6 @@ holds a half-written or wrong model.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import platformdirs
 
+from modnet_batch.digest import sha256_file
 from modnet_batch.errors import ModnetBatchError
 
 CACHE_ENV = "MODNET_BATCH_CACHE"
@@ -45,14 +45,6 @@ def cache_dir() -> Path:
     """The model cache: $MODNET_BATCH_CACHE, else the user's cache dir."""
     env = os.environ.get(CACHE_ENV)
     return Path(env) if env else Path(platformdirs.user_cache_dir("modnet-batch"))
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def reference_model_path() -> Path:

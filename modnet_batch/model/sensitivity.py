@@ -14,8 +14,8 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 
+from modnet_batch.engine import EngineSpec, open_session
 from modnet_batch.model.quantize import QuantSettings, quantize
-from modnet_batch.model.session import SessionSpec, open_session
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ def run_model(
     model_path: Path, tensors: Sequence[npt.NDArray[np.float32]], threads: int
 ) -> list[npt.NDArray[np.float32]]:
     """The model's output for each 3xHxW tensor (batch of one)."""
-    session = open_session(SessionSpec(model=str(model_path), provider="cpu", threads=threads))
+    session = open_session(EngineSpec(model=str(model_path), provider="cpu", threads=threads))
     return [np.asarray(session.run(t[None]), dtype=np.float32) for t in tensors]
 
 

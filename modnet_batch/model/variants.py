@@ -10,8 +10,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from modnet_batch.digest import sha256_file
 from modnet_batch.errors import ModnetBatchError
-from modnet_batch.model.fetch import cache_dir, fetch_model, sha256_file
+from modnet_batch.model.fetch import cache_dir, fetch_model
 
 VARIANTS = ("fp32", "fp16", "int8")
 

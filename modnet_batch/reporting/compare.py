@@ -2,61 +2,31 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from modnet_batch.errors import ModnetBatchError
+from modnet_batch.metrics import DATASET
+from modnet_batch.reporting.table import TITLES, fmt
+from modnet_batch.results import RunDir
 
-
-def load_summary(run: Path) -> dict[str, Any]:
-    path = run / "summary.json"
-    if not path.exists():
-        raise ModnetBatchError(f"{run} has no summary.json; is it a finished run directory?")
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
+DIGITS = {"mse": 5, "mad": 5, "sad": 3, "grad": 3, "conn": 3, "miou": 4}
 
 
 def compare_runs(runs: list[Path], console: Console) -> Table:
     table = Table(title="runs")
-    for col in (
-        "run",
-        "precision",
-        "protocol",
-        "images",
-        "MSE",
-        "MAD",
-        "SAD",
-        "Grad",
-        "Conn",
-        "mIoU",
-        "img/s",
-    ):
+    for col in ("run", "precision", "protocol", "images", *(TITLES[k] for k in DATASET), "img/s"):
         table.add_column(col, justify="right")
     for run in runs:
-        s = load_summary(run)
-        m = s["metrics"]
-        variant = s["job"].get("variant") or {}
-
-        def f(key: str, digits: int, m: dict[str, Any] = m) -> str:
-            v = m.get(key)
-            return "-" if v is None else f"{v:.{digits}f}"
-
+        s = RunDir(run).read_summary()
         table.add_row(
             run.name,
-            str(variant.get("precision", "?")),
-            s["job"]["protocol"],
-            str(s["images"]["scored"]),
-            f("mse", 5),
-            f("mad", 5),
-            f("sad", 3),
-            f("grad", 3),
-            f("conn", 3),
-            f("miou", 4),
-            f"{s['throughput']['images_per_s']:.2f}",
+            str(s.job.variant.get("precision", "?")),
+            s.job.protocol,
+            str(s.images.scored),
+            *[fmt(s.metrics.get(k), DIGITS[k]) for k in DATASET],
+            f"{s.throughput['images_per_s']:.2f}",
         )
     console.print(table)
     return table

@@ -8,10 +8,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-METRICS = ("mse", "mad", "sad", "grad", "conn", "miou")
+from modnet_batch.metrics import DATASET, PER_IMAGE, ImageRow
+from modnet_batch.results import Summary
+
+# How each metric is titled in every table.
+TITLES = {"mse": "MSE", "mad": "MAD", "sad": "SAD", "grad": "Grad", "conn": "Conn", "miou": "mIoU"}
 
 
-def _fmt(value: Any, digits: int = 5) -> str:
+def fmt(value: Any, digits: int = 5) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -19,70 +23,60 @@ def _fmt(value: Any, digits: int = 5) -> str:
     return str(value)
 
 
-def summary_table(summary: dict[str, Any], title: str = "") -> Table:
-    images = summary["images"]
-    thr = summary["throughput"]
-    job = summary.get("job", {})
-    table = Table(
-        title=title or f"{job.get('protocol', '')} on {Path(job.get('dataset', '')).name}"
-    )
-    for col in (
-        "images",
-        "scored",
-        "failed",
-        *("MSE", "MAD", "SAD", "Grad", "Conn", "mIoU"),
-        "img/s",
-    ):
+def summary_table(summary: Summary, title: str = "") -> Table:
+    images = summary.images
+    job = summary.job
+    table = Table(title=title or f"{job.protocol} on {Path(job.dataset).name}")
+    for col in ("images", "scored", "failed", *(TITLES[k] for k in DATASET), "img/s"):
         table.add_column(col, justify="right")
-    m = summary["metrics"]
+    m = summary.metrics
     table.add_row(
-        str(images["total"]),
-        str(images["scored"]),
-        str(images["failed"]),
-        *[_fmt(m.get(k), 6 if k in {"mse", "mad"} else 4) for k in METRICS],
-        _fmt(thr.get("images_per_s"), 2),
+        str(images.total),
+        str(images.scored),
+        str(images.failed),
+        *[fmt(m.get(k), 6 if k in {"mse", "mad"} else 4) for k in DATASET],
+        fmt(summary.throughput.get("images_per_s"), 2),
     )
     return table
 
 
-def device_table(summary: dict[str, Any]) -> Table:
+def device_table(summary: Summary) -> Table:
     table = Table(title="per device")
     for col in ("device", "images", "busy s", "img/s"):
         table.add_column(col, justify="right")
-    for label, entry in summary["throughput"]["per_device"].items():
+    for label, entry in summary.throughput["per_device"].items():
         table.add_row(
-            label, str(entry["images"]), _fmt(entry["seconds"], 1), _fmt(entry["images_per_s"], 2)
+            label, str(entry["images"]), fmt(entry["seconds"], 1), fmt(entry["images_per_s"], 2)
         )
     return table
 
 
-def print_summary(summary: dict[str, Any], run_dir: Path, console: Console | None = None) -> None:
+def print_summary(summary: Summary, run_dir: Path, console: Console | None = None) -> None:
     console = console or Console()
     console.print(summary_table(summary))
-    if summary["throughput"]["per_device"]:
+    if summary.throughput["per_device"]:
         console.print(device_table(summary))
-    shards = summary["shards"]
+    shards = summary.shards
     console.print(
-        f"run dir {run_dir}: {shards['processed']} shard(s) processed, "
-        f"{shards['skipped_done']} already done, {len(shards['failed'])} failed; "
-        f"wall {summary['throughput']['wall_s']:.1f} s"
+        f"run dir {run_dir}: {shards.processed} shard(s) processed, "
+        f"{shards.skipped_done} already done, {len(shards.failed)} failed; "
+        f"wall {summary.throughput['wall_s']:.1f} s"
     )
-    job = summary.get("job", {})
-    if "decode" in job:  # how the numbers were made: exact or reduced decode
-        console.print(f"decode: {job['decode']}; batch size {job.get('batch_size')}")
+    # how the numbers were made: exact or reduced decode
+    console.print(f"decode: {summary.job.decode}; batch size {summary.job.batch_size}")
 
 
-def worst_table(rows: list[dict[str, Any]], metric: str) -> Table:
+def worst_table(rows: list[ImageRow], metric: str) -> Table:
     table = Table(title=f"worst {len(rows)} by {metric}")
-    for col in ("image", "MSE", "MAD", "SAD", "Grad", "Conn"):
+    for col in ("image", *(TITLES[k] for k in PER_IMAGE)):
         table.add_column(col, justify="right")
     for r in rows:
+        m = r.metrics
         table.add_row(
-            r["image_id"],
-            _fmt(r["mse"], 6),
-            _fmt(r["mad"], 6),
-            _fmt(r["sad"], 3),
-            _fmt(r["grad"], 3),
-            _fmt(r["conn"], 3),
+            r.image_id,
+            *[
+                fmt(None if m is None else getattr(m, k), 6 if k in {"mse", "mad"} else 3)
+                for k in PER_IMAGE
+            ],
         )
     return table

@@ -1,0 +1,70 @@
+"""The command line's flags, derived from the options' declarations (options.spec)."""
+
+from __future__ import annotations
+
+import enum
+import functools
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from modnet_batch.options.spec import declared, split_optional
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _cli_type(tp: Any) -> Any:
+    base, _ = split_optional(tp)
+    if base in (int, float, bool, str):
+        return base
+    return str  # enums and integer lists are parsed by the option's own rule
+
+
+def _default_text(default: Any) -> str:
+    if isinstance(default, enum.Enum):
+        return str(default.value)
+    if isinstance(default, tuple):
+        return ",".join(str(v) for v in default) or "none"
+    return "none" if default is None else str(default)
+
+
+def cli_parameters(cls: type, skip: Iterable[str] = ()) -> list[inspect.Parameter]:
+    """typer parameters for the options of `cls`: every one defaults to None ("not given")."""
+    skipped = set(skip)
+    params = []
+    for item in declared(cls):
+        if not item.spec.cli or item.name in skipped:
+            continue
+        help_text = f"{item.spec.help} (default: {_default_text(item.default)})"
+        info = typer.Option(item.flag, help=help_text, envvar=item.spec.envvar, show_default=False)
+        annotation = Annotated[_cli_type(item.type) | None, info]  # type: ignore[valid-type]
+        params.append(
+            inspect.Parameter(
+                item.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
+            )
+        )
+    return params
+
+
+def with_options(cls: type, skip: Iterable[str] = ()) -> Callable[[F], F]:
+    """Give a typer command the options of `cls` as flags; the command receives them as
+    `options`, a dict of the values given on the command line (None = not given)."""
+
+    def decorate(fn: F) -> F:
+        params = cli_parameters(cls, skip)
+        names = [p.name for p in params]
+        own = [p for p in inspect.signature(fn, eval_str=True).parameters.values()]
+        own = [p for p in own if p.name != "options"]
+
+        @functools.wraps(fn)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            options = {n: kwargs.pop(n) for n in names}
+            return fn(*args, options=options, **kwargs)
+
+        command.__signature__ = inspect.Signature([*own, *params])  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in [*own, *params]}
+        return command  # type: ignore[return-value]
+
+    return decorate

@@ -1,0 +1,35 @@
+"""The backend interface: a way to run shard tasks, and what it reports beyond their results."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from modnet_batch.execution.processor import WorkerSpec
+from modnet_batch.options import JobConfig
+from modnet_batch.results import ShardResult, ShardTask
+
+OnResult = Callable[[ShardResult], None]
+OnImages = Callable[[str, int], None]  # (worker label, images just finished)
+
+
+@dataclass
+class BackendReport:
+    """What a backend says about its run beyond the shard results."""
+
+    failed: dict[str, str] = field(default_factory=dict)  # shard -> last error
+    startup_seconds: float = 0.0
+    workers: list[dict[str, Any]] = field(default_factory=list)  # one entry per actor
+    retries: int = 0
+
+
+class Backend(Protocol):
+    def run(
+        self,
+        job: JobConfig,
+        base: WorkerSpec,
+        tasks: list[ShardTask],
+        on_result: OnResult,
+        on_images: OnImages,
+    ) -> BackendReport: ...

@@ -1,0 +1,42 @@
+"""The inline backend: one process, no Ray; the single-process reference and a debugging aid."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+from modnet_batch.execution.backend import BackendReport, OnImages, OnResult
+from modnet_batch.execution.processor import ShardProcessor, WorkerSpec
+from modnet_batch.execution.resources import available_cpus
+from modnet_batch.options import JobConfig
+from modnet_batch.results import ShardTask
+
+
+class InlineBackend:
+    def run(
+        self,
+        job: JobConfig,
+        base: WorkerSpec,
+        tasks: list[ShardTask],
+        on_result: OnResult,
+        on_images: OnImages,
+    ) -> BackendReport:
+        t0 = time.perf_counter()
+        # one process, one session: it gets every core unless --threads says otherwise
+        engine = replace(base.engine, threads=job.threads or available_cpus())
+        spec = replace(base, engine=engine, label="inline:cpu")
+        processor = ShardProcessor(spec)
+        info = {
+            "label": spec.label,
+            "threads": engine.threads,
+            "batch_size": spec.batch_size,
+            "provider": processor.session.runs_on,
+            "session_seconds": processor.session_seconds,
+        }
+        report = BackendReport(startup_seconds=time.perf_counter() - t0, workers=[info])
+        try:
+            for task in tasks:
+                on_result(processor.process(task, lambda n: on_images(spec.label, n)))
+        finally:
+            processor.close()
+        return report

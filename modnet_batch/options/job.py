@@ -1,0 +1,99 @@
+"""The options of a job (`submit`, job.yaml): declared once, resolved CLI > YAML > defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from modnet_batch.engine import ENGINES
+from modnet_batch.errors import ModnetBatchError
+from modnet_batch.options.spec import build, check_all, load_yaml, option, plain
+from modnet_batch.pipeline import DecodeMode
+from modnet_batch.protocol import PROTOCOLS
+
+# The execution backends (execution.backends registers one runner for each name).
+BACKENDS = ("ray", "inline")
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    # --- what to run
+    dataset: str = option("", "Dataset directory (from `ingest`).")
+    model: str | None = option(
+        None, "Model: a path, or a built variant fp32/fp16/int8; none = the reference model."
+    )
+    protocol: str = option(
+        "seed-area", "Evaluation protocol: seed-area, seed-linear or paper.", choices=PROTOCOLS.keys
+    )
+    out: str = option("", "Run directory; an existing one of the same job is resumed.")
+    # --- where to run it
+    address: str | None = option(
+        None,
+        "Ray Jobs API address, e.g. http://HEAD:8265; none = an embedded local Ray.",
+        envvar="RAY_ADDRESS",
+    )
+    backend: str = option("ray", "ray, or inline (one process, no Ray).", choices=lambda: BACKENDS)
+    engine: str = option("onnxruntime", "Inference engine.", choices=ENGINES.keys)
+    device: str = option("cpu", "cpu, gpu, or a Ray custom resource naming one accelerator.")
+    provider: str | None = option(
+        None, "onnxruntime provider: cpu, cuda, tensorrt, rocm, ...; none = cuda on gpu, else cpu."
+    )
+    workers: int | None = option(
+        None, "Devices or CPU workers to use; none = all / fill the CPUs.", min=1
+    )
+    threads: int | None = option(
+        None, "Threads per CPU worker; none = split the CPUs without oversubscribing.", min=1
+    )
+    instances: int = option(1, "Actors per device (a model zoo perf tool's -i).", min=1)
+    # --- how
+    batch_size: int | None = option(
+        None, "Images per inference batch; none = 1 on CPU, 4 on accelerators.", min=1
+    )
+    decode_threads: int = option(1, "Decode/score threads per actor.", min=1)
+    decode_reduce: DecodeMode = option(
+        DecodeMode.AUTO,
+        "JPEG decode: auto (reduced where metrics stay within 1e-4), off (exact), 2, 4, 8.",
+        parse=DecodeMode.parse,
+    )
+    shards_in_flight: int = option(2, "Shards queued per actor: one running, one waiting.", min=1)
+    max_retries: int = option(3, "Retries of a shard whose worker died.", min=0)
+    dashboard: bool = option(False, "Start the Ray dashboard (embedded Ray).")
+    runtime_env: dict[str, Any] = option({}, "Extra Ray runtime_env for --address.", cli=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return plain(self)
+
+
+def load_job(
+    yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> JobConfig:
+    """Defaults, then the YAML file's keys, then the non-None command-line values."""
+    sources: list[tuple[str, dict[str, Any]]] = []
+    if yaml_path is not None:
+        sources.append((f"job file {yaml_path}", load_yaml(Path(yaml_path), "job file")))
+    sources.append(("command line", overrides or {}))
+    job = build(JobConfig, sources)
+    validate(job)
+    return job
+
+
+def validate(job: JobConfig) -> None:
+    """Every option's type and range, then the rules between options."""
+    check_all(job, "job option")
+    if not job.dataset:
+        raise ModnetBatchError(
+            "no dataset given; pass --dataset DIR (made by `modnet-batch ingest`)"
+        )
+    if not job.out:
+        raise ModnetBatchError("no run directory given; pass --out RUN")
+
+
+def dump_job(job: JobConfig, path: Path) -> None:
+    path.write_text(job_yaml(job))
+
+
+def job_yaml(job: JobConfig) -> str:
+    return yaml.safe_dump(job.to_dict(), sort_keys=False)

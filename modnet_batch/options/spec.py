@@ -1,0 +1,213 @@
+"""Options declared once: a dataclass field carries its name, type, default, help and checks;
+YAML loading, validation, the resolved dump and (in cli_options) the CLI's flags derive from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from modnet_batch.errors import ModnetBatchError
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+_KEY = "modnet_batch.option"
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    help: str
+    min: float | None = None  # inclusive lower bound of a number
+    choices: Callable[[], Iterable[str]] | None = None  # called late: registries fill up
+    parse: Callable[[Any], Any] | None = None  # turns a YAML/CLI value into the field's type
+    flag: str | None = None  # the CLI flag, default --<name-with-dashes>
+    envvar: str | None = None  # the CLI reads this variable when the flag is absent
+    cli: bool = True  # offered on the command line (False: YAML only)
+
+
+def option(default: Any, help: str, **kwargs: Any) -> Any:
+    """A dataclass field declaring one option (see OptionSpec for the keywords)."""
+    meta = {_KEY: OptionSpec(help=help, **kwargs)}
+    if isinstance(default, dict | list):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Declared:
+    name: str
+    type: Any
+    default: Any
+    spec: OptionSpec
+
+    @property
+    def flag(self) -> str:
+        return self.spec.flag or "--" + self.name.replace("_", "-")
+
+
+def declared(cls: type) -> list[Declared]:
+    """Every option of the dataclass `cls`, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        spec = f.metadata.get(_KEY)
+        if spec is None:
+            raise TypeError(f"{cls.__name__}.{f.name} is not declared with option()")
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        out.append(Declared(f.name, hints[f.name], default, spec))
+    return out
+
+
+# --- checking values ---------------------------------------------------------------------------
+def split_optional(tp: Any) -> tuple[Any, bool]:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return tp, False
+
+
+def _expected(tp: Any, spec: OptionSpec) -> str:
+    base, optional = split_optional(tp)
+    origin = typing.get_origin(base)
+    if spec.choices is not None:
+        text = "one of " + ", ".join(spec.choices())
+    elif base is bool:
+        text = "true or false"
+    elif base is int:
+        text = "an integer" + (f" >= {spec.min:g}" if spec.min is not None else "")
+    elif base is float:
+        text = "a number" + (f" >= {spec.min:g}" if spec.min is not None else "")
+    elif origin is tuple:
+        text = "a list of integers" + (f" >= {spec.min:g}" if spec.min is not None else "")
+    elif origin is dict or base is dict:
+        text = "a mapping"
+    elif isinstance(base, type) and issubclass(base, enum.Enum):
+        text = "one of " + ", ".join(str(m.value) for m in base)
+    else:
+        text = "a string"
+    return text + (" (or null)" if optional else "")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _conforms(value: Any, tp: Any, spec: OptionSpec) -> bool:
+    base, optional = split_optional(tp)
+    if value is None:
+        return optional
+    origin = typing.get_origin(base)
+    low = spec.min
+    if base is bool:
+        return isinstance(value, bool)
+    if base is int:
+        return _is_int(value) and (low is None or value >= low)
+    if base is float:
+        ok = _is_int(value) or isinstance(value, float)
+        return ok and (low is None or value >= low)
+    if origin is tuple:
+        return isinstance(value, tuple) and all(
+            _is_int(v) and (low is None or v >= low) for v in value
+        )
+    if origin is dict or base is dict:
+        return isinstance(value, dict)
+    if isinstance(base, type) and issubclass(base, enum.Enum):
+        return isinstance(value, base)
+    if not isinstance(value, str):
+        return False
+    return spec.choices is None or value in set(spec.choices())
+
+
+def _int_list(value: Any) -> Any:
+    """`1,2,4` (the CLI) or a YAML list -> a tuple; anything else is left for the check."""
+    if isinstance(value, str):
+        try:
+            return tuple(int(v) for v in value.split(",") if v.strip())
+        except ValueError:
+            return value
+    return tuple(value) if isinstance(value, list | tuple) else value
+
+
+def check(item: Declared, value: Any, origin: str) -> Any:
+    """`value` converted to the option's type, or a one-line error naming origin, key and value."""
+    converted = value
+    try:
+        if item.spec.parse is not None and value is not None:
+            converted = item.spec.parse(value)
+        elif typing.get_origin(split_optional(item.type)[0]) is tuple:
+            converted = _int_list(value)
+        elif split_optional(item.type)[0] is float and _is_int(value):
+            converted = float(value)
+    except (ValueError, TypeError, ModnetBatchError):
+        converted = value
+    if not _conforms(converted, item.type, item.spec):
+        expected = _expected(item.type, item.spec)
+        raise ModnetBatchError(
+            f"{origin}: {item.name} = {value!r} is not valid; expected {expected}"
+        )
+    return converted
+
+
+def build(cls: type[T], sources: list[tuple[str, dict[str, Any]]]) -> T:
+    """An instance of the options dataclass `cls` from (origin, values) pairs, later ones winning
+    (defaults < YAML < CLI); None in a source means "not given" there, except in a YAML file."""
+    items = {d.name: d for d in declared(cls)}
+    values: dict[str, Any] = {}
+    for origin, given in sources:
+        unknown = sorted(set(given) - set(items))
+        if unknown:
+            raise ModnetBatchError(
+                f"{origin} has unknown keys {unknown}; known keys: {sorted(items)}"
+            )
+        for key, value in given.items():
+            if value is None and origin.startswith("command line"):
+                continue
+            values[key] = check(items[key], value, origin)
+    return cls(**values)
+
+
+def check_all(obj: Any, origin: str) -> None:
+    """Check every option of an options instance made in code (not through `build`)."""
+    for item in declared(type(obj)):
+        value = getattr(obj, item.name)
+        if check(item, value, origin) != value:
+            raise ModnetBatchError(
+                f"{origin}: {item.name} = {value!r} is not valid; "
+                f"expected {_expected(item.type, item.spec)}"
+            )
+
+
+def load_yaml(path: Path, what: str) -> dict[str, Any]:
+    """A YAML file holding a mapping, or a one-line error."""
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ModnetBatchError(f"{what} {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ModnetBatchError(f"{what} {path} is not valid YAML: {first}") from None
+    if not isinstance(loaded, dict):
+        raise ModnetBatchError(f"{what} {path} must be a mapping of keys to values")
+    return loaded
+
+
+def plain(obj: Any) -> dict[str, Any]:
+    """The options as YAML/JSON-safe values (enums as their value, tuples as lists)."""
+
+    def conv(v: Any) -> Any:
+        if isinstance(v, enum.Enum):
+            return v.value
+        if isinstance(v, tuple):
+            return list(v)
+        return v
+
+    return {f.name: conv(getattr(obj, f.name)) for f in dataclasses.fields(obj)}

@@ -1,0 +1,111 @@
+"""What happens to one image: record -> network input and ground truth -> network output ->
+the alpha to write and its metric row. One object per job; every caller (the shard loop, the
+bench peers, calibration, the report) goes through it, stage by stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from modnet_batch.data.dataset import Record, iter_records
+from modnet_batch.data.decode import decode_image, decode_matte, sniff_format
+from modnet_batch.errors import ModnetBatchError
+from modnet_batch.metrics import ImageMetrics, ImageRow, image_metrics
+from modnet_batch.pipeline.decode_mode import DecodeMode, auto_reduce
+from modnet_batch.protocol import Protocol, ScoredAlpha, get_protocol
+
+# Every stage an image goes through, in order; the shard loop and the naive peer time each.
+STAGES = ("read", "decode", "preprocess", "infer", "postprocess", "score", "write")
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """`rgb` HxWx3 uint8, `matte` HxW uint8 or None (no ground truth)."""
+
+    rgb: npt.NDArray[np.uint8]
+    matte: npt.NDArray[np.uint8] | None
+
+
+@dataclass(frozen=True)
+class NetworkInput:
+    """`tensor` 3xhxw float32 in [-1, 1]; `gt` float64 in [0, 1] at the scoring size, or None."""
+
+    tensor: npt.NDArray[np.float32]
+    gt: npt.NDArray[np.float64] | None
+
+
+class ImagePipeline:
+    """The per-image steps of one job: its protocol and its (resolved) decode mode.
+
+    Every method is a pure function of its arguments and safe to call from several threads.
+    Errors are raised; the caller turns them into the image's error row.
+    """
+
+    def __init__(self, protocol: Protocol | str, decode: DecodeMode = DecodeMode.EXACT) -> None:
+        self.protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol
+        self.decode_mode = decode
+
+    # --- read ---------------------------------------------------------------------------------
+    def records(self, shard: str | Path) -> Iterator[Record]:
+        """A shard's records; inputs stored by `ingest --prepare` for this protocol are used."""
+        return iter_records(shard, prepared_for=self.protocol.name)
+
+    # --- decode -------------------------------------------------------------------------------
+    def reduce_for(self, record: Record, *, matte: bool = False) -> int:
+        """The JPEG reduce factor for the record's image (or matte) under this decode mode."""
+        if self.decode_mode is not DecodeMode.AUTO:
+            return 1 if matte else self.decode_mode.factor  # a fixed factor: the image only
+        data = record.matte if matte else record.image
+        if data is None or sniff_format(data) != "jpeg":
+            return 1  # other formats decode at full size anyway; resizing twice only costs
+        return auto_reduce(self.protocol, record.height, record.width, matte=matte)
+
+    def decode(self, record: Record, *, with_matte: bool = True) -> Decoded:
+        """The record's pixels: decoded, or as stored by `ingest --prepare`."""
+        if record.prepared is not None:  # stored at the protocol's size: nothing to decode
+            return Decoded(record.prepared.image, record.prepared.matte if with_matte else None)
+        rgb = decode_image(record.image, name=record.image_id, reduce=self.reduce_for(record))
+        matte = None
+        if with_matte and record.matte is not None:
+            r = self.reduce_for(record, matte=True)
+            matte = decode_matte(record.matte, name=f"{record.image_id} (matte)", reduce=r)
+            if matte.shape != (-(-record.height // r), -(-record.width // r)):
+                raise ModnetBatchError(
+                    f"matte of {record.image_id} is {matte.shape[1]}x{matte.shape[0]}, "
+                    f"image is {record.width}x{record.height}"
+                )
+        return Decoded(rgb, matte)
+
+    # --- preprocess ---------------------------------------------------------------------------
+    def preprocess(self, decoded: Decoded) -> NetworkInput:
+        gt = None if decoded.matte is None else self.protocol.ground_truth(decoded.matte)
+        return NetworkInput(self.protocol.preprocess(decoded.rgb), gt)
+
+    def network_input(self, record: Record) -> npt.NDArray[np.float32]:
+        """The record's network input alone (no ground truth): bench samples, calibration."""
+        return self.preprocess(self.decode(record, with_matte=False)).tensor
+
+    # --- after the network --------------------------------------------------------------------
+    def postprocess(self, output: npt.NDArray[np.float32], record: Record) -> ScoredAlpha:
+        """Network output hxw float32 in [0, 1] -> the alpha at the scoring resolution."""
+        return self.protocol.postprocess(output, record.height, record.width)
+
+    def score(self, alpha: ScoredAlpha, gt: npt.NDArray[np.float64]) -> ImageMetrics:
+        fg = self.protocol.foreground
+        return image_metrics(alpha.score, gt, fg(alpha.score), fg(gt))
+
+    @staticmethod
+    def row(
+        record: Record, metrics: ImageMetrics | None = None, error: str | None = None
+    ) -> ImageRow:
+        return ImageRow(record.image_id, record.width, record.height, metrics, error)
+
+
+def error_text(exc: BaseException) -> str:
+    """How an exception reads in an image's error row."""
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,28 @@
+"""The run directory's contract: its layout, atomic writers, the alpha files, the metric table,
+shard task/result records and the typed summary. Execution writes through it; reporting and
+bench read runs only through it."""
+
+from modnet_batch.results.alpha import read_alpha, write_alpha
+from modnet_batch.results.atomic import atomic_write_bytes, atomic_write_json
+from modnet_batch.results.records import ShardResult, ShardTask
+from modnet_batch.results.rundir import RunDir
+from modnet_batch.results.summary import SUMMARY_SCHEMA, ImageCounts, JobFacts, ShardCounts, Summary
+from modnet_batch.results.table import METRICS_SCHEMA, read_rows, write_rows
+
+__all__ = [
+    "METRICS_SCHEMA",
+    "SUMMARY_SCHEMA",
+    "ImageCounts",
+    "JobFacts",
+    "RunDir",
+    "ShardCounts",
+    "ShardResult",
+    "ShardTask",
+    "Summary",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "read_alpha",
+    "read_rows",
+    "write_alpha",
+    "write_rows",
+]

@@ -1,0 +1,128 @@
+"""The run directory: its layout, per-shard completion markers and the job's identity for resume.
+
+Layout: job.yaml, alpha/<image_id>.npz, metrics.parquet, summary.json, state/identity.json,
+state/shards/<shard>.json (one per finished shard; its presence means the shard is done).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from modnet_batch.errors import ModnetBatchError
+from modnet_batch.metrics import ImageRow
+from modnet_batch.results.alpha import read_alpha, write_alpha
+from modnet_batch.results.atomic import atomic_write_bytes, atomic_write_json
+from modnet_batch.results.records import ShardResult
+from modnet_batch.results.summary import Summary
+from modnet_batch.results.table import read_rows, write_rows
+
+
+class RunDir:
+    """Paths and state of one run directory; every read and write of a run goes through it."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.alpha = self.root / "alpha"
+        self.state = self.root / "state"
+        self.shard_state = self.state / "shards"
+        self.job_yaml = self.root / "job.yaml"
+        self.metrics = self.root / "metrics.parquet"
+        self.summary = self.root / "summary.json"
+        self.identity_file = self.state / "identity.json"
+
+    # --- layout -------------------------------------------------------------------------------
+    def alpha_path(self, image_id: str) -> Path:
+        return self.alpha / f"{image_id}.npz"
+
+    def marker(self, shard: str) -> Path:
+        return self.shard_state / f"{shard}.json"
+
+    # --- identity and resume ------------------------------------------------------------------
+    def prepare(self, identity: dict[str, Any]) -> bool:
+        """Create the run dir, or accept it for resume when it was made by the same job.
+
+        Returns True when resuming. A directory made by another job (other dataset, model or
+        protocol), or one that is not a run directory, is refused: nothing is overwritten.
+        """
+        if self.identity_file.exists():
+            previous = json.loads(self.identity_file.read_text())
+            if previous != identity:
+                diff = sorted(
+                    k
+                    for k in identity.keys() | previous.keys()
+                    if identity.get(k) != previous.get(k)
+                )
+                raise ModnetBatchError(
+                    f"run directory {self.root} holds a different job (differs in "
+                    f"{', '.join(diff)}); choose a new --out, or delete it to start over"
+                )
+            return True
+        if self.root.exists() and any(self.root.iterdir()):
+            raise ModnetBatchError(
+                f"run directory {self.root} exists and is not a modnet-batch run; "
+                "choose a new --out"
+            )
+        self.shard_state.mkdir(parents=True, exist_ok=True)
+        self.alpha.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.identity_file, identity)
+        return False
+
+    def write_job(self, text: str) -> None:
+        """job.yaml, once: a resumed run keeps the configuration it started with."""
+        if not self.job_yaml.exists():
+            atomic_write_bytes(self.job_yaml, text.encode())
+
+    # --- shard results ------------------------------------------------------------------------
+    def done_shards(self) -> set[str]:
+        if not self.shard_state.exists():
+            return set()
+        return {p.stem for p in self.shard_state.glob("*.json")}
+
+    def write_result(self, result: ShardResult) -> None:
+        """The shard's completion marker; written last, so a present marker means done."""
+        atomic_write_json(self.marker(result.shard), result.to_dict())
+
+    def load_results(self) -> list[ShardResult]:
+        return [
+            ShardResult.from_dict(json.loads(p.read_text()))
+            for p in sorted(self.shard_state.glob("*.json"))
+        ]
+
+    def last_result_time(self) -> float | None:
+        """When the last shard result was recorded (its marker's mtime, epoch seconds)."""
+        marks = [os.stat(p).st_mtime for p in self.shard_state.glob("*.json")]
+        return max(marks) if marks else None
+
+    # --- per-image outputs --------------------------------------------------------------------
+    def write_alpha(self, image_id: str, alpha: npt.NDArray[np.uint8]) -> None:
+        write_alpha(self.alpha_path(image_id), alpha)
+
+    def read_alpha(self, image_id: str) -> npt.NDArray[np.uint8]:
+        return read_alpha(self.alpha_path(image_id))
+
+    def alpha_times(self) -> list[float]:
+        """Epoch times at which each alpha file was written (its mtime), sorted: one per image."""
+        return sorted(os.stat(p).st_mtime for p in self.alpha.glob("*.npz"))
+
+    # --- the run's results --------------------------------------------------------------------
+    def write_rows(self, rows: list[ImageRow]) -> None:
+        write_rows(self.metrics, rows)
+
+    def read_rows(self) -> list[ImageRow]:
+        if not self.metrics.exists():
+            raise ModnetBatchError(
+                f"{self.root} has no metrics.parquet; is it a finished run directory?"
+            )
+        return read_rows(self.metrics)
+
+    def write_summary(self, summary: Summary) -> None:
+        atomic_write_json(self.summary, summary.to_dict())
+
+    def read_summary(self) -> Summary:
+        return Summary.read(self.summary)

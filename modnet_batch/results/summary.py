@@ -1,0 +1,105 @@
+"""`summary.json`: a run's dataset-level results, typed, with a schema version."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modnet_batch.errors import ModnetBatchError
+
+# 2: first versioned summary (1 = the unversioned layout, the same keys without `schema`).
+SUMMARY_SCHEMA = 2
+
+
+@dataclass(frozen=True)
+class ImageCounts:
+    total: int
+    scored: int
+    failed: int
+    unscored: int  # decoded and predicted, but without ground truth
+
+
+@dataclass(frozen=True)
+class ShardCounts:
+    total: int
+    processed: int  # by this run
+    skipped_done: int  # finished by an earlier run of the same job
+    failed: list[str]
+    retries: int
+
+
+@dataclass(frozen=True)
+class JobFacts:
+    """How the numbers were made."""
+
+    dataset: str
+    protocol: str
+    model: str
+    variant: dict[str, Any]
+    backend: str
+    address: str | None
+    decode: str
+    batch_size: int
+    engine: str = "onnxruntime"
+
+
+@dataclass(frozen=True)
+class Summary:
+    images: ImageCounts
+    metrics: dict[str, float | None]  # metrics.DATASET
+    # images, wall_s, images_per_s, per_device / per_node {images, seconds, images_per_s}, stages_s
+    throughput: dict[str, Any]
+    shards: ShardCounts
+    complete: bool
+    job: JobFacts
+    startup_seconds: float
+    workers: list[dict[str, Any]]  # one entry per actor: label, node, threads, provider, ...
+    warnings: list[str]
+    accumulator: dict[str, Any]  # MetricAccumulator.to_dict: the exact sums behind `metrics`
+    finished: str
+    driver: str
+    version: str
+    schema: int = SUMMARY_SCHEMA
+    extra: dict[str, Any] = field(default_factory=dict)  # keys a newer writer added
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(data.pop("extra"))
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], origin: str = "summary") -> Summary:
+        values = dict(data)
+        schema = values.pop("schema", 1)
+        if not isinstance(schema, int) or schema > SUMMARY_SCHEMA:
+            raise ModnetBatchError(
+                f"{origin} has schema {schema!r}; this modnet-batch reads up to "
+                f"{SUMMARY_SCHEMA}: upgrade modnet-batch"
+            )
+        try:
+            nested: dict[str, Any] = {
+                "images": ImageCounts(**values.pop("images")),
+                "shards": ShardCounts(**values.pop("shards")),
+                "job": JobFacts(**values.pop("job")),
+            }
+            known = {f for f in cls.__dataclass_fields__ if f not in {"extra", "schema"}}
+            extra = {k: values.pop(k) for k in list(values) if k not in known}
+            return cls(**nested, **values, extra=extra)
+        except (KeyError, TypeError) as exc:
+            raise ModnetBatchError(
+                f"{origin} is not a modnet-batch summary ({exc}); re-run the job to rewrite it"
+            ) from None
+
+    @classmethod
+    def read(cls, path: Path) -> Summary:
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ModnetBatchError(
+                f"{path} does not exist; is {path.parent} a finished run directory?"
+            ) from None
+        except json.JSONDecodeError as exc:
+            raise ModnetBatchError(f"{path} is not valid JSON ({exc}); re-run the job") from None
+        return cls.from_dict(data, origin=str(path))
