@@ -94,3 +94,20 @@ def inline_run(
         return runs[key]
 
     return get
+
+
+# The reference numbers were computed on another CPU. onnxruntime chooses its float32 kernels by
+# the CPU's instruction set (AVX2, AVX-512, ...), which moves MODNet's output by about 1e-6; the
+# seed protocols' uint8 truncation then moves a few pixels by one level. Measured on an AVX-512
+# AMD EPYC against the reference (the code before and after the restructure agreeing bit for
+# bit): per image at most 68 of 138,240 pixels, SAD 2.7e-4, MAD 1.9e-6, MSE 3.3e-7; paper (no
+# truncation) 4e-7 relative. Dataset-level numbers stay within 1e-6. Per image, the tests allow:
+PER_IMAGE_ABS = {"mse": 1e-5, "mad": 1e-5}
+FLIP_SHARE = 1e-3  # seed protocols: SAD may move by one level on 0.1% of the scored pixels
+
+
+def sad_tolerance(protocol: str, reference: float, pixels: int) -> float:
+    """How far one image's SAD may lie from the reference value (see above)."""
+    if protocol == "paper":
+        return max(1e-5, 1e-6 * abs(reference))
+    return 1e-5 + FLIP_SHARE * pixels / 255 / 1000

@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from modnet_batch.engine import EngineSpec
 from modnet_batch.execution.driver import run_job
 from modnet_batch.options import JobConfig, load_job
 
@@ -57,10 +58,10 @@ def test_embedded_ray_equals_inline_exactly(
     outcome = run_job(_job(synth_dataset, tmp_path / "run", tiny_model, threads=1))
     assert outcome.complete
     _same_results(inline_run, tmp_path / "run")
-    per_device = outcome.summary["throughput"]["per_device"]
+    per_device = outcome.summary.throughput["per_device"]
     assert len(per_device) == 2  # 2 CPUs / 1 thread = 2 workers
     assert sum(d["images"] for d in per_device.values()) == 12
-    assert {w["provider"] for w in outcome.summary["workers"]} == {"CPUExecutionProvider"}
+    assert {w["provider"] for w in outcome.summary.workers} == {"CPUExecutionProvider"}
 
 
 def test_one_actor_per_fake_gpu_with_distinct_devices(
@@ -70,7 +71,7 @@ def test_one_actor_per_fake_gpu_with_distinct_devices(
     outcome = run_job(
         _job(synth_dataset, tmp_path / "run", tiny_model, device="gpu", provider="cpu")
     )
-    workers = outcome.summary["workers"]
+    workers = outcome.summary.workers
     gpu_ids = [tuple(w["accelerators"]["GPU"]) for w in workers]
     assert len(workers) == 2 and len(set(gpu_ids)) == 2, gpu_ids
     assert all(w["device_index"] == 0 for w in workers)  # CUDA_VISIBLE_DEVICES maps it to 0
@@ -90,7 +91,7 @@ def test_custom_accelerator_resource_gets_distinct_indices(
             instances=2,
         )
     )
-    workers = outcome.summary["workers"]
+    workers = outcome.summary.workers
     assert len(workers) == 4  # 2 units x 2 instances
     assert sorted(w["device_index"] for w in workers) == [0, 0, 1, 1]
     _same_results(inline_run, tmp_path / "run")
@@ -121,6 +122,8 @@ def test_cpu_worker_layout(
     from modnet_batch.execution.ray_backend import plan_actors
 
     job = load_job(None, {"dataset": "d", "out": "r", **options})
-    plans = plan_actors(job, WorkerSpec(model=str(tiny_model), protocol="seed-area", run_dir="r"))
-    assert [p.spec.threads for p in plans] == layout
+    plans = plan_actors(
+        job, WorkerSpec(engine=EngineSpec(str(tiny_model)), protocol="seed-area", run_dir="r")
+    )
+    assert [p.spec.engine.threads for p in plans] == layout
     assert [p.options["num_cpus"] for p in plans] == layout

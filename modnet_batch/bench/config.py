@@ -9,7 +9,7 @@ from modnet_batch.errors import ModnetBatchError
 from modnet_batch.options import BACKENDS
 from modnet_batch.options.spec import check_all, option, plain
 from modnet_batch.pipeline import DecodeMode
-from modnet_batch.protocol import PROTOCOLS
+from modnet_batch.protocol import DEFAULT_PROTOCOL, PROTOCOLS
 
 MODES = ("model", "e2e", "both")
 
@@ -24,7 +24,7 @@ class BenchConfig:
         None, "A path, or a built variant fp32/fp16/int8; none = the reference model."
     )
     protocol: str = option(
-        "seed-area",
+        DEFAULT_PROTOCOL,
         "seed-area, seed-linear or paper (fixes the input size).",
         choices=PROTOCOLS.keys,
     )

@@ -12,7 +12,7 @@ from modnet_batch.engine import ENGINES
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.options.spec import build, check_all, load_yaml, option, plain
 from modnet_batch.pipeline import DecodeMode
-from modnet_batch.protocol import PROTOCOLS
+from modnet_batch.protocol import DEFAULT_PROTOCOL, PROTOCOLS
 
 # The execution backends (execution.backends registers one runner for each name).
 BACKENDS = ("ray", "inline")
@@ -26,7 +26,9 @@ class JobConfig:
         None, "Model: a path, or a built variant fp32/fp16/int8; none = the reference model."
     )
     protocol: str = option(
-        "seed-area", "Evaluation protocol: seed-area, seed-linear or paper.", choices=PROTOCOLS.keys
+        DEFAULT_PROTOCOL,
+        "Evaluation protocol: seed-area, seed-linear or paper.",
+        choices=PROTOCOLS.keys,
     )
     out: str = option("", "Run directory; an existing one of the same job is resumed.")
     # --- where to run it
