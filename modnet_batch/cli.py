@@ -16,6 +16,7 @@ from modnet_batch.bench.config import BenchConfig
 from modnet_batch.cli_options import with_options
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.options import JobConfig
+from modnet_batch.options.spec import Source
 from modnet_batch.options.spec import build as build_options
 
 app = typer.Typer(
@@ -162,7 +163,7 @@ def submit(
     from modnet_batch.options import load_job
 
     try:
-        job = load_job(job_file, options)
+        job = load_job(job_file, options, cli=True)
         if job.address:
             _submit_remote(job, follow)
             return
@@ -291,7 +292,7 @@ def bench(*, options: dict[str, Any]) -> None:
     from modnet_batch.bench.table import print_bench
 
     try:
-        cfg = build_options(BenchConfig, [("command line", options)])
+        cfg = build_options(BenchConfig, [Source("command line", options, text=True)])
         doc = run_bench(cfg, log=lambda msg: console.print(msg, highlight=False))
     except ModnetBatchError as exc:
         raise _fail(exc) from None

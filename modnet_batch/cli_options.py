@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import functools
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -17,9 +17,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def _cli_type(tp: Any) -> Any:
     base, _ = split_optional(tp)
-    if base in (int, float, bool, str):
-        return base
-    return str  # enums and integer lists are parsed by the option's own rule
+    # flags stay flags; every other value arrives as text and is checked by options.spec, so a
+    # bad one gets the same one-line error as in YAML
+    return bool if base is bool else str
 
 
 def _default_text(default: Any) -> str:
@@ -27,15 +27,14 @@ def _default_text(default: Any) -> str:
         return str(default.value)
     if isinstance(default, tuple):
         return ",".join(str(v) for v in default) or "none"
-    return "none" if default is None else str(default)
+    return "none" if default in (None, "") else str(default)
 
 
-def cli_parameters(cls: type, skip: Iterable[str] = ()) -> list[inspect.Parameter]:
+def cli_parameters(cls: type) -> list[inspect.Parameter]:
     """typer parameters for the options of `cls`: every one defaults to None ("not given")."""
-    skipped = set(skip)
     params = []
     for item in declared(cls):
-        if not item.spec.cli or item.name in skipped:
+        if not item.spec.cli:
             continue
         help_text = f"{item.spec.help} (default: {_default_text(item.default)})"
         info = typer.Option(item.flag, help=help_text, envvar=item.spec.envvar, show_default=False)
@@ -48,15 +47,18 @@ def cli_parameters(cls: type, skip: Iterable[str] = ()) -> list[inspect.Paramete
     return params
 
 
-def with_options(cls: type, skip: Iterable[str] = ()) -> Callable[[F], F]:
+def with_options(cls: type) -> Callable[[F], F]:
     """Give a typer command the options of `cls` as flags; the command receives them as
     `options`, a dict of the values given on the command line (None = not given)."""
 
     def decorate(fn: F) -> F:
-        params = cli_parameters(cls, skip)
+        params = cli_parameters(cls)
         names = [p.name for p in params]
         own = [p for p in inspect.signature(fn, eval_str=True).parameters.values()]
         own = [p for p in own if p.name != "options"]
+        clash = sorted({p.name for p in own} & set(names))
+        if clash:
+            raise TypeError(f"{fn.__name__} declares {clash}, which are options of {cls.__name__}")
 
         @functools.wraps(fn)
         def command(*args: Any, **kwargs: Any) -> Any:

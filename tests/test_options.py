@@ -113,12 +113,13 @@ def test_backend_names_match_the_registry() -> None:
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["submit", "--dataset", "d", "--out", "r", "--batch-size", "0"], "batch_size = 0"),
-        (["submit", "--dataset", "d", "--out", "r", "--decode-reduce", "5"], "decode_reduce"),
-        (["bench", "--mode", "model", "--batch-size", "1,x"], "batch_sizes = '1,x'"),
-        (["bench", "--mode", "model", "--workers", "0"], "workers = '0'"),
-        (["bench", "--mode", "model", "--duration", "0"], "duration_s = 0.0"),
-        (["bench", "--mode", "fast"], "mode = 'fast'"),
+        (["submit", "--dataset", "d", "--out", "r", "--batch-size", "0"], "--batch-size = '0'"),
+        (["submit", "--dataset", "d", "--out", "r", "--workers", "1.5"], "--workers = '1.5'"),
+        (["submit", "--dataset", "d", "--out", "r", "--decode-reduce", "5"], "--decode-reduce"),
+        (["bench", "--mode", "model", "--batch-size", "1,x"], "--batch-size = '1,x'"),
+        (["bench", "--mode", "model", "--workers", "0"], "--workers = '0'"),
+        (["bench", "--mode", "model", "--duration", "0"], "--duration = '0'"),
+        (["bench", "--mode", "fast"], "--mode = 'fast'"),
     ],
 )
 def test_bad_cli_values_are_one_line_errors(args: list[str], needle: str) -> None:

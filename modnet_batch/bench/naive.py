@@ -14,7 +14,7 @@ from modnet_batch.data.dataset import Dataset
 from modnet_batch.engine import EngineSpec, open_session
 from modnet_batch.metrics import DATASET, MetricAccumulator
 from modnet_batch.pipeline import STAGES, ImagePipeline
-from modnet_batch.results import write_alpha
+from modnet_batch.results import RunDir
 
 
 def run_naive(
@@ -28,7 +28,7 @@ def run_naive(
     # onnxruntime's defaults for a script: spinning on, one thread per core
     session = open_session(EngineSpec(model=model, threads=threads, spin=True))
     session_s = time.perf_counter() - t
-    out.mkdir(parents=True, exist_ok=True)
+    run = RunDir(out)
     stages = dict.fromkeys(STAGES, 0.0)  # the pipeline's stages, timed one after another
     acc = MetricAccumulator()
     images = 0
@@ -53,7 +53,7 @@ def run_naive(
             if inputs.gt is not None:
                 acc.update(pipeline.score(alpha, inputs.gt))
             t6 = time.perf_counter()
-            write_alpha(out / f"{rec.image_id}.npz", alpha.stored)
+            run.write_alpha(rec.image_id, alpha.stored)
             t7 = time.perf_counter()
             for k, a, b in (
                 ("decode", t1, t2),

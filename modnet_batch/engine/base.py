@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -33,10 +33,6 @@ class Session(Protocol):
 
     def run(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """[B,3,H,W] float32 in [-1, 1] -> [B,1,H,W] float32 in [0, 1]."""
-        ...
-
-    def describe(self) -> dict[str, Any]:
-        """Facts for summaries and benchmarks: engine, provider, device, threads."""
         ...
 
 

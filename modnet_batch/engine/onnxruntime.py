@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from modnet_batch.engine.base import EngineSpec
-from modnet_batch.engine.signature import Signature, check_signature
 from modnet_batch.errors import ModnetBatchError
+
+if TYPE_CHECKING:
+    from modnet_batch.engine.signature import Signature
 
 # Execution-provider registry: the short names a job config uses -> onnxruntime provider names.
 PROVIDERS: dict[str, str] = {
@@ -49,14 +51,6 @@ class OnnxRuntimeSession:
         out = self.session.run([self.signature.output_name], {self.signature.input_name: batch})
         return np.asarray(out[0])
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "engine": OnnxRuntimeEngine.name,
-            "provider": self.provider,
-            "device_index": self.spec.device_index,
-            "threads": self.spec.threads,
-        }
-
 
 class OnnxRuntimeEngine:
     name = "onnxruntime"
@@ -64,6 +58,8 @@ class OnnxRuntimeEngine:
     def open(self, spec: EngineSpec) -> OnnxRuntimeSession:
         """Open `spec.model` on the requested provider; raise if it would run anywhere else."""
         import onnxruntime as ort
+
+        from modnet_batch.engine.signature import check_signature  # onnx: 0.6 s to import
 
         signature = check_signature(spec.model)
         if spec.provider not in PROVIDERS:

@@ -18,7 +18,7 @@ from typing import Any
 from modnet_batch import __version__
 from modnet_batch.data.dataset import Dataset
 from modnet_batch.digest import sha256_file
-from modnet_batch.engine import EngineSpec, default_provider
+from modnet_batch.engine import DEFAULT_ENGINE, EngineSpec, default_provider
 from modnet_batch.engine.signature import check_signature
 from modnet_batch.execution.backend import BackendReport
 from modnet_batch.execution.backends import get_backend
@@ -79,12 +79,16 @@ def plan_job(job: JobConfig) -> JobPlan:
     check_signature(model_path)
     info = variant_info(model_path)
     decode = job.decode_reduce.resolve(protocol, info.get("precision", "fp32"))
-    identity = {
+    identity: dict[str, Any] = {
         "dataset": dataset.fingerprint(),
         "model_sha256": info.get("sha256") or sha256_file(model_path),
         "protocol": job.protocol,
-        "decode": decode.value,
+        # the encoding of runs made before DecodeMode, so that they still resume:
+        # 0 = reduced per image (auto), 1 = exact, else the fixed factor
+        "decode_reduce": 0 if decode is DecodeMode.AUTO else decode.factor,
     }
+    if job.engine != DEFAULT_ENGINE:  # another engine's outputs are another job's
+        identity["engine"] = job.engine
     run = RunDir(job.out)
     resumed = run.prepare(identity)
     run.write_job(job_yaml(job))

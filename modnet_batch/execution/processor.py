@@ -1,9 +1,9 @@
-"""The per-shard pipeline every backend runs: read -> decode -> preprocess -> infer (batched)
+"""The shard loop every backend runs: read -> decode -> preprocess -> infer (batched)
 -> postprocess -> score -> write npz. Decoding and scoring run on a small thread pool while the
 shard loop's thread infers, so the network waits only when the pool cannot keep up.
 
-The numeric work is delegated to `modnet_batch.protocol`, `modnet_batch.metrics` and
-`modnet_batch.data.decode`; this module only schedules it.
+Each step is the job's ImagePipeline (modnet_batch.pipeline) and the engine's session; this
+module only schedules them (threads, batching, overlap).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from modnet_batch.data.dataset import Record
-from modnet_batch.engine import EngineSpec, Session, open_session
+from modnet_batch.engine import DEFAULT_ENGINE, EngineSpec, Session, open_session
 from modnet_batch.metrics import ImageRow, MetricAccumulator
 from modnet_batch.pipeline import DecodeMode, ImagePipeline, NetworkInput, error_text
 from modnet_batch.results import RunDir, ShardResult, ShardTask
@@ -49,7 +49,7 @@ class WorkerSpec:
     batch_size: int = 4
     decode_threads: int = 1
     label: str = "cpu:0"
-    engine_name: str = "onnxruntime"
+    engine_name: str = DEFAULT_ENGINE
 
 
 @dataclass
@@ -117,6 +117,7 @@ class ShardProcessor:
     ) -> tuple[ImageRow, dict[str, float]]:
         assert item.inputs is not None  # only images with inputs reach the network
         t0 = time.thread_time()
+        metrics = None
         try:
             alpha = self.pipeline.postprocess(output, item.record)
             t1 = time.thread_time()
@@ -126,8 +127,8 @@ class ShardProcessor:
             self.run.write_alpha(item.record.image_id, alpha.stored)
             cpu = {"postprocess": t1 - t0, "score": t2 - t1, "write": time.thread_time() - t2}
             return self.pipeline.row(item.record, metrics), cpu
-        except Exception as exc:
-            return self.pipeline.row(item.record, error=error_text(exc)), {}
+        except Exception as exc:  # the metrics computed so far stay beside the error
+            return self.pipeline.row(item.record, metrics, error_text(exc)), {}
 
     # --- the shard loop (one thread: reads, batches, infers) --------------------------------
     def process(

@@ -8,9 +8,9 @@ from typing import Any
 
 import yaml
 
-from modnet_batch.engine import ENGINES
+from modnet_batch.engine import DEFAULT_ENGINE, ENGINES
 from modnet_batch.errors import ModnetBatchError
-from modnet_batch.options.spec import build, check_all, load_yaml, option, plain
+from modnet_batch.options.spec import Source, build, check_all, load_yaml, option, plain
 from modnet_batch.pipeline import DecodeMode
 from modnet_batch.protocol import DEFAULT_PROTOCOL, PROTOCOLS
 
@@ -38,7 +38,7 @@ class JobConfig:
         envvar="RAY_ADDRESS",
     )
     backend: str = option("ray", "ray, or inline (one process, no Ray).", choices=lambda: BACKENDS)
-    engine: str = option("onnxruntime", "Inference engine.", choices=ENGINES.keys)
+    engine: str = option(DEFAULT_ENGINE, "Inference engine.", choices=ENGINES.keys)
     device: str = option("cpu", "cpu, gpu, or a Ray custom resource naming one accelerator.")
     provider: str | None = option(
         None, "onnxruntime provider: cpu, cuda, tensorrt, rocm, ...; none = cuda on gpu, else cpu."
@@ -70,13 +70,17 @@ class JobConfig:
 
 
 def load_job(
-    yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None
+    yaml_path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    cli: bool = False,
 ) -> JobConfig:
-    """Defaults, then the YAML file's keys, then the non-None command-line values."""
-    sources: list[tuple[str, dict[str, Any]]] = []
+    """Defaults, then the YAML file's keys, then the non-None overrides (`cli`: flag text)."""
+    sources: list[Source] = []
     if yaml_path is not None:
-        sources.append((f"job file {yaml_path}", load_yaml(Path(yaml_path), "job file")))
-    sources.append(("command line", overrides or {}))
+        sources.append(Source(f"job file {yaml_path}", load_yaml(Path(yaml_path), "job file")))
+    origin = "command line" if cli else "job options"
+    sources.append(Source(origin, overrides or {}, unset_none=True, text=cli))
     job = build(JobConfig, sources)
     validate(job)
     return job

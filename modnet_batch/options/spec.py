@@ -18,7 +18,6 @@ import yaml
 from modnet_batch.errors import ModnetBatchError
 
 T = TypeVar("T")
-F = TypeVar("F", bound=Callable[..., Any])
 _KEY = "modnet_batch.option"
 
 
@@ -137,41 +136,55 @@ def _int_list(value: Any) -> Any:
     return tuple(value) if isinstance(value, list | tuple) else value
 
 
-def check(item: Declared, value: Any, origin: str) -> Any:
-    """`value` converted to the option's type, or a one-line error naming origin, key and value."""
+def check(item: Declared, value: Any, origin: str, *, text: bool = False) -> Any:
+    """`value` converted to the option's type, or a one-line error naming origin, key and value.
+
+    `text`: the value is command-line text (numbers arrive as strings; the flag is named)."""
     converted = value
+    base = split_optional(item.type)[0]
     try:
-        if item.spec.parse is not None and value is not None:
+        if text and isinstance(value, str) and base in (int, float):
+            converted = base(value)
+        elif item.spec.parse is not None and value is not None:
             converted = item.spec.parse(value)
         elif typing.get_origin(split_optional(item.type)[0]) is tuple:
             converted = _int_list(value)
-        elif split_optional(item.type)[0] is float and _is_int(value):
+        elif base is float and _is_int(value):
             converted = float(value)
     except (ValueError, TypeError, ModnetBatchError):
         converted = value
     if not _conforms(converted, item.type, item.spec):
         expected = _expected(item.type, item.spec)
-        raise ModnetBatchError(
-            f"{origin}: {item.name} = {value!r} is not valid; expected {expected}"
-        )
+        name = item.flag if text else item.name
+        raise ModnetBatchError(f"{origin}: {name} = {value!r} is not valid; expected {expected}")
     return converted
 
 
-def build(cls: type[T], sources: list[tuple[str, dict[str, Any]]]) -> T:
-    """An instance of the options dataclass `cls` from (origin, values) pairs, later ones winning
-    (defaults < YAML < CLI); None in a source means "not given" there, except in a YAML file."""
+@dataclass(frozen=True)
+class Source:
+    """Option values from one place: a YAML file, overrides given in code (`unset_none`: None
+    means "not given"), or the command line (`text` too: values are flag text)."""
+
+    origin: str
+    values: dict[str, Any]
+    unset_none: bool = False
+    text: bool = False
+
+
+def build(cls: type[T], sources: list[Source]) -> T:
+    """An instance of the options dataclass `cls`, later sources winning (defaults < YAML < CLI)."""
     items = {d.name: d for d in declared(cls)}
     values: dict[str, Any] = {}
-    for origin, given in sources:
-        unknown = sorted(set(given) - set(items))
+    for source in sources:
+        unknown = sorted(set(source.values) - set(items))
         if unknown:
             raise ModnetBatchError(
-                f"{origin} has unknown keys {unknown}; known keys: {sorted(items)}"
+                f"{source.origin} has unknown keys {unknown}; known keys: {sorted(items)}"
             )
-        for key, value in given.items():
-            if value is None and origin.startswith("command line"):
+        for key, value in source.values.items():
+            if value is None and (source.unset_none or source.text):
                 continue
-            values[key] = check(items[key], value, origin)
+            values[key] = check(items[key], value, source.origin, text=source.text)
     return cls(**values)
 
 

@@ -83,8 +83,12 @@ class ImagePipeline:
 
     # --- preprocess ---------------------------------------------------------------------------
     def preprocess(self, decoded: Decoded) -> NetworkInput:
-        gt = None if decoded.matte is None else self.protocol.ground_truth(decoded.matte)
+        gt = None if decoded.matte is None else self.ground_truth(decoded.matte)
         return NetworkInput(self.protocol.preprocess(decoded.rgb), gt)
+
+    def ground_truth(self, matte: npt.NDArray[np.uint8]) -> npt.NDArray[np.float64]:
+        """HxW uint8 matte -> float64 in [0, 1] at the scoring size."""
+        return self.protocol.ground_truth(matte)
 
     def network_input(self, record: Record) -> npt.NDArray[np.float32]:
         """The record's network input alone (no ground truth): bench samples, calibration."""

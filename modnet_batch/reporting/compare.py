@@ -8,10 +8,8 @@ from rich.console import Console
 from rich.table import Table
 
 from modnet_batch.metrics import DATASET
-from modnet_batch.reporting.table import TITLES, fmt
+from modnet_batch.reporting.table import COMPARE_DIGITS, TITLES, fmt
 from modnet_batch.results import RunDir
-
-DIGITS = {"mse": 5, "mad": 5, "sad": 3, "grad": 3, "conn": 3, "miou": 4}
 
 
 def compare_runs(runs: list[Path], console: Console) -> Table:
@@ -25,7 +23,7 @@ def compare_runs(runs: list[Path], console: Console) -> Table:
             str(s.job.variant.get("precision", "?")),
             s.job.protocol,
             str(s.images.scored),
-            *[fmt(s.metrics.get(k), DIGITS[k]) for k in DATASET],
+            *[fmt(s.metrics.get(k), COMPARE_DIGITS[k]) for k in DATASET],
             f"{s.throughput['images_per_s']:.2f}",
         )
     console.print(table)

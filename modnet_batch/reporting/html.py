@@ -57,7 +57,7 @@ def _panels(
         pred: npt.NDArray[np.uint8] = run.read_alpha(record.image_id)
         decoded = pipeline.decode(record)
         assert decoded.matte is not None  # the record has a matte
-        gt8 = np.rint(pipeline.protocol.ground_truth(decoded.matte) * 255).astype(np.uint8)
+        gt8 = np.rint(pipeline.ground_truth(decoded.matte) * 255).astype(np.uint8)
         h, w = pred.shape
         shown = cv2.resize(decoded.rgb, (w, h), interpolation=cv2.INTER_AREA).astype(np.uint8)
         error = np.abs(pred.astype(np.int16) - gt8.astype(np.int16)).astype(np.uint8)

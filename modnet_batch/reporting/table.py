@@ -13,6 +13,17 @@ from modnet_batch.results import Summary
 
 # How each metric is titled in every table.
 TITLES = {"mse": "MSE", "mad": "MAD", "sad": "SAD", "grad": "Grad", "conn": "Conn", "miou": "mIoU"}
+# Digits shown in the summary table (dataset means) and in per-image tables.
+DIGITS = {"mse": 6, "mad": 6, "sad": 4, "grad": 4, "conn": 4, "miou": 4}
+ROW_DIGITS = {"mse": 6, "mad": 6, "sad": 3, "grad": 3, "conn": 3}
+COMPARE_DIGITS = {
+    "mse": 5,
+    "mad": 5,
+    "sad": 3,
+    "grad": 3,
+    "conn": 3,
+    "miou": 4,
+}  # runs side by side
 
 
 def fmt(value: Any, digits: int = 5) -> str:
@@ -34,7 +45,7 @@ def summary_table(summary: Summary, title: str = "") -> Table:
         str(images.total),
         str(images.scored),
         str(images.failed),
-        *[fmt(m.get(k), 6 if k in {"mse", "mad"} else 4) for k in DATASET],
+        *[fmt(m.get(k), DIGITS[k]) for k in DATASET],
         fmt(summary.throughput.get("images_per_s"), 2),
     )
     return table
@@ -74,9 +85,6 @@ def worst_table(rows: list[ImageRow], metric: str) -> Table:
         m = r.metrics
         table.add_row(
             r.image_id,
-            *[
-                fmt(None if m is None else getattr(m, k), 6 if k in {"mse", "mad"} else 3)
-                for k in PER_IMAGE
-            ],
+            *[fmt(None if m is None else getattr(m, k), ROW_DIGITS[k]) for k in PER_IMAGE],
         )
     return table

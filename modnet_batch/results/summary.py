@@ -40,8 +40,8 @@ class JobFacts:
     variant: dict[str, Any]
     backend: str
     address: str | None
-    decode: str
-    batch_size: int
+    decode: str = "unrecorded"  # summaries written before the decode mode was recorded
+    batch_size: int | None = None
     engine: str = "onnxruntime"
 
 
@@ -66,8 +66,7 @@ class Summary:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data.update(data.pop("extra"))
-        return data
+        return {**data.pop("extra"), **data}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], origin: str = "summary") -> Summary:

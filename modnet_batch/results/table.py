@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from modnet_batch.metrics import COLUMNS, CONFUSION, PER_IMAGE, ImageRow
+from modnet_batch.results.atomic import atomic_write_bytes
 
 _TYPES: dict[str, pa.DataType] = {
     "image_id": pa.string(),
@@ -21,8 +22,6 @@ METRICS_SCHEMA = pa.schema([(name, _TYPES[name]) for name in COLUMNS])
 
 
 def write_rows(path: Path, rows: list[ImageRow]) -> None:
-    from modnet_batch.results.atomic import atomic_write_bytes
-
     records = [r.to_record() for r in rows]
     columns = {name: [r[name] for r in records] for name in METRICS_SCHEMA.names}
     table = pa.table(columns, schema=METRICS_SCHEMA)
