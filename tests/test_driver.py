@@ -144,3 +144,88 @@ def test_defaults_batch_one_on_cpu_four_on_accelerators() -> None:
     assert batch_size(load_job(None, {"dataset": "d", "out": "r", "device": "gpu"})) == 4
     assert batch_size(load_job(None, {"dataset": "d", "out": "r", "batch_size": 3})) == 3
     assert load_job(None, {"dataset": "d", "out": "r"}).decode_reduce == "auto"
+
+
+def _rewrite_shard(ds: Path, edit: object) -> None:
+    """Apply `edit(rows)` to the dataset's first shard and re-record its SHA-256."""
+    import pyarrow as pa
+
+    from modnet_batch.digest import sha256_file
+
+    shard = sorted((ds / "shards").glob("*.parquet"))[0]
+    rows = pq.read_table(shard).to_pylist()
+    edit(rows)  # type: ignore[operator]
+    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(shard)), shard)
+    meta = json.loads((ds / "dataset.json").read_text())
+    for s in meta["shards"]:
+        s["sha256"] = sha256_file(ds / s["path"])
+    (ds / "dataset.json").write_text(json.dumps(meta))
+
+
+def test_ids_edited_into_a_shard_never_write_outside_the_run_dir(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """Ids are checked at ingest, but a shard edited by hand must not steer writes (issue 11.3)."""
+    src = make_synthetic(tmp_path / "src", n=3, height=96, width=64, seed=4)
+    ds = tmp_path / "ds"
+    ingest(src, ds, shard_size=8)
+    outside = tmp_path / "escaped"
+
+    def edit(rows: list[dict[str, object]]) -> None:
+        rows[0]["image_id"] = f"../../{outside.name}"
+        rows[1]["image_id"] = str(outside / "abs")
+
+    _rewrite_shard(ds, edit)
+    run = tmp_path / "deep" / "run"
+    outcome = run_job(_job(ds, run, tiny_model))  # type: ignore[arg-type]
+    assert not list(tmp_path.glob("escaped*")) and not outside.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep", "ds", "src"]
+    rows = {r["image_id"]: r for r in pq.read_table(run / "metrics.parquet").to_pylist()}
+    for bad in (f"../../{outside.name}", str(outside / "abs")):
+        assert "not safe as a file name" in rows[bad]["error"]
+    assert outcome.summary.images.scored == 1 and len(list((run / "alpha").iterdir())) == 1
+
+
+def test_shard_paths_outside_the_dataset_are_refused(synth_dataset: Path, tmp_path: Path) -> None:
+    from modnet_batch.data.dataset import Dataset
+
+    ds = tmp_path / "ds"
+    shutil.copytree(synth_dataset, ds)
+    shutil.copy(next((ds / "shards").glob("*.parquet")), tmp_path / "outside.parquet")
+    meta = json.loads((ds / "dataset.json").read_text())
+    meta["shards"][0]["path"] = "../outside.parquet"
+    (ds / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(ModnetBatchError, match=r"outside the dataset directory"):
+        Dataset.open(ds)
+    meta["shards"][0]["path"], meta["shards"][0]["name"] = "shards/shard-00000.parquet", "../x"
+    (ds / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(ModnetBatchError, match=r"not a safe name"):
+        Dataset.open(ds)
+
+
+def test_results_are_readable_by_other_users(
+    synth_dataset: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    """Atomic writes honour the umask (issue 11.8): 0644 under umask 022, not mkstemp's 0600."""
+    from modnet_batch.results.atomic import FILE_MODE
+
+    run = tmp_path / "run"
+    run_job(_job(synth_dataset, run, tiny_model))  # type: ignore[arg-type]
+    files = [p for p in run.rglob("*") if p.is_file()]
+    assert files and {p.stat().st_mode & 0o777 for p in files} == {FILE_MODE}
+    assert FILE_MODE & 0o044  # readable by group and others under the usual umask
+
+
+def test_a_no_op_resume_keeps_the_measured_throughput(
+    synth_dataset: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    """Rerunning a finished job used to overwrite the throughput with zeros (issue 11.9)."""
+    job = _job(synth_dataset, tmp_path / "run", tiny_model)
+    first = run_job(job).summary.throughput  # type: ignore[arg-type]
+    again = run_job(job).summary.throughput  # type: ignore[arg-type]
+    assert first["images"] == 12 and again["images"] == 12
+    assert again["per_device"] == first["per_device"]
+    assert again["images_per_s"] == pytest.approx(first["images_per_s"], rel=0.05)
+    assert (first["attempts"], again["attempts"]) == (1, 2)
+    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())["throughput"]
+    assert on_disk["images"] == 12

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,16 @@ class Record:
     prepared: Prepared | None = None
 
 
+# Ids and shard names become file names (alpha/<image_id>.npz, state/shards/<shard>.json) on
+# every OS, so only portable characters, and no leading dot (no "..", no hidden files).
+SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def is_safe_name(name: object) -> bool:
+    """Whether `name` is safe as a file name inside a run or dataset directory."""
+    return isinstance(name, str) and bool(SAFE_NAME.fullmatch(name)) and not name.startswith(".")
+
+
 def shard_name(index: int) -> str:
     """The name of shard number `index`: shard-00000, shard-00001, ..."""
     return f"shard-{index:05d}"
@@ -167,6 +178,13 @@ class Dataset:
                 f"{meta_path} lacks or has a malformed field ({exc!r}); "
                 "re-create the dataset with `modnet-batch ingest`"
             ) from exc
+        for s in shards:
+            inside = (root / s.path).resolve().is_relative_to(root)
+            if not is_safe_name(s.name) or not inside or Path(s.path).is_absolute():
+                raise ModnetBatchError(
+                    f"{meta_path} lists shard {s.name!r} at {s.path!r}, outside the dataset "
+                    "directory or not a safe name; re-create the dataset with `modnet-batch ingest`"
+                )
         missing = [s.path for s in shards if not (root / s.path).is_file()]
         if missing:
             raise ModnetBatchError(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import shutil
 import time
 import uuid
@@ -30,6 +29,7 @@ from modnet_batch.data.dataset import (
     META_FILE,
     SCHEMA_VERSION,
     SHARD_DIR,
+    is_safe_name,
     shard_name,
     shard_schema,
 )
@@ -46,7 +46,6 @@ from modnet_batch.errors import ModnetBatchError
 from modnet_batch.protocol import Protocol, get_protocol
 
 # Ids become file names (alpha/<image_id>.npz) on every OS, so only portable characters.
-SAFE_ID = re.compile(r"[A-Za-z0-9._-]+")
 _SHOWN = 5  # how many offending names an error message lists
 
 
@@ -113,7 +112,7 @@ def _scan(folder: Path, prefix: str) -> tuple[dict[str, str], list[str]]:
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             ignored.append(rel)
             continue
-        if not SAFE_ID.fullmatch(path.stem) or path.stem.startswith("."):
+        if not is_safe_name(path.stem):
             unsafe.append(rel)
         by_key.setdefault(path.stem.lower(), []).append(rel)
     if unsafe:

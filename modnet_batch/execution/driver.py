@@ -20,6 +20,7 @@ from modnet_batch.data.dataset import Dataset
 from modnet_batch.digest import sha256_file
 from modnet_batch.engine import DEFAULT_ENGINE, EngineSpec, default_provider
 from modnet_batch.engine.signature import check_signature
+from modnet_batch.errors import ModnetBatchError
 from modnet_batch.execution.backend import BackendReport
 from modnet_batch.execution.backends import get_backend
 from modnet_batch.execution.processor import WorkerSpec
@@ -194,7 +195,7 @@ def finalize(
             unscored=len(rows) - failed - scored,
         ),
         metrics={k: stats[k] for k in DATASET},
-        throughput=_throughput(fresh, wall),
+        throughput=_merge_throughput(_previous_throughput(plan), _throughput(fresh, wall)),
         shards=ShardCounts(
             total=len(plan.dataset.shards),
             processed=len(fresh),
@@ -224,6 +225,43 @@ def finalize(
     )
     plan.run.write_summary(summary)
     return summary
+
+
+def _previous_throughput(plan: JobPlan) -> dict[str, Any] | None:
+    """What earlier attempts of a resumed job measured (None for a fresh job)."""
+    if not plan.resumed or not plan.run.summary.exists():
+        return None
+    try:
+        return plan.run.read_summary().throughput
+    except ModnetBatchError:
+        return None  # an unreadable summary is rewritten; the markers hold the results
+
+
+def _merge_throughput(previous: dict[str, Any] | None, current: dict[str, Any]) -> dict[str, Any]:
+    """A resume keeps what earlier attempts measured and adds its own: images, seconds and stage
+    times add up, rates are recomputed (a resume with nothing left to do changes nothing)."""
+    if not previous or not previous.get("images"):
+        attempts = int(previous.get("attempts", 1)) + 1 if previous is not None else 1
+        return {**current, "attempts": attempts}
+    merged: dict[str, Any] = {
+        "images": previous["images"] + current["images"],
+        "wall_s": previous["wall_s"] + current["wall_s"],
+        "stages_s": dict(previous.get("stages_s", {})),
+        "attempts": int(previous.get("attempts", 1)) + 1,
+    }
+    for k, v in current["stages_s"].items():
+        merged["stages_s"][k] = merged["stages_s"].get(k, 0.0) + v
+    merged["images_per_s"] = merged["images"] / merged["wall_s"] if merged["wall_s"] > 0 else 0.0
+    for table in ("per_device", "per_node"):
+        entries = {k: dict(v) for k, v in previous.get(table, {}).items()}
+        for key, entry in current[table].items():
+            old = entries.setdefault(key, {"images": 0, "seconds": 0.0})
+            old["images"] += entry["images"]
+            old["seconds"] += entry["seconds"]
+        for entry in entries.values():
+            entry["images_per_s"] = entry["images"] / entry["seconds"] if entry["seconds"] else 0.0
+        merged[table] = dict(sorted(entries.items()))
+    return merged
 
 
 def _throughput(fresh: list[ShardResult], wall: float) -> dict[str, Any]:

@@ -103,6 +103,7 @@ class ShardProcessor:
     def _prepare(self, record: Record) -> _Item:
         item = _Item(record=record)
         try:
+            self.run.alpha_path(record.image_id)  # an id from a shard is checked before any use
             t0 = time.thread_time()
             decoded = self.pipeline.decode(record)
             t1 = time.thread_time()

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from modnet_batch.data.dataset import is_safe_name
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.metrics import ImageRow
 from modnet_batch.results.alpha import read_alpha, write_alpha
@@ -21,6 +22,16 @@ from modnet_batch.results.atomic import atomic_write_bytes, atomic_write_json
 from modnet_batch.results.records import ShardResult
 from modnet_batch.results.summary import Summary
 from modnet_batch.results.table import read_rows, write_rows
+
+
+def _checked(name: str, what: str) -> str:
+    """`name`, if it is safe as a file name here: ids read from a shard are never trusted."""
+    if not is_safe_name(name):
+        raise ModnetBatchError(
+            f"{what} {name!r} is not safe as a file name (letters, digits, . _ - only, no "
+            "leading dot); nothing is written for it: fix the dataset, re-ingest its source"
+        )
+    return name
 
 
 class RunDir:
@@ -38,10 +49,10 @@ class RunDir:
 
     # --- layout -------------------------------------------------------------------------------
     def alpha_path(self, image_id: str) -> Path:
-        return self.alpha / f"{image_id}.npz"
+        return self.alpha / f"{_checked(image_id, 'image id')}.npz"
 
     def marker(self, shard: str) -> Path:
-        return self.shard_state / f"{shard}.json"
+        return self.shard_state / f"{_checked(shard, 'shard name')}.json"
 
     # --- identity and resume ------------------------------------------------------------------
     def prepare(self, identity: dict[str, Any]) -> bool:
