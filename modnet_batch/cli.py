@@ -120,6 +120,21 @@ def ingest(
 
 
 @app.command()
+def verify(
+    dataset: Annotated[Path, typer.Argument(help="Dataset directory (from `ingest`).")],
+) -> None:
+    """Check a dataset fully: every shard file against the SHA-256 in dataset.json."""
+    from modnet_batch.data.dataset import Dataset
+
+    try:
+        ds = Dataset.open(dataset)
+        ds.verify()
+    except ModnetBatchError as exc:
+        raise _fail(exc) from None
+    out.print(f"{ds.root}: {len(ds.shards)} shard(s), {ds.num_images} images, all intact")
+
+
+@app.command()
 def build(
     config: Annotated[
         Path,

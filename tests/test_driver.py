@@ -229,3 +229,34 @@ def test_a_no_op_resume_keeps_the_measured_throughput(
     assert (first["attempts"], again["attempts"]) == (1, 2)
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())["throughput"]
     assert on_disk["images"] == 12
+
+
+def test_a_damaged_shard_is_a_named_failed_shard_and_the_job_goes_on(
+    synth_dataset: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    """Issue 11.5: a truncated shard used to end the job in a pyarrow traceback, and a shard
+    whose bytes changed after ingest went unnoticed."""
+    from typer.testing import CliRunner
+
+    from modnet_batch.cli import app
+
+    ds = tmp_path / "ds"
+    shutil.copytree(synth_dataset, ds)
+    first, second = sorted((ds / "shards").glob("*.parquet"))[:2]
+    first.write_bytes(first.read_bytes()[:-200])  # truncated: no Parquet footer
+    data = bytearray(second.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte changed after ingest
+    second.write_bytes(bytes(data))
+    outcome = run_job(_job(ds, tmp_path / "run", tiny_model))  # type: ignore[arg-type]
+    assert not outcome.complete
+    failed = outcome.summary.shards.failed
+    assert failed == [first.stem, second.stem]
+    rows = pq.read_table(tmp_path / "run" / "metrics.parquet").to_pylist()
+    errors = [r["error"] for r in rows if r["error"]]
+    assert any("changed after ingest" in e for e in errors)
+    assert any(f"shard {first.stem}" in e for e in errors)
+    assert outcome.summary.images.scored == 4  # the intact third shard
+    result = CliRunner().invoke(app, ["verify", str(ds)])
+    assert result.exit_code == 1 and "changed after ingest" in result.output
+    result = CliRunner().invoke(app, ["verify", str(synth_dataset)])
+    assert result.exit_code == 0 and "all intact" in result.output

@@ -127,3 +127,22 @@ def test_cpu_worker_layout(
     )
     assert [p.spec.engine.threads for p in plans] == layout
     assert [p.options["num_cpus"] for p in plans] == layout
+
+
+def test_a_changed_shard_fails_on_ray_without_retries(
+    synth_dataset: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    """A shard that changed after ingest is a deterministic failure: named, never retried."""
+    import shutil
+
+    ds = tmp_path / "ds"
+    shutil.copytree(synth_dataset, ds)
+    shard = sorted((ds / "shards").glob("*.parquet"))[1]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    outcome = run_job(_job(ds, tmp_path / "run", tiny_model, threads=1))
+    assert not outcome.complete
+    assert outcome.summary.shards.failed == [shard.stem]
+    assert outcome.summary.shards.retries == 0
+    assert outcome.summary.images.scored == 8

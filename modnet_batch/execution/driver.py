@@ -95,7 +95,7 @@ def plan_job(job: JobConfig) -> JobPlan:
     run.write_job(job_yaml(job))
     done = run.done_shards()
     tasks = [
-        ShardTask(name=s.name, path=str(dataset.shard_path(s)), rows=s.rows)
+        ShardTask(name=s.name, path=str(dataset.shard_path(s)), rows=s.rows, sha256=s.sha256)
         for s in dataset.shards
         if s.name not in done
     ]
@@ -105,7 +105,12 @@ def plan_job(job: JobConfig) -> JobPlan:
 
 
 def _overlap_warnings(plan: JobPlan) -> list[str]:
-    ids = plan.dataset.image_ids()
+    ids: list[str] = []
+    for shard in plan.dataset.shards:
+        try:
+            ids.extend(plan.dataset.image_ids(shard))
+        except Exception:  # an unreadable shard fails, named, when its turn comes
+            continue
     overlap = calibration_overlap(plan.model_path, ids)
     if not overlap:
         return []
@@ -179,8 +184,11 @@ def finalize(
         rows.extend(res.rows)
     shards = {s.name: s for s in plan.dataset.shards}
     for shard_name, reason in sorted(report.failed.items()):
-        for image_id in plan.dataset.image_ids(shards[shard_name]):
-            rows.append(ImageRow(image_id, error=f"shard {shard_name} failed: {reason}"))
+        try:
+            ids = plan.dataset.image_ids(shards[shard_name])
+        except Exception:  # an unreadable shard: its ids are lost with it, its name is not
+            ids = [shard_name]
+        rows.extend(ImageRow(i, error=f"shard {shard_name} failed: {reason}") for i in ids)
     rows.sort(key=lambda r: r.image_id)
     plan.run.write_rows(rows)
 

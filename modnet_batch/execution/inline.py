@@ -6,7 +6,7 @@ import time
 from dataclasses import replace
 
 from modnet_batch.execution.backend import BackendReport, OnImages, OnResult
-from modnet_batch.execution.processor import ShardProcessor, WorkerSpec
+from modnet_batch.execution.processor import ShardProcessor, ShardUnreadable, WorkerSpec
 from modnet_batch.execution.resources import available_cpus
 from modnet_batch.options import JobConfig
 from modnet_batch.results import ShardTask
@@ -36,7 +36,12 @@ class InlineBackend:
         report = BackendReport(startup_seconds=time.perf_counter() - t0, workers=[info])
         try:
             for task in tasks:
-                on_result(processor.process(task, lambda n: on_images(spec.label, n)))
+                try:
+                    result = processor.process(task, lambda n: on_images(spec.label, n))
+                except ShardUnreadable as exc:  # the job goes on; the shard is named as failed
+                    report.failed[task.name] = str(exc)
+                    continue
+                on_result(result)
         finally:
             processor.close()
         return report

@@ -22,7 +22,9 @@ import numpy as np
 import numpy.typing as npt
 
 from modnet_batch.data.dataset import Record
+from modnet_batch.digest import sha256_file
 from modnet_batch.engine import DEFAULT_ENGINE, EngineSpec, Session, open_session
+from modnet_batch.errors import ModnetBatchError
 from modnet_batch.metrics import ImageRow, MetricAccumulator
 from modnet_batch.pipeline import DecodeMode, ImagePipeline, NetworkInput, error_text
 from modnet_batch.results import RunDir, ShardResult, ShardTask
@@ -60,6 +62,26 @@ class _Item:
     inputs: NetworkInput | None = None
     error: str | None = None
     cpu: dict[str, float] = field(default_factory=dict)
+
+
+class ShardUnreadable(ModnetBatchError):
+    """A shard that cannot be read as ingested (changed or damaged): retrying cannot help."""
+
+
+def _check_shard(task: ShardTask) -> None:
+    """The shard is the file dataset.json recorded: hashing it costs ~1 ms per MB, read once
+    more from the page cache, against seconds of work per shard."""
+    if task.sha256 is None:
+        return
+    try:
+        actual = sha256_file(task.path)
+    except OSError as exc:
+        raise ShardUnreadable(f"shard {task.name} ({task.path}) is unreadable: {exc}") from None
+    if actual != task.sha256:
+        raise ShardUnreadable(
+            f"shard {task.name} ({task.path}) changed after ingest (SHA-256 {actual[:12]}..., "
+            f"dataset.json records {task.sha256[:12]}...); re-create the dataset"
+        )
 
 
 class _Clock:
@@ -135,6 +157,7 @@ class ShardProcessor:
     def process(
         self, task: ShardTask, on_image: Callable[[int], None] | None = None
     ) -> ShardResult:
+        _check_shard(task)
         clock = _Clock()
         cpu = dict.fromkeys(POOL_STAGES, 0.0)
         rows: list[ImageRow] = []
@@ -148,7 +171,13 @@ class ShardProcessor:
             nonlocal exhausted
             t = time.perf_counter()
             while not exhausted and len(pending) < prefetch:
-                rec = next(records, None)
+                try:
+                    rec = next(records, None)
+                except Exception as exc:  # pyarrow on a damaged file: name the shard, not a trace
+                    raise ShardUnreadable(
+                        f"shard {task.name} ({task.path}) is unreadable: {error_text(exc)}; "
+                        "re-create the dataset (`modnet-batch verify` checks every shard)"
+                    ) from None
                 if rec is None:
                     exhausted = True
                 else:

@@ -20,7 +20,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.execution.backend import BackendReport, OnImages, OnResult
-from modnet_batch.execution.processor import ShardProcessor, WorkerSpec
+from modnet_batch.execution.processor import ShardProcessor, ShardUnreadable, WorkerSpec
 from modnet_batch.execution.resources import cpu_split
 from modnet_batch.options import JobConfig
 from modnet_batch.results import ShardResult, ShardTask
@@ -284,6 +284,10 @@ def _dispatch(
             try:
                 result: ShardResult = ray.get(ref)
             except (RayActorError, RayTaskError) as exc:
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, ShardUnreadable):
+                    report.failed[task.name] = str(cause)  # deterministic: no retry
+                    continue
                 if isinstance(exc, RayActorError):
                     deaths[i] += 1
                     seen[i] = 0  # a restarted actor counts from zero

@@ -14,6 +14,7 @@ class ShardTask:
     path: str
     rows: int
     attempt: int = 0
+    sha256: str | None = None  # as dataset.json records it; checked before the shard is read
 
 
 @dataclass
