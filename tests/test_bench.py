@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +121,11 @@ def test_bad_options_are_refused(tiny_model: Path) -> None:
 
 def test_load_monitor_reports_cores() -> None:
     with LoadMonitor(interval=0.01) as load:
-        sum(i * i for i in range(200_000))
+        # 0.2 s of CPU, well above the 10 ms clock tick that process CPU times are counted in
+        # (200,000 squares took ~10 ms and sometimes counted as 0)
+        start = time.thread_time()
+        while time.thread_time() - start < 0.2:
+            sum(i * i for i in range(10_000))
     assert load.result["own_cores"] > 0 and load.result["foreign_cores"] >= 0
 
 
