@@ -50,19 +50,14 @@ def test_bad_image_becomes_error_row_and_unmatted_image_is_unscored(
     ds = tmp_path / "ds"
     ingest(src, ds, shard_size=8)
     # corrupt one image inside the shard (keeping the Parquet valid) and drop one matte
-    shard = next((ds / "shards").glob("*.parquet"))
-    table = pq.read_table(shard).to_pylist()
-    table[0]["image"] = b"\xff\xd8 broken jpeg"
-    table[1]["matte"] = None
-    import pyarrow as pa
+    table: list[dict[str, object]] = []
 
-    pq.write_table(pa.Table.from_pylist(table, schema=pq.read_schema(shard)), shard)
-    meta = json.loads((ds / "dataset.json").read_text())
-    from modnet_batch.digest import sha256_file as file_sha256
+    def edit(rows: list[dict[str, object]]) -> None:
+        rows[0]["image"] = b"\xff\xd8 broken jpeg"
+        rows[1]["matte"] = None
+        table.extend(rows)
 
-    for s in meta["shards"]:
-        s["sha256"] = file_sha256(ds / s["path"])
-    (ds / "dataset.json").write_text(json.dumps(meta))
+    _rewrite_shard(ds, edit)
     outcome = run_job(_job(ds, tmp_path / "run", tiny_model))  # type: ignore[arg-type]
     rows = {
         r["image_id"]: r for r in pq.read_table(tmp_path / "run" / "metrics.parquet").to_pylist()
