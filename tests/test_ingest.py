@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from pathlib import Path
 
 import cv2
@@ -155,23 +156,41 @@ def test_strict_raises_naming_the_file_and_leaves_nothing(
 @pytest.mark.parametrize(
     ("names", "match"),
     [
-        (["a.jpg", "a.png"], "duplicate image ids.*a.jpg = image/a.png"),
-        (["Cat.jpg", "cat.png"], "duplicate image ids.*ignoring case"),
-        (["my photo.jpg"], "unsafe image ids.*my photo.jpg"),
-        ([".hidden.jpg"], "unsafe image ids.*hidden.jpg"),
-        (["caf\u00e9.png"], "unsafe image ids"),
+        (["a.jpg", "a.png"], "duplicate image id.*a.jpg = image/a.png"),
+        (["Cat.jpg", "cat.png"], "duplicate image id.*ignoring case"),
+        (["my photo.jpg"], "unsafe image id"),
+        ([".hidden.jpg"], "unsafe image id"),
+        (["caf\u00e9.png"], "unsafe image id"),
+        (["x" * 240 + ".png"], "at most 200 characters"),  # its temp file would not fit
     ],
 )
-def test_duplicate_and_unsafe_ids_are_errors_even_without_strict(
+def test_duplicate_and_unsafe_ids_are_skipped_and_listed_the_rest_ingested(
     tmp_path: Path, names: list[str], match: str
 ) -> None:
+    """Issue 11.4: one bad name used to abort the whole ingest, even without strict."""
     src = _make_ppm(tmp_path / "src", ["ok"])
     for name in names:
         _write(src / "image" / name, np.zeros((8, 8, 3), np.uint8), ext=Path(name).suffix)
-    with pytest.raises(ModnetBatchError, match=match) as info:
-        ingest(src, tmp_path / "ds")
-    assert "rename" in str(info.value)
-    assert not (tmp_path / "ds").exists()
+    report = ingest(src, tmp_path / "ds")
+    assert report.images == 1 and _shard_ids(tmp_path / "ds") == [["ok"]]
+    skipped = dict(report.skipped)
+    assert sorted(skipped) == sorted(f"image/{n}" for n in names)
+    assert all(re.search(match, reason) for reason in skipped.values()), skipped
+    assert all("rename" in reason for reason in skipped.values())
+    with pytest.raises(ModnetBatchError, match=match):
+        ingest(src, tmp_path / "strict", strict=True)
+    assert not (tmp_path / "strict").exists()
+
+
+def test_an_ambiguous_or_unsafe_matte_is_skipped_with_its_image(tmp_path: Path) -> None:
+    src = _make_ppm(tmp_path / "src", ["a", "b"])
+    _write(src / "matte" / "A.png", np.zeros((8, 8), np.uint8))  # a.png and A.png: which one?
+    _write(src / "matte" / "bad name.png", np.zeros((8, 8), np.uint8))
+    report = ingest(src, tmp_path / "ds")
+    skipped = dict(report.skipped)
+    assert "ambiguous" in skipped["image/a.jpg"]
+    assert "unsafe image id" in skipped["matte/bad name.png"]
+    assert _shard_ids(tmp_path / "ds") == [["b"]]
 
 
 def test_existing_output_is_never_overwritten(tmp_path: Path) -> None:

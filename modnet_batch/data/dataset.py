@@ -109,12 +109,20 @@ class Record:
 
 # Ids and shard names become file names (alpha/<image_id>.npz, state/shards/<shard>.json) on
 # every OS, so only portable characters, and no leading dot (no "..", no hidden files).
+# At most MAX_NAME characters: the temporary file of an output (".<id>.npz.<random>.tmp") must
+# stay within the usual 255-byte file name limit, decided once, at ingest.
 SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
+MAX_NAME = 200
 
 
 def is_safe_name(name: object) -> bool:
     """Whether `name` is safe as a file name inside a run or dataset directory."""
-    return isinstance(name, str) and bool(SAFE_NAME.fullmatch(name)) and not name.startswith(".")
+    return (
+        isinstance(name, str)
+        and len(name) <= MAX_NAME
+        and bool(SAFE_NAME.fullmatch(name))
+        and not name.startswith(".")
+    )
 
 
 def shard_name(index: int) -> str:

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from modnet_batch import __version__
 from modnet_batch.data.dataset import (
+    MAX_NAME,
     META_FILE,
     SCHEMA_VERSION,
     SHARD_DIR,
@@ -46,7 +47,11 @@ from modnet_batch.errors import ModnetBatchError
 from modnet_batch.protocol import Protocol, get_protocol
 
 # Ids become file names (alpha/<image_id>.npz) on every OS, so only portable characters.
-_SHOWN = 5  # how many offending names an error message lists
+UNSAFE_REASON = (
+    "unsafe image id: an id (the file name without extension) must match [A-Za-z0-9._-]+, "
+    f"not start with '.' and have at most {MAX_NAME} characters, because outputs are named "
+    "<image_id>.npz; rename the file"
+)
 
 
 @dataclass(frozen=True)
@@ -91,21 +96,17 @@ class _Skip:
     reason: str
 
 
-def _listing(names: list[str]) -> str:
-    more = f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
-    return ", ".join(names[:_SHOWN]) + more
+def _scan(folder: Path, prefix: str) -> tuple[dict[str, str], list[str], list[_Skip], set[str]]:
+    """Image files of one folder: by id -> relative path; the other files' relative paths; the
+    files skipped for their name; and the ids (lower case) that are ambiguous.
 
-
-def _scan(folder: Path, prefix: str) -> tuple[dict[str, str], list[str]]:
-    """Image files of one folder by id -> relative path, and the other files' relative paths.
-
-    Raises ModnetBatchError on unsafe or duplicate ids (duplicates ignore case, since outputs
-    named by id would collide on case-insensitive file systems).
+    An unsafe id, or one that several files share (ignoring case, since outputs named by id
+    would collide on case-insensitive file systems), skips those files, named with the reason.
     """
     by_key: dict[str, list[str]] = {}
     ignored: list[str] = []
-    unsafe: list[str] = []
-    for path in sorted(folder.iterdir()):
+    skips: list[_Skip] = []
+    for path in sorted(folder.iterdir(), key=lambda p: p.name):
         if not path.is_file():
             continue
         rel = prefix + path.name
@@ -113,36 +114,39 @@ def _scan(folder: Path, prefix: str) -> tuple[dict[str, str], list[str]]:
             ignored.append(rel)
             continue
         if not is_safe_name(path.stem):
-            unsafe.append(rel)
+            skips.append(_Skip(rel, UNSAFE_REASON))
+            continue
         by_key.setdefault(path.stem.lower(), []).append(rel)
-    if unsafe:
-        raise ModnetBatchError(
-            f"unsafe image ids in {folder}: {_listing(unsafe)}; an id (the file name without "
-            "extension) must match [A-Za-z0-9._-]+ and not start with '.', because outputs are "
-            "named <image_id>.npz; rename or remove these files"
-        )
-    dups = [" = ".join(rels) for rels in by_key.values() if len(rels) > 1]
-    if dups:
-        raise ModnetBatchError(
-            f"duplicate image ids in {folder}: {_listing(dups)}; ids are file names without "
-            "extension and must be unique ignoring case; rename or remove one of each group"
-        )
-    files = {Path(rels[0]).stem: rels[0] for rels in by_key.values()}
-    return files, ignored
+    ambiguous = {key for key, rels in by_key.items() if len(rels) > 1}
+    for key in sorted(ambiguous):
+        group = " = ".join(by_key[key])
+        reason = f"duplicate image id ({group}): ids must be unique ignoring case; rename one"
+        skips.extend(_Skip(rel, reason) for rel in by_key[key])
+    files = {Path(rels[0]).stem: rels[0] for k, rels in by_key.items() if k not in ambiguous}
+    return files, ignored, skips, ambiguous
 
 
 def _plan(src: Path) -> tuple[str, list[_Item], list[_Skip], list[str]]:
-    """(layout, items in id order, orphan mattes, ignored files) of a source folder."""
+    """(layout, items in id order, files skipped for their name or as orphan mattes, ignored
+    files) of a source folder."""
     if (src / "image").is_dir():
-        images, ignored = _scan(src / "image", "image/")
+        images, ignored, skips, _ = _scan(src / "image", "image/")
         mattes: dict[str, str] = {}
         if (src / "matte").is_dir():
-            mattes, ignored_mattes = _scan(src / "matte", "matte/")
+            mattes, ignored_mattes, matte_skips, ambiguous = _scan(src / "matte", "matte/")
             ignored += ignored_mattes
+            skips += matte_skips
+            for i in [i for i in images if i.lower() in ambiguous]:  # no guessing its truth
+                skips.append(_Skip(images.pop(i), "its matte is ambiguous (see matte/)"))
         layout, where = "ppm", f"{src / 'image'}"
     else:
-        images, ignored = _scan(src, "")
+        images, ignored, skips, _ = _scan(src, "")
         mattes, layout, where = {}, "flat", f"{src} (and it has no image/ subfolder)"
+    if not images and skips:
+        raise ModnetBatchError(
+            f"no image in {where} can be ingested: {skips[0].name}: {skips[0].reason}"
+            f"{f' (and {len(skips) - 1} more)' if len(skips) > 1 else ''}"
+        )
     if not images:
         raise ModnetBatchError(
             f"no images in {where}; expected files with extensions "
@@ -155,7 +159,7 @@ def _plan(src: Path) -> tuple[str, list[_Item], list[_Skip], list[str]]:
         for i in sorted(mattes)
         if i not in images
     ]
-    return layout, items, orphans, ignored
+    return layout, items, skips + orphans, ignored
 
 
 def _load(src: Path, item: _Item, prepare: Protocol | None = None) -> _Row | _Skip:
@@ -362,8 +366,8 @@ def ingest(
     layout, items, skipped, ignored = _plan(src)
     if strict and skipped:
         raise ModnetBatchError(
-            f"cannot ingest {src / skipped[0].name}: {skipped[0].reason}; add the image or "
-            "remove the matte, or ingest without strict to skip it"
+            f"cannot ingest {src / skipped[0].name}: {skipped[0].reason}; fix or remove the "
+            "file, or ingest without strict to skip it"
         )
 
     out.parent.mkdir(parents=True, exist_ok=True)
