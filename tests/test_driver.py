@@ -138,7 +138,7 @@ def test_defaults_batch_one_on_cpu_four_on_accelerators() -> None:
     assert batch_size(load_job(None, {"dataset": "d", "out": "r"})) == 1
     assert batch_size(load_job(None, {"dataset": "d", "out": "r", "device": "gpu"})) == 4
     assert batch_size(load_job(None, {"dataset": "d", "out": "r", "batch_size": 3})) == 3
-    assert load_job(None, {"dataset": "d", "out": "r"}).decode_reduce == "auto"
+    assert load_job(None, {"dataset": "d", "out": "r"}).decode_reduce is None  # per job: below
 
 
 def _rewrite_shard(ds: Path, edit: object) -> None:
@@ -255,3 +255,34 @@ def test_a_damaged_shard_is_a_named_failed_shard_and_the_job_goes_on(
     assert result.exit_code == 1 and "changed after ingest" in result.output
     result = CliRunner().invoke(app, ["verify", str(synth_dataset)])
     assert result.exit_code == 0 and "all intact" in result.output
+
+
+@pytest.mark.parametrize(
+    ("requested", "scored", "want"),
+    [
+        (None, True, "off"),  # issue 11.1: a scored job decodes exactly unless asked
+        (None, False, "auto"),  # matting only: the fast decode
+        ("auto", True, "auto"),  # asked: obeyed, and reported as approximate
+        ("4", True, "4"),
+    ],
+)
+def test_the_default_decode_is_exact_for_scored_jobs(
+    requested: str | None, scored: bool, want: str
+) -> None:
+    from modnet_batch.pipeline import DecodeMode
+    from modnet_batch.protocol import get_protocol
+
+    asked = None if requested is None else DecodeMode.parse(requested)
+    got = DecodeMode.for_job(asked, get_protocol("seed-area"), "fp32", scored)
+    assert got.value == want
+    assert ("approximate" in got.describe(scored=scored)) == (scored and want != "off")
+
+
+def test_a_scored_job_says_when_its_metrics_are_approximate(
+    synth_dataset: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    plain = run_job(_job(synth_dataset, tmp_path / "a", tiny_model)).summary  # type: ignore[arg-type]
+    assert plain.job.decode == "exact" and not plain.warnings
+    fast = run_job(_job(synth_dataset, tmp_path / "b", tiny_model, decode_reduce="auto")).summary  # type: ignore[arg-type]
+    assert "metrics approximate" in fast.job.decode
+    assert any("approximate" in w and "--decode-reduce off" in w for w in fast.warnings)

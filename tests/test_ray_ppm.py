@@ -1,5 +1,6 @@
 """Ray on ppm100-dev with the real model: equality with the single-process run (both with the
-default decode), a worker killed mid-job, and a driver killed mid-job then resumed."""
+default decode, exact for a scored job), a worker killed mid-job, and a driver killed mid-job
+then resumed."""
 
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ def test_ray_equals_single_process(
     out = tmp_path / "run"
     done = subprocess.run(_submit_cmd(ppm_dataset, real_model, out), capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
-    _assert_same_as(inline_run("seed-area", "auto"), out)  # submit's default decode
+    _assert_same_as(inline_run("seed-area"), out)  # submit's default decode: exact when scored
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["throughput"]["per_device"]) == 2
     assert summary["shards"]["processed"] == SHARDS
@@ -115,7 +116,7 @@ def test_killed_worker_is_replaced_and_nothing_is_lost(
             _kill_tree(proc)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["shards"]["retries"] >= 1 and summary["complete"]
-    _assert_same_as(inline_run("seed-area", "auto"), out)  # submit's default decode
+    _assert_same_as(inline_run("seed-area"), out)  # submit's default decode: exact when scored
 
 
 def test_killed_driver_resumes_without_redoing_shards(
@@ -136,4 +137,4 @@ def test_killed_driver_resumes_without_redoing_shards(
     summary = json.loads((out / "summary.json").read_text())
     assert summary["shards"]["skipped_done"] == done_before
     assert summary["shards"]["processed"] == SHARDS - done_before
-    _assert_same_as(inline_run("seed-area", "auto"), out)  # submit's default decode
+    _assert_same_as(inline_run("seed-area"), out)  # submit's default decode: exact when scored

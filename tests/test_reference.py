@@ -2,8 +2,8 @@
 
 Tolerances (issue acceptance): with the exact decode, dataset MSE, MAD, mIoU within 1e-6
 absolute, SAD within 1e-4 relative, every per-image MSE and MAD within 1e-5 and SAD within the
-CPU-kernel allowance of tests/conftest.py (sad_tolerance); with the default decode
-(`auto`: large JPEGs decoded at 1/2 for seed-area), MSE and MAD within 1e-4 absolute. Runs
+CPU-kernel allowance of tests/conftest.py (sad_tolerance); with `--decode-reduce auto` (large
+JPEGs decoded at 1/2 for seed-area; a scored job's default is exact), MSE and MAD within 1e-4. Runs
 single-process (inline backend), which also serves as the baseline the Ray tests compare against.
 """
 
@@ -65,7 +65,7 @@ def test_per_image_metrics_match_reference(
 def test_default_decode_stays_within_tolerance(
     inline_run: Callable[..., Path], shared: Path
 ) -> None:
-    """seed-area is the protocol whose default decode is reduced (the others decode exactly
+    """seed-area is the protocol whose `auto` decode is reduced (the others decode exactly
     under `auto`: tests/test_driver.py); it must stay within 1e-4 of the reference."""
     ref = json.loads((shared / "reference" / "ppm100-dev.json").read_text())["results"]
     summary = json.loads((inline_run("seed-area", "auto") / "summary.json").read_text())

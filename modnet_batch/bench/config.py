@@ -49,9 +49,9 @@ class BenchConfig:
     rounds: int = option(1, "Interleaved repetitions; figures are medians.", min=1)
     # --- the end-to-end pipeline
     backend: str = option("ray", "End-to-end backend: ray or inline.", choices=lambda: BACKENDS)
-    decode_reduce: DecodeMode = option(
-        DecodeMode.AUTO,
-        "End-to-end decode: auto (as submit), off, 2, 4, 8.",
+    decode_reduce: DecodeMode | None = option(
+        None,
+        "End-to-end decode: off, auto, 2, 4, 8; none = as submit.",
         parse=DecodeMode.parse,
     )
     decode_threads: int = option(1, "Decode/score threads per worker.", min=1)

@@ -65,7 +65,7 @@ class Inputs:
 
 
 INPUTS = (
-    # what `submit` does: original files, --decode-reduce auto
+    # original files, --decode-reduce auto (reduced; `submit` scores exactly unless asked)
     Inputs("default", False, DecodeMode.AUTO),
     Inputs("exact", False, DecodeMode.EXACT),  # original files, --decode-reduce off
     Inputs("prepared", True, DecodeMode.EXACT),  # `ingest --prepare seed-area`

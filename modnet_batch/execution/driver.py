@@ -79,7 +79,8 @@ def plan_job(job: JobConfig) -> JobPlan:
     model_path = resolve_model(job.model)
     check_signature(model_path)
     info = variant_info(model_path)
-    decode = job.decode_reduce.resolve(protocol, info.get("precision", "fp32"))
+    scored = dataset.num_with_matte > 0
+    decode = DecodeMode.for_job(job.decode_reduce, protocol, info.get("precision", "fp32"), scored)
     identity: dict[str, Any] = {
         "dataset": dataset.fingerprint(),
         "model_sha256": info.get("sha256") or sha256_file(model_path),
@@ -100,6 +101,11 @@ def plan_job(job: JobConfig) -> JobPlan:
         if s.name not in done
     ]
     plan = JobPlan(job, dataset, model_path, info, run, resumed, tasks, done, decode)
+    if scored and decode is not DecodeMode.EXACT:
+        plan.warnings.append(
+            f"--decode-reduce {decode.value}: JPEGs are decoded reduced, so the metrics are "
+            "approximate; --decode-reduce off (the default for scored jobs) decodes exactly"
+        )
     plan.warnings.extend(_overlap_warnings(plan))
     return plan
 
@@ -219,7 +225,7 @@ def finalize(
             variant=plan.model_info,
             backend=plan.job.backend,
             address=plan.job.address,
-            decode=plan.decode.describe(),
+            decode=plan.decode.describe(scored=plan.dataset.num_with_matte > 0),
             batch_size=batch_size(plan.job),
             engine=plan.job.engine,
         ),

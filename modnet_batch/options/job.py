@@ -55,9 +55,10 @@ class JobConfig:
         None, "Images per inference batch; none = 1 on CPU, 4 on accelerators.", min=1
     )
     decode_threads: int = option(1, "Decode/score threads per actor.", min=1)
-    decode_reduce: DecodeMode = option(
-        DecodeMode.AUTO,
-        "JPEG decode: auto (reduced where metrics stay within 1e-4), off (exact), 2, 4, 8.",
+    decode_reduce: DecodeMode | None = option(
+        None,
+        "JPEG decode: off (exact), auto (reduced where the protocol allows), 2, 4, 8; none = "
+        "exact when the dataset has ground truth, auto when it has none.",
         parse=DecodeMode.parse,
     )
     shards_in_flight: int = option(2, "Shards queued per actor: one running, one waiting.", min=1)

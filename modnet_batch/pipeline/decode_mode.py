@@ -39,6 +39,17 @@ class DecodeMode(StrEnum):
                 f"decode_reduce {value!r} is unknown; use auto, off, 2, 4 or 8"
             ) from None
 
+    @classmethod
+    def for_job(
+        cls, requested: DecodeMode | None, protocol: Protocol, precision: str, scored: bool
+    ) -> DecodeMode:
+        """The mode a job runs: as requested, resolved; unrequested, exact for a job that scores
+        against ground truth (MODNet flips regions on sub-level input changes, so no reduced
+        decode is safe on unseen data) and `auto` for one that only mattes."""
+        if requested is None:
+            requested = cls.EXACT if scored else cls.AUTO
+        return requested.resolve(protocol, precision)
+
     def resolve(self, protocol: Protocol, precision: str = "fp32") -> DecodeMode:
         """What `self` means for a job with this protocol and model precision.
 
@@ -56,11 +67,19 @@ class DecodeMode(StrEnum):
         """The fixed image reduce factor (1 for exact and for auto, which picks per image)."""
         return int(self.value) if self.value.isdigit() else 1
 
-    def describe(self) -> str:
-        """How a job decodes, for its summary."""
-        if self is DecodeMode.AUTO:
-            return "auto: JPEG images and mattes at 1/2..1/8, >= 2x the protocol's size"
-        return "exact" if self is DecodeMode.EXACT else f"JPEG images at 1/{self.factor}"
+    def describe(self, scored: bool = False) -> str:
+        """How a job decodes, for its summary; a scored job's reduced decode says that its
+        metrics are approximate."""
+        if self is DecodeMode.EXACT:
+            return "exact"
+        text = (
+            "auto: JPEG images and mattes at 1/2..1/8, >= 2x the protocol's size"
+            if self is DecodeMode.AUTO
+            else f"JPEG images at 1/{self.factor}"
+        )
+        if scored:
+            text += "; metrics approximate (not compared with an exact decode in this run)"
+        return text
 
 
 def auto_reduce(protocol: Protocol, height: int, width: int, *, matte: bool = False) -> int:
