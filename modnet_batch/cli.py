@@ -174,7 +174,16 @@ def submit(
     *,
     options: dict[str, Any],
 ) -> None:
-    """Run a matting/evaluation job: embedded local Ray, or a Ray cluster with --address."""
+    """Run a matting/evaluation job: embedded local Ray, or a Ray cluster with --address.
+
+    Exit status: 0 every image has its result; 3 some shards failed every retry (run it again
+    to resume); 4 some images failed (error rows in metrics.parquet); 1 the job could not run
+    or stopped (a full or read-only --out); 128+N stopped by signal N (143 SIGTERM, 130 Ctrl-C).
+    A stopped job keeps its finished shards: the same command resumes it.
+    """
+    from modnet_batch.errors import JobInterrupted
+    from modnet_batch.execution.driver import EXIT_INCOMPLETE
+    from modnet_batch.execution.signals import stop_on_signals
     from modnet_batch.options import load_job
 
     try:
@@ -182,14 +191,20 @@ def submit(
         if job.address:
             _submit_remote(job, follow)
             return
-        complete = _submit_local(job)
+        with stop_on_signals():
+            status = _submit_local(job)
+    except JobInterrupted as exc:
+        console.print(f"[yellow]{exc}[/yellow]", highlight=False)
+        raise typer.Exit(128 + exc.signum) from None
     except ModnetBatchError as exc:
         raise _fail(exc) from None
-    if not complete:
+    if status == EXIT_INCOMPLETE:
         console.print(
-            "[red]job incomplete:[/red] some shards failed every retry (see summary.json)"
+            "[red]job incomplete:[/red] some shards failed every retry (see summary.json); "
+            "run the same command again to resume"
         )
-        raise typer.Exit(3)
+    if status:
+        raise typer.Exit(status)
 
 
 def _submit_remote(job: Any, follow: bool) -> None:
@@ -205,7 +220,7 @@ def _submit_remote(job: Any, follow: bool) -> None:
             raise typer.Exit(3 if status == "FAILED" else 1)
 
 
-def _submit_local(job: Any) -> bool:
+def _submit_local(job: Any) -> int:
     import time
 
     from modnet_batch.execution.driver import JobPlan, run_job
@@ -247,7 +262,7 @@ def _submit_local(job: Any) -> bool:
     finally:
         bar.stop()
     print_summary(outcome.summary, outcome.run_dir, out)
-    return outcome.complete
+    return outcome.exit_status
 
 
 @app.command()

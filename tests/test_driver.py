@@ -37,7 +37,14 @@ def test_run_dir_contract(synth_dataset: Path, tiny_model: Path, tmp_path: Path)
     assert [r["image_id"] for r in table] == sorted(r["image_id"] for r in table)
     assert all(r["error"] is None and r["mse"] is not None for r in table)
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["images"] == {"total": 12, "scored": 12, "failed": 0, "unscored": 0}
+    assert summary["images"] == {
+        "total": 12,
+        "scored": 12,
+        "failed": 0,
+        "unscored": 0,
+        "transient": 0,
+        "retried": 0,
+    }
     mse = [r["mse"] for r in table]
     assert summary["metrics"]["mse"] == pytest.approx(sum(mse) / len(mse), rel=1e-12)
     assert summary["shards"]["processed"] == 3 and summary["complete"]
@@ -70,7 +77,11 @@ def test_bad_image_becomes_error_row_and_unmatted_image_is_unscored(
         "scored": 1,
         "failed": 1,
         "unscored": 1,
+        "transient": 0,  # undecodable: a retry cannot help
+        "retried": 0,
     }
+    assert rows[table[0]["image_id"]]["transient"] is False
+    assert outcome.exit_status == 4
 
 
 def test_rerun_resumes_without_redoing_shards(

@@ -11,7 +11,7 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from modnet_batch.data.dataset import Dataset
 from modnet_batch.digest import sha256_file
 from modnet_batch.engine import DEFAULT_ENGINE, EngineSpec, default_provider
 from modnet_batch.engine.signature import check_signature
-from modnet_batch.errors import ModnetBatchError
+from modnet_batch.errors import JobInterrupted, ModnetBatchError, storage_error
 from modnet_batch.execution.backend import BackendReport
 from modnet_batch.execution.backends import get_backend
 from modnet_batch.execution.processor import WorkerSpec
@@ -51,9 +51,17 @@ class JobPlan:
     run: RunDir
     resumed: bool
     tasks: list[ShardTask]
-    done_before: set[str]
+    done_before: set[str]  # finished by earlier attempts, nothing to redo
     decode: DecodeMode  # resolved for this protocol and model (DecodeMode.resolve)
     warnings: list[str] = field(default_factory=list)
+    # finished shards whose transiently failed images this attempt retries: their results so far
+    retrying: dict[str, ShardResult] = field(default_factory=dict)
+
+
+# Exit statuses of a job (`submit`, and the entrypoint of a job on a cluster).
+EXIT_OK = 0  # every image has its result
+EXIT_INCOMPLETE = 3  # some shards failed every retry; a resume runs them
+EXIT_IMAGES_FAILED = 4  # every shard finished, but some images are error rows
 
 
 @dataclass
@@ -62,6 +70,12 @@ class JobOutcome:
     run_dir: Path
     complete: bool
     warnings: list[str]
+
+    @property
+    def exit_status(self) -> int:
+        if not self.complete:
+            return EXIT_INCOMPLETE
+        return EXIT_IMAGES_FAILED if self.summary.images.failed else EXIT_OK
 
 
 def batch_size(job: JobConfig) -> int:
@@ -95,12 +109,20 @@ def plan_job(job: JobConfig) -> JobPlan:
     resumed = run.prepare(identity)
     run.write_job(job_yaml(job))
     done = run.done_shards()
-    tasks = [
-        ShardTask(name=s.name, path=str(dataset.shard_path(s)), rows=s.rows, sha256=s.sha256)
-        for s in dataset.shards
-        if s.name not in done
-    ]
-    plan = JobPlan(job, dataset, model_path, info, run, resumed, tasks, done, decode)
+    # a finished shard's images that failed for a reason that may pass are tried again
+    retrying = {r.shard: r for r in (run.load_results() if resumed else []) if _transient_ids(r)}
+    tasks: list[ShardTask] = []
+    for s in dataset.shards:
+        task = ShardTask(name=s.name, path=str(dataset.shard_path(s)), rows=s.rows, sha256=s.sha256)
+        if s.name in retrying:
+            ids = _transient_ids(retrying[s.name])
+            tasks.append(replace(task, rows=len(ids), only=ids))
+        elif s.name not in done:
+            tasks.append(task)
+    plan = JobPlan(
+        job, dataset, model_path, info, run, resumed, tasks, done - retrying.keys(), decode
+    )
+    plan.retrying = retrying
     if scored and decode is not DecodeMode.EXACT:
         plan.warnings.append(
             f"--decode-reduce {decode.value}: JPEGs are decoded reduced, so the metrics are "
@@ -108,6 +130,10 @@ def plan_job(job: JobConfig) -> JobPlan:
         )
     plan.warnings.extend(_overlap_warnings(plan))
     return plan
+
+
+def _transient_ids(result: ShardResult) -> tuple[str, ...]:
+    return tuple(r.image_id for r in result.rows if r.error is not None and r.transient)
 
 
 def _overlap_warnings(plan: JobPlan) -> list[str]:
@@ -151,25 +177,44 @@ def run_job(
     on_images: ProgressHook | None = None,
     on_plan: Callable[[JobPlan], None] | None = None,
 ) -> JobOutcome:
-    """Run (or resume) a job to completion and write its results."""
-    plan = plan_job(job)
+    """Run (or resume) a job to completion and write its results.
+
+    A run directory that cannot be written (full, read-only) stops the job with one
+    StorageError line; a signal stops it with JobInterrupted. Either way the shards already
+    finished are kept and the same command resumes.
+    """
+    try:
+        plan = plan_job(job)
+    except OSError as exc:
+        raise storage_error(exc, resume=False) from None
     if on_plan is not None:
         on_plan(plan)
     started = time.perf_counter()
     fresh: list[ShardResult] = []
 
     def on_result(result: ShardResult) -> None:
-        plan.run.write_result(result)
+        before = plan.retrying.get(result.shard)
+        plan.run.write_result(result if before is None else before.with_retry(result))
         fresh.append(result)
 
     report = BackendReport()
-    if plan.tasks:
-        backend = get_backend(job.backend)
-        report = backend.run(
-            job, worker_spec(plan), plan.tasks, on_result, on_images or (lambda w, n: None)
-        )
-    wall = time.perf_counter() - started
-    summary = finalize(plan, fresh, report, wall)
+    try:
+        if plan.tasks:
+            backend = get_backend(job.backend)
+            report = backend.run(
+                job, worker_spec(plan), plan.tasks, on_result, on_images or (lambda w, n: None)
+            )
+        wall = time.perf_counter() - started
+        summary = finalize(plan, fresh, report, wall)
+    except OSError as exc:
+        raise storage_error(exc) from None
+    except JobInterrupted as exc:
+        kept = len(plan.run.done_shards())
+        raise JobInterrupted(
+            f"{exc}: {kept} of {len(plan.dataset.shards)} shards are finished and kept in "
+            f"{plan.run.root}; run the same command again to resume",
+            exc.signum,
+        ) from None
     return JobOutcome(
         summary=summary,
         run_dir=plan.run.root,
@@ -190,11 +235,15 @@ def finalize(
         rows.extend(res.rows)
     shards = {s.name: s for s in plan.dataset.shards}
     for shard_name, reason in sorted(report.failed.items()):
+        if shard_name in plan.retrying:
+            continue  # a retry that failed again: the shard's rows keep their earlier errors
         try:
             ids = plan.dataset.image_ids(shards[shard_name])
         except Exception:  # an unreadable shard: its ids are lost with it, its name is not
             ids = [shard_name]
-        rows.extend(ImageRow(i, error=f"shard {shard_name} failed: {reason}") for i in ids)
+        # unfinished, so a resume runs it again: transient by construction
+        error = f"shard {shard_name} failed: {reason}"
+        rows.extend(ImageRow(i, error=error, transient=True) for i in ids)
     rows.sort(key=lambda r: r.image_id)
     plan.run.write_rows(rows)
 
@@ -207,6 +256,8 @@ def finalize(
             scored=scored,
             failed=failed,
             unscored=len(rows) - failed - scored,
+            transient=sum(r.error is not None and r.transient for r in rows),
+            retried=sum(len(r.rows) for r in fresh if r.shard in plan.retrying),
         ),
         metrics={k: stats[k] for k in DATASET},
         throughput=_merge_throughput(_previous_throughput(plan), _throughput(fresh, wall)),

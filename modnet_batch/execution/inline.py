@@ -6,7 +6,12 @@ import time
 from dataclasses import replace
 
 from modnet_batch.execution.backend import BackendReport, OnImages, OnResult
-from modnet_batch.execution.processor import ShardProcessor, ShardUnreadable, WorkerSpec
+from modnet_batch.execution.processor import (
+    ShardProcessor,
+    ShardReadError,
+    ShardUnreadable,
+    WorkerSpec,
+)
 from modnet_batch.execution.resources import available_cpus
 from modnet_batch.options import JobConfig
 from modnet_batch.results import ShardTask
@@ -38,7 +43,7 @@ class InlineBackend:
             for task in tasks:
                 try:
                     result = processor.process(task, lambda n: on_images(spec.label, n))
-                except ShardUnreadable as exc:  # the job goes on; the shard is named as failed
+                except (ShardUnreadable, ShardReadError) as exc:  # the job goes on, shard named
                     report.failed[task.name] = str(exc)
                     continue
                 on_result(result)

@@ -24,9 +24,10 @@ import numpy.typing as npt
 from modnet_batch.data.dataset import Record
 from modnet_batch.digest import sha256_file
 from modnet_batch.engine import DEFAULT_ENGINE, EngineSpec, Session, open_session
-from modnet_batch.errors import ModnetBatchError
+from modnet_batch.errors import ModnetBatchError, is_storage_error, storage_error
+from modnet_batch.execution import signals
 from modnet_batch.metrics import ImageRow, MetricAccumulator
-from modnet_batch.pipeline import DecodeMode, ImagePipeline, NetworkInput, error_text
+from modnet_batch.pipeline import DecodeMode, ImagePipeline, NetworkInput, error_text, is_transient
 from modnet_batch.results import RunDir, ShardResult, ShardTask
 
 # ShardResult.stages holds two views. The shard loop's thread, whose parts add up to
@@ -60,12 +61,16 @@ class _Item:
 
     record: Record
     inputs: NetworkInput | None = None
-    error: str | None = None
+    error: BaseException | None = None
     cpu: dict[str, float] = field(default_factory=dict)
 
 
 class ShardUnreadable(ModnetBatchError):
     """A shard that cannot be read as ingested (changed or damaged): retrying cannot help."""
+
+
+class ShardReadError(ModnetBatchError):
+    """Reading a shard that was intact failed (an I/O error): a retry may succeed."""
 
 
 def _check_shard(task: ShardTask) -> None:
@@ -112,6 +117,7 @@ class ShardProcessor:
         self.session_seconds = time.perf_counter() - t0
         self._pool = ThreadPoolExecutor(spec.decode_threads, thread_name_prefix="pipeline")
         self.images_done = 0  # read by progress polls from another thread
+        self.running: str | None = None  # the shard holding the loop (progress polls read it)
         self._lock = threading.Lock()
         # A threaded Ray actor may call process() for a queued shard while one runs: the loops
         # take turns (one session, one pool), but the queued one starts decoding first.
@@ -132,7 +138,7 @@ class ShardProcessor:
             item.inputs = self.pipeline.preprocess(decoded)
             item.cpu = {"decode": t1 - t0, "preprocess": time.thread_time() - t1}
         except Exception as exc:  # one bad image becomes an error row; the shard goes on
-            item.error = error_text(exc)
+            item.error = exc
         return item
 
     def _finish(
@@ -151,7 +157,9 @@ class ShardProcessor:
             cpu = {"postprocess": t1 - t0, "score": t2 - t1, "write": time.thread_time() - t2}
             return self.pipeline.row(item.record, metrics), cpu
         except Exception as exc:  # the metrics computed so far stay beside the error
-            return self.pipeline.row(item.record, metrics, error_text(exc)), {}
+            if is_storage_error(exc):  # the run dir is full or read-only: stop, not one row each
+                raise storage_error(exc) from None
+            return self.pipeline.row(item.record, metrics, exc), {}
 
     # --- the shard loop (one thread: reads, batches, infers) --------------------------------
     def process(
@@ -165,6 +173,7 @@ class ShardProcessor:
         pending: deque[Future[_Item]] = deque()
         finishing: deque[Future[tuple[ImageRow, dict[str, float]]]] = deque()
         records = self.pipeline.records(task.path)
+        only = None if task.only is None else set(task.only)
         exhausted = False
 
         def fill() -> None:
@@ -174,12 +183,18 @@ class ShardProcessor:
                 try:
                     rec = next(records, None)
                 except Exception as exc:  # pyarrow on a damaged file: name the shard, not a trace
+                    if is_transient(exc):  # the bytes were checked: the storage failed
+                        raise ShardReadError(
+                            f"reading shard {task.name} ({task.path}) failed: {error_text(exc)}"
+                        ) from None
                     raise ShardUnreadable(
                         f"shard {task.name} ({task.path}) is unreadable: {error_text(exc)}; "
                         "re-create the dataset (`modnet-batch verify` checks every shard)"
                     ) from None
                 if rec is None:
                     exhausted = True
+                elif only is not None and rec.image_id not in only:
+                    continue  # a resume retrying some images of a finished shard
                 else:
                     pending.append(self._pool.submit(self._prepare, rec))
             clock.add("read", t)
@@ -200,6 +215,16 @@ class ShardProcessor:
             t = time.perf_counter()
             out = self.session.run(x)
             clock.add("infer", t)
+            if out.shape[-2:] != x.shape[-2:]:  # not MODNet: each image says so, named
+                (h, w), (ih, iw) = out.shape[-2:], x.shape[-2:]
+                wrong = ModnetBatchError(
+                    f"the model's output is {w}x{h} for a {iw}x{ih} input (MODNet's alpha has "
+                    f"its input's size); check the model {self.spec.engine.model}"
+                )
+                for item in batch:
+                    rows.append(self.pipeline.row(item.record, error=wrong))
+                    self._count(on_image)
+                return
             for item, o in zip(batch, out, strict=True):
                 finishing.append(self._pool.submit(self._finish, item, o[0]))
             collect(block=False)
@@ -221,10 +246,12 @@ class ShardProcessor:
                 self._waiting -= 1
             start = time.perf_counter()
         held = True
+        self.running = task.name
         try:
             batch: list[_Item] = []
             shape: tuple[int, ...] = ()
             while True:
+                signals.check()  # inline: a SIGTERM or Ctrl-C stops between images
                 fill()
                 if not pending:
                     break
@@ -251,6 +278,7 @@ class ShardProcessor:
             if self._waiting:
                 # the next shard infers while our last images are scored: hand the loop over
                 seconds = time.perf_counter() - start
+                self.running = None
                 self._loop_lock.release()
                 held = False
                 before = clock.totals["wait_write"]
@@ -262,6 +290,7 @@ class ShardProcessor:
                 seconds = time.perf_counter() - start
         finally:
             if held:
+                self.running = None
                 self._loop_lock.release()
 
         acc = MetricAccumulator()

@@ -11,14 +11,15 @@ import logging
 import os
 import time
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from modnet_batch.errors import ModnetBatchError
+from modnet_batch.errors import ModnetBatchError, StorageError
+from modnet_batch.execution import signals
 from modnet_batch.execution.backend import BackendReport, OnImages, OnResult
 from modnet_batch.execution.processor import ShardProcessor, ShardUnreadable, WorkerSpec
 from modnet_batch.execution.resources import cpu_split
@@ -61,8 +62,9 @@ class ShardWorker:
         result.node = self.node
         return result
 
-    def progress(self) -> int:
-        return self.processor.images_done
+    def progress(self) -> tuple[int, str | None]:
+        """Images finished by this process, and the shard it is running (None between shards)."""
+        return self.processor.images_done, self.processor.running
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,7 @@ class RayBackend:
         owns_ray = not ray.is_initialized()
         if owns_ray:
             init_ray(job)
+            signals.rearm()  # ray.init took SIGTERM over: a stop must still unwind through here
         try:
             report = BackendReport()
             plans = plan_actors(job, base)
@@ -250,6 +253,21 @@ def start_local_ray(**kwargs: Any) -> None:
     ray.init(address="local", logging_level=logging.WARNING, log_to_driver=True, **kwargs)
 
 
+@dataclass
+class _Slot:
+    """The driver's view of one actor: what it holds, and whether it can take work."""
+
+    actor: Any
+    label: str
+    state: str = "up"  # up | restarting (Ray is restarting its process) | dead
+    inflight: list[str] = field(default_factory=list)  # shard names, in dispatch order
+    running: str | None = None  # the shard holding its loop, as last polled
+    deaths: int = 0
+    seen: int = 0  # images its progress counter reported (a restarted process starts at 0)
+    ping: Any = None  # an info() call while restarting: it returns once the actor is back
+    down_since: float = 0.0
+
+
 def _dispatch(
     job: JobConfig,
     actors: list[Any],
@@ -259,41 +277,56 @@ def _dispatch(
     on_images: OnImages,
     report: BackendReport,
 ) -> None:
+    """Hand shards to actors as they free up; on an actor's death, charge a retry only to the
+    shard it was running (the others it held go back to the queue as they were), give it no work
+    while Ray restarts it, and work again once it answers."""
     queue: deque[ShardTask] = deque(tasks)
     inflight: dict[Any, tuple[int, ShardTask]] = {}
-    load = [0] * len(actors)
-    deaths = [0] * len(actors)
-    seen = [0] * len(actors)  # images reported by each actor's progress counter
-    labels = [p.spec.label for p in plans]
-    usable = set(range(len(actors)))
+    slots = [_Slot(a, p.spec.label) for a, p in zip(actors, plans, strict=True)]
+    charged: dict[int, str] = {}  # actor -> the shard charged for its current death
     while queue or inflight:
-        for i in sorted(usable, key=lambda k: load[k]):
-            while queue and load[i] < job.shards_in_flight:
+        signals.check()  # a SIGTERM or Ctrl-C stops the job here, between results
+        for i in sorted(range(len(slots)), key=lambda k: len(slots[k].inflight)):
+            slot = slots[i]
+            while slot.state == "up" and queue and len(slot.inflight) < job.shards_in_flight:
                 task = queue.popleft()
-                inflight[actors[i].process.remote(task)] = (i, task)
-                load[i] += 1
-        if not inflight:
+                inflight[slot.actor.process.remote(task)] = (i, task)
+                slot.inflight.append(task.name)
+        if not inflight and not any(s.state == "restarting" for s in slots):
             for task in queue:
                 report.failed[task.name] = "no worker left alive"
             return
-        ready, _ = ray.wait(list(inflight), num_returns=1, timeout=POLL_S)
-        _poll_progress(actors, usable, seen, labels, on_images)
+        if inflight:
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=POLL_S)
+        else:  # every actor is restarting: wait for one to come back
+            ready = []
+            time.sleep(POLL_S)
+        _poll_progress(slots, on_images)
+        _check_restarts(slots, report)
         for ref in ready:
             i, task = inflight.pop(ref)
-            load[i] -= 1
+            slot = slots[i]
+            held = list(slot.inflight)  # in dispatch order, this task among them
+            slot.inflight.remove(task.name)
             try:
                 result: ShardResult = ray.get(ref)
             except (RayActorError, RayTaskError) as exc:
                 cause = getattr(exc, "cause", None)
+                if isinstance(cause, StorageError):  # the run dir cannot take more: stop
+                    raise StorageError(str(cause)) from None
                 if isinstance(cause, ShardUnreadable):
                     report.failed[task.name] = str(cause)  # deterministic: no retry
                     continue
                 if isinstance(exc, RayActorError):
-                    deaths[i] += 1
-                    seen[i] = 0  # a restarted actor counts from zero
-                    if deaths[i] > ACTOR_RESTARTS:
-                        usable.discard(i)
-                reason = f"{type(exc).__name__} on {labels[i]}: {str(exc).splitlines()[0][:200]}"
+                    if slot.state == "up":  # the first sign of this death
+                        # the shard it was running: as last polled, else the oldest it held
+                        charged[i] = slot.running if slot.running in held else held[0]
+                        _went_down(slot)
+                    if charged.get(i) != task.name:
+                        queue.appendleft(task)  # it was waiting on the dead actor, not running
+                        continue
+                    charged.pop(i)
+                reason = f"{type(exc).__name__} on {slot.label}: {str(exc).splitlines()[0][:200]}"
                 if task.attempt < job.max_retries:
                     report.retries += 1
                     log.warning("shard %s: %s; retrying", task.name, reason)
@@ -302,23 +335,61 @@ def _dispatch(
                     report.failed[task.name] = reason
                 continue
             on_result(result)
-    _poll_progress(actors, usable, seen, labels, on_images)
+    _poll_progress(slots, on_images)
 
 
-def _poll_progress(
-    actors: list[Any], usable: set[int], seen: list[int], labels: list[str], on_images: OnImages
-) -> None:
-    """Ask every live actor how many images it finished; report the increase."""
-    refs = {actors[i].progress.remote(): i for i in usable}
+def _went_down(slot: _Slot) -> None:
+    """The actor died: Ray restarts it (up to ACTOR_RESTARTS times), then it is gone."""
+    slot.deaths += 1
+    slot.seen = 0
+    slot.ping = None
+    slot.running = None
+    slot.down_since = time.monotonic()
+    slot.state = "restarting" if slot.deaths <= ACTOR_RESTARTS else "dead"
+    log.warning("worker %s died; Ray restarts it (death %d)", slot.label, slot.deaths)
+
+
+def _check_restarts(slots: list[_Slot], report: BackendReport) -> None:
+    """Ping each restarting actor; one that answers takes work again (its new process noted),
+    one that stays away past READY_TIMEOUT_S is given up."""
+    for slot in slots:
+        if slot.state != "restarting":
+            continue
+        if slot.ping is None:
+            slot.ping = slot.actor.info.remote()
+        ready, _ = ray.wait([slot.ping], timeout=0)
+        if ready:
+            try:
+                info = ray.get(slot.ping)
+            except RayActorError:
+                info = None  # not back yet (or gone): ask again, until the timeout
+            slot.ping = None
+            if info is not None:
+                slot.state = "up"
+                for entry in report.workers:  # summary.json: how often it came back, and as what
+                    if entry.get("label") == slot.label:
+                        entry["restarts"] = entry.get("restarts", 0) + 1
+                        entry["pid"] = info.get("pid")
+                log.warning("worker %s is back (pid %s)", slot.label, info.get("pid"))
+                continue
+        if time.monotonic() - slot.down_since > READY_TIMEOUT_S:
+            slot.state = "dead"
+            log.warning("worker %s did not come back; its work goes to the others", slot.label)
+
+
+def _poll_progress(slots: list[_Slot], on_images: OnImages) -> None:
+    """Ask every live actor how many images it finished and which shard it runs."""
+    refs = {slot.actor.progress.remote(): slot for slot in slots if slot.state == "up"}
     if not refs:
         return
     ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=POLL_S)
     for ref in ready:
-        i = refs[ref]
+        slot = refs[ref]
         try:
-            done = ray.get(ref)
+            done, running = ray.get(ref)
         except RayActorError:
             continue
-        if done > seen[i]:
-            on_images(labels[i], done - seen[i])
-            seen[i] = done
+        slot.running = running
+        if done > slot.seen:
+            on_images(slot.label, done - slot.seen)
+            slot.seen = done

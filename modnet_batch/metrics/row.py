@@ -8,7 +8,9 @@ from typing import Any
 from modnet_batch.metrics.matting import CONFUSION, PER_IMAGE, ImageMetrics
 
 # The flat columns of `metrics.parquet`, in order.
-COLUMNS = ("image_id", "width", "height", *PER_IMAGE, *CONFUSION, "error")
+# `transient` is set with `error`: True when the failure may pass (I/O, a lost worker), so that a
+# resume retries the image; False when retrying cannot help (undecodable input, wrong model output).
+COLUMNS = ("image_id", "width", "height", *PER_IMAGE, *CONFUSION, "error", "transient")
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,7 @@ class ImageRow:
     height: int | None = None
     metrics: ImageMetrics | None = None
     error: str | None = None
+    transient: bool = False
 
     @property
     def scored(self) -> bool:
@@ -32,6 +35,7 @@ class ImageRow:
         for f in fields(ImageMetrics):
             out[f.name] = None if self.metrics is None else getattr(self.metrics, f.name)
         out["error"] = self.error
+        out["transient"] = None if self.error is None else self.transient
         return out
 
     @classmethod
@@ -45,4 +49,5 @@ class ImageRow:
             height=record.get("height"),
             metrics=metrics,
             error=record.get("error"),
+            transient=bool(record.get("transient")),  # runs from before the column: not retried
         )

@@ -7,6 +7,7 @@ from modnet_batch.pipeline.image import (
     ImagePipeline,
     NetworkInput,
     error_text,
+    is_transient,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "NetworkInput",
     "auto_reduce",
     "error_text",
+    "is_transient",
 ]

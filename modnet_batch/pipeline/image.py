@@ -105,11 +105,30 @@ class ImagePipeline:
 
     @staticmethod
     def row(
-        record: Record, metrics: ImageMetrics | None = None, error: str | None = None
+        record: Record,
+        metrics: ImageMetrics | None = None,
+        error: BaseException | None = None,
     ) -> ImageRow:
-        return ImageRow(record.image_id, record.width, record.height, metrics, error)
+        """The image's row; an error becomes its text and whether a retry may succeed."""
+        if error is None:
+            return ImageRow(record.image_id, record.width, record.height, metrics)
+        return ImageRow(
+            record.image_id,
+            record.width,
+            record.height,
+            metrics,
+            error_text(error),
+            is_transient(error),
+        )
 
 
 def error_text(exc: BaseException) -> str:
     """How an exception reads in an image's error row."""
     return f"{type(exc).__name__}: {exc}"
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failure may pass on a retry: the file system and memory (a full or read-only
+    disk, an I/O error, a lost mount, no memory for now). The image's own bytes and the model's
+    output fail the same way every time (undecodable, wrong size): those are kept as errors."""
+    return isinstance(exc, OSError | MemoryError)

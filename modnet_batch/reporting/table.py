@@ -8,8 +8,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from modnet_batch.errors import ModnetBatchError
 from modnet_batch.metrics import DATASET, PER_IMAGE, ImageRow
-from modnet_batch.results import Summary
+from modnet_batch.results import RunDir, Summary
 
 # How each metric is titled in every table.
 TITLES = {"mse": "MSE", "mad": "MAD", "sad": "SAD", "grad": "Grad", "conn": "Conn", "miou": "mIoU"}
@@ -37,7 +38,13 @@ def fmt(value: Any, digits: int = 5) -> str:
 def summary_table(summary: Summary, title: str = "") -> Table:
     images = summary.images
     job = summary.job
-    table = Table(title=title or f"{job.protocol} on {Path(job.dataset).name}")
+    if not title:
+        title = f"{job.protocol} on {Path(job.dataset).name}"
+        if images.failed:  # a mean over the survivors must never pass for the dataset's
+            title += (
+                f": metrics over {images.scored} of {images.total} images, {images.failed} failed"
+            )
+    table = Table(title=title)
     for col in ("images", "scored", "failed", *(TITLES[k] for k in DATASET), "img/s"):
         table.add_column(col, justify="right")
     m = summary.metrics
@@ -75,6 +82,36 @@ def print_summary(summary: Summary, run_dir: Path, console: Console | None = Non
     )
     # how the numbers were made: exact or reduced decode
     console.print(f"decode: {summary.job.decode}; batch size {summary.job.batch_size}")
+    if summary.images.retried:
+        console.print(f"retried {summary.images.retried} image(s) that an earlier attempt lost")
+    if summary.images.failed:
+        print_failures(summary, run_dir, console)
+
+
+def print_failures(summary: Summary, run_dir: Path, console: Console, shown: int = 5) -> None:
+    """How many images failed, whether a resume can help, and the first few reasons."""
+    images = summary.images
+    again = (
+        f"{images.transient} may pass on a retry (I/O, a lost worker): run the same "
+        "command again to retry them"
+        if images.transient
+        else "none would pass on a retry"
+    )
+    console.print(
+        f"[red]{images.failed} of {images.total} images failed[/red]; {again}", highlight=False
+    )
+    try:
+        failed = [r for r in RunDir(run_dir).read_rows() if r.error is not None]
+    except (OSError, ModnetBatchError):
+        return  # the counts above stand; the table could not be read back
+    for row in failed[:shown]:
+        console.print(f"  {row.image_id}: {row.error}", highlight=False, markup=False)
+    if len(failed) > shown:
+        console.print(
+            f"  ... and {len(failed) - shown} more: {RunDir(run_dir).metrics} (column `error`)",
+            highlight=False,
+            markup=False,
+        )
 
 
 def worst_table(rows: list[ImageRow], metric: str) -> Table:

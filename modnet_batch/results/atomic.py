@@ -19,19 +19,27 @@ def _umask() -> int:
 # mkstemp creates 0600 files; results live on storage other users (and cluster nodes) read, so
 # they get the mode any other file the process writes gets: 0666 less the umask.
 FILE_MODE = 0o666 & ~_umask()
+# A file being written is `.<name>.<random><TEMP_SUFFIX>` beside its destination; one left by a
+# killed process is removed when its run resumes.
+TEMP_SUFFIX = ".tmp"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write through a temp file in the same directory and rename: complete or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None  # name the file, not a temp
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             os.fchmod(fh.fileno(), FILE_MODE)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # a write on the descriptor names no file: name ours
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from modnet_batch.metrics import ImageRow
+from modnet_batch.metrics import ImageRow, MetricAccumulator
 
 
 @dataclass(frozen=True)
@@ -15,6 +15,8 @@ class ShardTask:
     rows: int
     attempt: int = 0
     sha256: str | None = None  # as dataset.json records it; checked before the shard is read
+    # a resume retrying images of a finished shard: only these ids (None: the whole shard)
+    only: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -48,3 +50,31 @@ class ShardResult:
         values = dict(data)
         values["rows"] = [ImageRow.from_record(r) for r in data["rows"]]
         return cls(**values)
+
+    def with_retry(self, retry: ShardResult) -> ShardResult:
+        """This finished shard with some of its images done again (a resume retrying transient
+        failures): their new rows replace the old ones and their metrics join the exact sums
+        (a failed row never entered them)."""
+        again = {r.image_id for r in retry.rows}
+        rows = sorted(
+            [r for r in self.rows if r.image_id not in again] + retry.rows,
+            key=lambda r: r.image_id,
+        )
+        acc = MetricAccumulator.from_dict(self.accumulator)
+        acc.merge(MetricAccumulator.from_dict(retry.accumulator))
+        stages = dict(self.stages)
+        for k, v in retry.stages.items():
+            stages[k] = stages.get(k, 0.0) + v
+        return ShardResult(
+            shard=self.shard,
+            rows=rows,
+            accumulator=acc.to_dict(),
+            images=len(rows),
+            failed=sum(r.error is not None for r in rows),
+            seconds=self.seconds + retry.seconds,
+            stages=stages,
+            worker=retry.worker,
+            node=retry.node,
+            pid=retry.pid,
+            attempt=retry.attempt,
+        )

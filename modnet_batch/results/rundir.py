@@ -18,7 +18,7 @@ from modnet_batch.data.dataset import is_safe_name
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.metrics import ImageRow
 from modnet_batch.results.alpha import read_alpha, write_alpha
-from modnet_batch.results.atomic import atomic_write_bytes, atomic_write_json
+from modnet_batch.results.atomic import TEMP_SUFFIX, atomic_write_bytes, atomic_write_json
 from modnet_batch.results.records import ShardResult
 from modnet_batch.results.summary import Summary
 from modnet_batch.results.table import read_rows, write_rows
@@ -61,6 +61,10 @@ class RunDir:
         Returns True when resuming. A directory made by another job (other dataset, model or
         protocol), or one that is not a run directory, is refused: nothing is overwritten.
         """
+        if self.root.exists() and not self.root.is_dir():
+            raise ModnetBatchError(
+                f"--out {self.root} is a file, not a directory; pass a new directory for the run"
+            )
         if self.identity_file.exists():
             previous = json.loads(self.identity_file.read_text())
             if previous != identity:
@@ -73,6 +77,7 @@ class RunDir:
                     f"run directory {self.root} holds a different job (differs in "
                     f"{', '.join(diff)}); choose a new --out, or delete it to start over"
                 )
+            self._remove_stale_temps()
             return True
         if self.root.exists() and any(self.root.iterdir()):
             raise ModnetBatchError(
@@ -83,6 +88,13 @@ class RunDir:
         self.alpha.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.identity_file, identity)
         return False
+
+    def _remove_stale_temps(self) -> None:
+        """Half-written files of an attempt that was killed (never a finished file: those are
+        renamed into place complete)."""
+        for folder in (self.root, self.alpha, self.state, self.shard_state):
+            for tmp in folder.glob(f".*{TEMP_SUFFIX}"):
+                tmp.unlink(missing_ok=True)
 
     def write_job(self, text: str) -> None:
         """job.yaml, once: a resumed run keeps the configuration it started with."""

@@ -19,6 +19,8 @@ class ImageCounts:
     scored: int
     failed: int
     unscored: int  # decoded and predicted, but without ground truth
+    transient: int = 0  # of `failed`: failures that may pass (I/O, lost worker); a resume retries
+    retried: int = 0  # images this attempt did again after a transient failure of an earlier one
 
 
 @dataclass(frozen=True)

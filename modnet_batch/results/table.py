@@ -17,6 +17,7 @@ _TYPES: dict[str, pa.DataType] = {
     **dict.fromkeys(PER_IMAGE, pa.float64()),
     **dict.fromkeys(CONFUSION, pa.int64()),
     "error": pa.string(),
+    "transient": pa.bool_(),
 }
 METRICS_SCHEMA = pa.schema([(name, _TYPES[name]) for name in COLUMNS])
 

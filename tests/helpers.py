@@ -1,0 +1,47 @@
+"""Helpers shared by the fault tests: a model slow enough to interrupt, and the processes of a
+job started by a test (only those are ever signalled)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def make_slow_model(path: Path, convs: int = 6, channels: int = 16, seed: int = 0) -> Path:
+    """MODNet's signature, with `convs` 3x3 convolutions of `channels` channels: about 20 ms of
+    one core per convolution at 480x288, so that a job lasts long enough to be interrupted."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits = []
+    nodes = []
+    prev, width = "input", 3
+    for k in range(convs):
+        w = rng.normal(0, 0.3 / np.sqrt(width), (channels, width, 3, 3)).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w{k}")]
+        nodes += [
+            helper.make_node("Conv", [prev, f"w{k}"], [f"c{k}"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", [f"c{k}"], [f"r{k}"]),
+        ]
+        prev, width = f"r{k}", channels
+    head = rng.normal(0, 0.3, (1, width, 1, 1)).astype(np.float32)
+    inits.append(numpy_helper.from_array(head, "head"))
+    nodes += [
+        helper.make_node("Conv", [prev, "head"], ["logit"]),
+        helper.make_node("Sigmoid", ["logit"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "slow_modnet",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["b", 3, "h", "w"])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["b", 1, "h", "w"])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 7
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
