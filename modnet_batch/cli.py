@@ -78,6 +78,7 @@ def ingest(
     ] = None,
 ) -> None:
     """Turn an image folder into a dataset of Parquet shards."""
+    from modnet_batch.data.decode import IMAGE_EXTENSIONS
     from modnet_batch.data.ingest import ingest as run_ingest
 
     with Progress(
@@ -106,6 +107,13 @@ def ingest(
             raise _fail(exc) from None
     for name, reason in report.skipped:
         console.print(f"[yellow]skipped[/yellow] {name}: {reason}", highlight=False)
+    if report.ignored:
+        shown = ", ".join(report.ignored[:5]) + (" ..." if len(report.ignored) > 5 else "")
+        console.print(
+            f"[yellow]ignored[/yellow] {len(report.ignored)} file(s) without an image extension "
+            f"({', '.join(sorted(IMAGE_EXTENSIONS))}): {shown}",
+            highlight=False,
+        )
     out.print(
         f"{dst}: {report.images} images ({report.with_matte} with matte) in {report.shards} "
         f"shard(s), {len(report.skipped)} skipped, {report.seconds:.1f} s",

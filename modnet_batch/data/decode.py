@@ -6,6 +6,8 @@ Pure OpenCV/NumPy; the bytes are wrapped, never copied, before OpenCV reads them
 from __future__ import annotations
 
 import math
+import os
+import re
 
 import cv2
 import numpy as np
@@ -36,6 +38,10 @@ _IMAGE_FLAGS = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_ANYDEPTH
 _MATTE_FLAGS = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH
 
 EncodedBytes = bytes | memoryview | npt.NDArray[np.uint8]
+
+# OpenCV refuses to decode images with more pixels than this (its own guard against
+# decompression bombs); the environment variable is OpenCV's, read when cv2 loads.
+MAX_PIXELS = int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", 1 << 30))
 
 
 class DecodeError(ModnetBatchError):
@@ -75,11 +81,27 @@ def _as_buffer(data: EncodedBytes, name: str) -> npt.NDArray[np.uint8]:
     return buf
 
 
+def opencv_reason(exc: cv2.error) -> str:
+    """OpenCV's error as a sentence: its assertion, without the source path and version."""
+    text = str(exc).strip()
+    found = re.search(r"error: \(-?\d+:([^)]*)\) (.*?)(?: in function '([^']*)')?$", text, re.S)
+    if not found:
+        return text.splitlines()[0] if text else type(exc).__name__
+    kind, what, where = found.groups()
+    return f"{what.strip()} ({kind.strip().lower()}{f' in {where}' if where else ''})"
+
+
 def _imdecode(buf: npt.NDArray[np.uint8], flags: int, name: str) -> npt.NDArray[np.generic]:
     try:
         out = cv2.imdecode(buf, flags)
     except cv2.error as exc:
-        raise DecodeError(name, f"OpenCV failed: {exc}") from exc
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(exc):
+            raise DecodeError(
+                name,
+                f"its header declares more than {MAX_PIXELS:,} pixels, the most the decoder "
+                "accepts (a decompression bomb, or an image too large to matte): shrink it",
+            ) from None
+        raise DecodeError(name, f"the decoder failed: {opencv_reason(exc)}") from None
     if out is None:
         fmt = sniff_format(buf)
         what = "not a known image format" if fmt == "unknown" else f"corrupt or truncated {fmt}"

@@ -54,6 +54,17 @@ UNSAFE_REASON = (
 )
 
 
+def _with(item: _Item) -> str:
+    """Said of a bad matte: its image is not ingested without it (it would be scored blind)."""
+    return f"; {item.image} is skipped with it"
+
+
+def shown_name(name: str) -> str:
+    """A file name as it can be printed and stored in JSON: bytes that are not UTF-8 (kept by
+    Python as surrogates) are written as \\xNN escapes."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 @dataclass(frozen=True)
 class IngestReport:
     """What `ingest` wrote: counts, skipped inputs as (name, reason), wall time."""
@@ -111,10 +122,10 @@ def _scan(folder: Path, prefix: str) -> tuple[dict[str, str], list[str], list[_S
             continue
         rel = prefix + path.name
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            ignored.append(rel)
+            ignored.append(shown_name(rel))
             continue
         if not is_safe_name(path.stem):
-            skips.append(_Skip(rel, UNSAFE_REASON))
+            skips.append(_Skip(shown_name(rel), UNSAFE_REASON))
             continue
         by_key.setdefault(path.stem.lower(), []).append(rel)
     ambiguous = {key for key, rels in by_key.items() if len(rels) > 1}
@@ -179,17 +190,17 @@ def _load(src: Path, item: _Item, prepare: Protocol | None = None) -> _Row | _Sk
         try:
             matte = (src / item.matte).read_bytes()
         except OSError as exc:
-            return _Skip(item.matte, f"cannot read the file: {exc.strerror or exc}")
+            return _Skip(item.matte, f"cannot read the file: {exc.strerror or exc}{_with(item)}")
         try:
             gray = decode_matte(matte, name=item.matte)
         except DecodeError as exc:
-            return _Skip(item.matte, exc.reason)
+            return _Skip(item.matte, exc.reason + _with(item))
         mh, mw = gray.shape
         if (mh, mw) != (height, width):
             return _Skip(
                 item.matte,
                 f"matte is {mw}x{mh} (WxH) but its image {item.image} is {width}x{height}; "
-                "a matte must have its image's size",
+                f"a matte must have its image's size{_with(item)}",
             )
     row = _Row(item.image_id, image, matte, width, height, item.image, item.matte)
     if prepare is None:

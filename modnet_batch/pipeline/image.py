@@ -9,11 +9,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
 from modnet_batch.data.dataset import Record, iter_records
-from modnet_batch.data.decode import decode_image, decode_matte, sniff_format
+from modnet_batch.data.decode import decode_image, decode_matte, opencv_reason, sniff_format
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.metrics import ImageMetrics, ImageRow, image_metrics
 from modnet_batch.pipeline.decode_mode import DecodeMode, auto_reduce
@@ -123,7 +124,9 @@ class ImagePipeline:
 
 
 def error_text(exc: BaseException) -> str:
-    """How an exception reads in an image's error row."""
+    """How an exception reads in an image's error row (OpenCV's as a sentence, not its dump)."""
+    if isinstance(exc, cv2.error):
+        return f"OpenCV could not process the image: {opencv_reason(exc)}"
     return f"{type(exc).__name__}: {exc}"
 
 
