@@ -297,3 +297,41 @@ def test_a_scored_job_says_when_its_metrics_are_approximate(
     fast = run_job(_job(synth_dataset, tmp_path / "b", tiny_model, decode_reduce="auto")).summary  # type: ignore[arg-type]
     assert "metrics approximate" in fast.job.decode
     assert any("approximate" in w and "--decode-reduce off" in w for w in fast.warnings)
+
+
+def test_a_reduced_decode_measures_how_far_it_moved_the_metrics(
+    synth_dataset: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    """The check's exact side equals an exact job's rows on the same images, its job side the
+    reduced job's rows: the deltas are the real difference on those images."""
+    from modnet_batch.metrics import ImageRow, MetricAccumulator
+
+    exact = run_job(_job(synth_dataset, tmp_path / "exact", tiny_model))  # type: ignore[arg-type]
+    fast = run_job(
+        _job(synth_dataset, tmp_path / "fast", tiny_model, decode_reduce="2", decode_check=4)  # type: ignore[arg-type]
+    )
+    check = fast.summary.decode_check
+    assert check is not None and len(check["images"]) == 4
+    # from shards spread over the dataset (3 shards of 4 images: 2 + 1 + 1)
+    assert check["images"] == ["synth-000", "synth-002", "synth-004", "synth-008"]
+
+    def over(run: Path) -> dict[str, object]:
+        rows = [ImageRow.from_record(r) for r in pq.read_table(run / "metrics.parquet").to_pylist()]
+        acc = MetricAccumulator()
+        for row in rows:
+            if row.image_id in check["images"]:
+                assert row.metrics is not None
+                acc.update(row.metrics)
+        return acc.summary()
+
+    want_exact, want_job = over(tmp_path / "exact"), over(tmp_path / "fast")
+    for k, v in check["exact"].items():
+        assert v == pytest.approx(want_exact[k], rel=1e-12, abs=1e-15), k
+        assert check["job"][k] == pytest.approx(want_job[k], rel=1e-12, abs=1e-15), k
+    assert check["delta"]["mse"] == pytest.approx(want_job["mse"] - want_exact["mse"])
+    assert check["delta"]["mse"] != 0  # a 1/2 decode of these images does move the metrics
+    assert (
+        "on 4 of its images re-run with an exact decode they moved by mse"
+        in fast.summary.job.decode
+    )
+    assert exact.summary.decode_check is None

@@ -248,6 +248,7 @@ def finalize(
     plan.run.write_rows(rows)
 
     failed = sum(r.error is not None for r in rows)
+    check = _decode_check(plan, rows, fresh)
     stats = acc.summary()
     scored = int(stats["scored"] or 0)
     summary = Summary(
@@ -276,10 +277,11 @@ def finalize(
             variant=plan.model_info,
             backend=plan.job.backend,
             address=plan.job.address,
-            decode=plan.decode.describe(scored=plan.dataset.num_with_matte > 0),
+            decode=plan.decode.describe(scored=plan.dataset.num_with_matte > 0, check=check),
             batch_size=batch_size(plan.job),
             engine=plan.job.engine,
         ),
+        decode_check=check,
         startup_seconds=report.startup_seconds,
         workers=report.workers,
         warnings=plan.warnings,
@@ -290,6 +292,35 @@ def finalize(
     )
     plan.run.write_summary(summary)
     return summary
+
+
+def _decode_check(
+    plan: JobPlan, rows: list[ImageRow], fresh: list[ShardResult]
+) -> dict[str, Any] | None:
+    """A scored job with a reduced decode measures how far that moved its metrics (on a sample,
+    again after each attempt that did work; a no-op resume keeps the last measurement)."""
+    if (
+        plan.decode is DecodeMode.EXACT
+        or not plan.dataset.num_with_matte
+        or not plan.job.decode_check
+    ):
+        return None
+    if not fresh and plan.resumed and plan.run.summary.exists():
+        try:
+            return plan.run.read_summary().decode_check
+        except ModnetBatchError:
+            pass
+    from modnet_batch.execution.decode_check import measure
+
+    check = measure(
+        plan.dataset,
+        rows,
+        plan.job.protocol,
+        str(plan.model_path),
+        plan.job.decode_check,
+        plan.job.engine,
+    )
+    return None if check is None else check.to_dict()
 
 
 def _previous_throughput(plan: JobPlan) -> dict[str, Any] | None:

@@ -61,6 +61,12 @@ class JobConfig:
         "exact when the dataset has ground truth, auto when it has none.",
         parse=DecodeMode.parse,
     )
+    decode_check: int = option(
+        8,
+        "A scored job with a reduced decode runs this many of its images again with an exact "
+        "decode and reports how far its metrics moved (0: no check).",
+        min=0,
+    )
     shards_in_flight: int = option(2, "Shards queued per actor: one running, one waiting.", min=1)
     max_retries: int = option(3, "Retries of a shard whose worker died.", min=0)
     dashboard: bool = option(False, "Start the Ray dashboard (embedded Ray).")

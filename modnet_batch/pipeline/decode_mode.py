@@ -4,6 +4,7 @@ DCT-domain factor. Parsed once from the job's option and resolved once per job."
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.protocol import Protocol
@@ -67,9 +68,9 @@ class DecodeMode(StrEnum):
         """The fixed image reduce factor (1 for exact and for auto, which picks per image)."""
         return int(self.value) if self.value.isdigit() else 1
 
-    def describe(self, scored: bool = False) -> str:
+    def describe(self, scored: bool = False, check: dict[str, Any] | None = None) -> str:
         """How a job decodes, for its summary; a scored job's reduced decode says that its
-        metrics are approximate."""
+        metrics are approximate, and by how much where `check` (decode_check) measured it."""
         if self is DecodeMode.EXACT:
             return "exact"
         text = (
@@ -77,9 +78,16 @@ class DecodeMode(StrEnum):
             if self is DecodeMode.AUTO
             else f"JPEG images at 1/{self.factor}"
         )
-        if scored:
-            text += "; metrics approximate (not compared with an exact decode in this run)"
-        return text
+        if not scored:
+            return text
+        if not check:
+            return text + "; metrics approximate (not compared with an exact decode in this run)"
+        moved = ", ".join(f"{k} {v:+.2g}" for k, v in check["delta"].items() if v is not None)
+        return (
+            f"{text}; metrics approximate: on {len(check['images'])} of its images re-run with "
+            f"an exact decode they moved by {moved} (MSE by up to {check['max_abs_mse']:.2g} "
+            "on one image); --decode-reduce off is exact"
+        )
 
 
 def auto_reduce(protocol: Protocol, height: int, width: int, *, matte: bool = False) -> int:

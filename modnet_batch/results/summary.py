@@ -63,6 +63,9 @@ class Summary:
     finished: str
     driver: str
     version: str
+    # a scored job with a reduced decode: its metrics over a sample, as measured and with an
+    # exact decode (execution.decode_check.DecodeCheck.to_dict); None otherwise
+    decode_check: dict[str, Any] | None = None
     schema: int = SUMMARY_SCHEMA
     extra: dict[str, Any] = field(default_factory=dict)  # keys a newer writer added
 
