@@ -216,16 +216,18 @@ def submit(
 
 
 def _submit_remote(job: Any, follow: bool) -> None:
-    from modnet_batch.execution.jobs import follow_logs, submit_job
+    from modnet_batch.execution.jobs import follow_logs, job_exit_code, submit_job
 
     job_id = submit_job(job)
     out.print(job_id, highlight=False)
     console.print(f"submitted to {job.address}; `modnet-batch status {job_id}` / `logs` / `stop`")
     if follow:
         status = follow_logs(job.address, job_id)
-        console.print(f"job {job_id}: {status}")
+        code = job_exit_code(job.address, job_id) if status in ("SUCCEEDED", "FAILED") else None
+        console.print(f"job {job_id}: {status}" + (f" (exit {code})" if code else ""))
         if status != "SUCCEEDED":
-            raise typer.Exit(3 if status == "FAILED" else 1)
+            # the job's own status (3 shards failed, 4 images failed, 1 could not run ...)
+            raise typer.Exit(code if code else (3 if status == "FAILED" else 1))
 
 
 def _submit_local(job: Any) -> int:

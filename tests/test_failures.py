@@ -74,6 +74,7 @@ def test_transient_failures_are_counted_and_a_resume_retries_them(
     assert again.exit_status == EXIT_OK
     assert again.summary.images.retried == 2 and again.summary.images.failed == 0
     # every image exactly once, and the result equals a clean run's
+    assert pq.read_table(out / "metrics.parquet").num_rows == 12
     assert _rows(out) == _rows(clean_run)
     clean = RunDir(clean_run).read_summary()
     assert again.summary.metrics == clean.metrics
@@ -172,3 +173,34 @@ def test_a_read_only_out_is_one_line(synth_dataset: Path, tiny_model: Path, tmp_
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: cannot write {mnt / 'run'}"), lines
     assert "its file system is read-only: pass a writable --out" in lines[0]
+
+
+def test_only_storage_errors_on_a_named_file_read_as_storage_errors() -> None:
+    from modnet_batch.errors import StorageError
+    from modnet_batch.execution.driver import _os_error
+
+    full = _os_error(OSError(errno.ENOSPC, "No space left on device", "/runs/a/summary.json"))
+    assert isinstance(full, StorageError)
+    assert str(full) == (
+        "cannot write /runs/a/summary.json: no space left on its device: free space (or pass "
+        "another --out); then run the same command again: finished work is kept"
+    )
+    other = _os_error(ConnectionError("the GCS went away"))
+    assert not isinstance(other, StorageError)
+    assert str(other) == "ConnectionError: the GCS went away"
+
+
+def test_a_failing_decode_check_is_a_warning_and_the_results_stand(
+    synth_dataset: Path, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import modnet_batch.execution.decode_check as decode_check
+
+    def broken(*args: object, **kw: object) -> None:
+        raise MemoryError("no room for the check")
+
+    monkeypatch.setattr(decode_check, "measure", broken)
+    outcome = run_job(_job(synth_dataset, tmp_path / "run", tiny_model, decode_reduce="2"))
+    assert outcome.exit_status == EXIT_OK and outcome.summary.images.scored == 12
+    assert outcome.summary.decode_check is None
+    assert any("the decode check failed (MemoryError" in w for w in outcome.summary.warnings)
+    assert (tmp_path / "run" / "summary.json").exists()

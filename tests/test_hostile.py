@@ -168,13 +168,14 @@ def test_every_taken_file_is_scored_or_an_error_row_under_every_protocol(
             root / "ds" / s["path"], columns=["image_id", "image_file"]
         ).to_pylist()
     }
-    rows = {r["image_id"]: r for r in pq.read_table(out / "metrics.parquet").to_pylist()}
-    assert set(rows) == set(ids)  # every image taken at ingest has exactly one row
+    listed = pq.read_table(out / "metrics.parquet").to_pylist()
+    rows = {r["image_id"]: r for r in listed}
+    assert set(rows) == set(ids) and len(listed) == len(ids)  # each image taken: one row
     for image_id, row in rows.items():
         fate = expect[ids[image_id]]
         if row["error"] is not None:
             assert fate in ("named", "scored-or-named"), (image_id, row["error"])
-            assert "OpenCV" not in row["error"] and "error: (-" not in row["error"], row["error"]
+            assert "OpenCV(" not in row["error"] and "error: (-" not in row["error"], row["error"]
         elif fate == "unscored":
             assert row["mse"] is None and (out / "alpha" / f"{image_id}.npz").exists()
         else:

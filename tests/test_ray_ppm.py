@@ -75,7 +75,14 @@ def _assert_same_as(reference: Path, run: Path) -> None:
     ref, got = (json.loads((r / "summary.json").read_text()) for r in (reference, run))
     assert got["metrics"] == ref["metrics"]  # exact
     assert got["accumulator"] == ref["accumulator"]
-    assert got["images"] == {"total": 41, "scored": 41, "failed": 0, "unscored": 0}
+    assert got["images"] == {
+        "total": 41,
+        "scored": 41,
+        "failed": 0,
+        "unscored": 0,
+        "transient": 0,
+        "retried": 0,
+    }
     assert pq.read_table(run / "metrics.parquet").equals(
         pq.read_table(reference / "metrics.parquet")
     )

@@ -38,7 +38,14 @@ def test_dataset_metrics_match_reference(
     ref = json.loads((shared / "reference" / "ppm100-dev.json").read_text())["results"][protocol]
     summary = json.loads((inline_runs[protocol] / "summary.json").read_text())
     got = summary["metrics"]
-    assert summary["images"] == {"total": 41, "scored": 41, "failed": 0, "unscored": 0}
+    assert summary["images"] == {
+        "total": 41,
+        "scored": 41,
+        "failed": 0,
+        "unscored": 0,
+        "transient": 0,
+        "retried": 0,
+    }
     for key in ("mse", "mad", "miou"):
         assert abs(got[key] - ref[key]) <= 1e-6, (key, got[key], ref[key])
     assert got["sad"] == pytest.approx(ref["sad"], rel=1e-4)
@@ -118,6 +125,8 @@ def test_p3m_png_sample_runs_clean(shared: Path, real_model: Path, tmp_path: Pat
         "scored": 5,
         "failed": 0,
         "unscored": 0,
+        "transient": 0,
+        "retried": 0,
     }
     assert len(list((tmp_path / "run" / "alpha").glob("*.npz"))) == 5
     assert 0.0 <= outcome.summary.metrics["mse"] < 0.05

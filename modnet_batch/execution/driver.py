@@ -20,7 +20,7 @@ from modnet_batch.data.dataset import Dataset
 from modnet_batch.digest import sha256_file
 from modnet_batch.engine import DEFAULT_ENGINE, EngineSpec, default_provider
 from modnet_batch.engine.signature import check_signature
-from modnet_batch.errors import JobInterrupted, ModnetBatchError, storage_error
+from modnet_batch.errors import JobInterrupted, ModnetBatchError, is_storage_error, storage_error
 from modnet_batch.execution.backend import BackendReport
 from modnet_batch.execution.backends import get_backend
 from modnet_batch.execution.processor import WorkerSpec
@@ -84,6 +84,14 @@ def batch_size(job: JobConfig) -> int:
     if job.batch_size is not None:
         return job.batch_size
     return 1 if job.device == "cpu" else 4
+
+
+def _os_error(exc: OSError, resume: bool = True) -> ModnetBatchError:
+    """A write the run directory's storage refused (full, read-only, forbidden) as its one-line
+    StorageError; any other OSError (a network error, Ray's own files) as itself, one line."""
+    if is_storage_error(exc) and exc.filename:
+        return storage_error(exc, resume=resume)
+    return ModnetBatchError(f"{type(exc).__name__}: {exc}")
 
 
 def plan_job(job: JobConfig) -> JobPlan:
@@ -186,7 +194,7 @@ def run_job(
     try:
         plan = plan_job(job)
     except OSError as exc:
-        raise storage_error(exc, resume=False) from None
+        raise _os_error(exc, resume=False) from None
     if on_plan is not None:
         on_plan(plan)
     started = time.perf_counter()
@@ -207,7 +215,7 @@ def run_job(
         wall = time.perf_counter() - started
         summary = finalize(plan, fresh, report, wall)
     except OSError as exc:
-        raise storage_error(exc) from None
+        raise _os_error(exc) from None
     except JobInterrupted as exc:
         kept = len(plan.run.done_shards())
         raise JobInterrupted(
@@ -312,14 +320,18 @@ def _decode_check(
             pass
     from modnet_batch.execution.decode_check import measure
 
-    check = measure(
-        plan.dataset,
-        rows,
-        plan.job.protocol,
-        str(plan.model_path),
-        plan.job.decode_check,
-        plan.job.engine,
-    )
+    try:
+        check = measure(
+            plan.dataset,
+            rows,
+            plan.job.protocol,
+            str(plan.model_path),
+            plan.job.decode_check,
+            plan.job.engine,
+        )
+    except Exception as exc:  # the results stand; only the measurement of their error is lost
+        plan.warnings.append(f"the decode check failed ({type(exc).__name__}: {exc})")
+        return None
     return None if check is None else check.to_dict()
 
 

@@ -133,6 +133,13 @@ def job_status(address: str, job_id: str) -> str:
     return status_name(_call(address, job_id, "status", "get_job_status"))
 
 
+def job_exit_code(address: str, job_id: str) -> int | None:
+    """The exit status of a finished job's entrypoint (see modnet_batch.entrypoint), if known."""
+    info = _call(address, job_id, "info", "get_job_info")
+    code = getattr(info, "driver_exit_code", None)
+    return int(code) if code is not None else None
+
+
 def job_logs(address: str, job_id: str) -> str:
     return str(_call(address, job_id, "logs", "get_job_logs"))
 

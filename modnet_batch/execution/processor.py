@@ -80,8 +80,12 @@ def _check_shard(task: ShardTask) -> None:
         return
     try:
         actual = sha256_file(task.path)
-    except OSError as exc:
-        raise ShardUnreadable(f"shard {task.name} ({task.path}) is unreadable: {exc}") from None
+    except FileNotFoundError:
+        raise ShardUnreadable(
+            f"shard {task.name} ({task.path}) does not exist; re-create the dataset"
+        ) from None
+    except OSError as exc:  # the storage failed, not the shard: a retry may pass
+        raise ShardReadError(f"reading shard {task.name} ({task.path}) failed: {exc}") from None
     if actual != task.sha256:
         raise ShardUnreadable(
             f"shard {task.name} ({task.path}) changed after ingest (SHA-256 {actual[:12]}..., "

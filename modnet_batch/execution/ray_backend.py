@@ -222,7 +222,11 @@ class RayBackend:
 def _wait_ready(actors: list[Any], plans: list[ActorPlan]) -> list[dict[str, Any]]:
     """Wait for every actor to load its model; name the ones that never came up."""
     refs = [a.info.remote() for a in actors]
-    _, pending = ray.wait(refs, num_returns=len(refs), timeout=READY_TIMEOUT_S)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    pending = refs
+    while pending and time.monotonic() < deadline:
+        signals.check()  # a stop while models load is not held up for minutes
+        _, pending = ray.wait(refs, num_returns=len(refs), timeout=POLL_S)
     if pending:
         late = ", ".join(plans[refs.index(r)].spec.label for r in pending)
         raise ModnetBatchError(
@@ -260,7 +264,8 @@ class _Slot:
     actor: Any
     label: str
     state: str = "up"  # up | restarting (Ray is restarting its process) | dead
-    inflight: list[str] = field(default_factory=list)  # shard names, in dispatch order
+    # (its death count at dispatch, shard name), in dispatch order
+    inflight: list[tuple[int, str]] = field(default_factory=list)
     running: str | None = None  # the shard holding its loop, as last polled
     deaths: int = 0
     seen: int = 0  # images its progress counter reported (a restarted process starts at 0)
@@ -281,17 +286,18 @@ def _dispatch(
     shard it was running (the others it held go back to the queue as they were), give it no work
     while Ray restarts it, and work again once it answers."""
     queue: deque[ShardTask] = deque(tasks)
-    inflight: dict[Any, tuple[int, ShardTask]] = {}
+    # ref -> (actor, task, the actor's death count when it was sent: which process got it)
+    inflight: dict[Any, tuple[int, ShardTask, int]] = {}
     slots = [_Slot(a, p.spec.label) for a, p in zip(actors, plans, strict=True)]
-    charged: dict[int, str] = {}  # actor -> the shard charged for its current death
+    charged: dict[tuple[int, int], str] = {}  # (actor, process) -> the shard charged for its death
     while queue or inflight:
         signals.check()  # a SIGTERM or Ctrl-C stops the job here, between results
         for i in sorted(range(len(slots)), key=lambda k: len(slots[k].inflight)):
             slot = slots[i]
             while slot.state == "up" and queue and len(slot.inflight) < job.shards_in_flight:
                 task = queue.popleft()
-                inflight[slot.actor.process.remote(task)] = (i, task)
-                slot.inflight.append(task.name)
+                inflight[slot.actor.process.remote(task)] = (i, task, slot.deaths)
+                slot.inflight.append((slot.deaths, task.name))
         if not inflight and not any(s.state == "restarting" for s in slots):
             for task in queue:
                 report.failed[task.name] = "no worker left alive"
@@ -304,10 +310,11 @@ def _dispatch(
         _poll_progress(slots, on_images)
         _check_restarts(slots, report)
         for ref in ready:
-            i, task = inflight.pop(ref)
+            i, task, gen = inflight.pop(ref)
             slot = slots[i]
-            held = list(slot.inflight)  # in dispatch order, this task among them
-            slot.inflight.remove(task.name)
+            # what the same process held, in dispatch order, this task among them
+            held = [name for g, name in slot.inflight if g == gen]
+            slot.inflight.remove((gen, task.name))
             try:
                 result: ShardResult = ray.get(ref)
             except (RayActorError, RayTaskError) as exc:
@@ -318,14 +325,16 @@ def _dispatch(
                     report.failed[task.name] = str(cause)  # deterministic: no retry
                     continue
                 if isinstance(exc, RayActorError):
-                    if slot.state == "up":  # the first sign of this death
+                    if gen == slot.deaths:  # the first sign of this process's death
                         # the shard it was running: as last polled, else the oldest it held
-                        charged[i] = slot.running if slot.running in held else held[0]
+                        charged[(i, gen)] = slot.running if slot.running in held else held[0]
                         _went_down(slot)
-                    if charged.get(i) != task.name:
-                        queue.appendleft(task)  # it was waiting on the dead actor, not running
+                    if charged.get((i, gen)) != task.name and task.requeues < ACTOR_RESTARTS:
+                        # it waited on the dead process, not running: back as it was (bounded,
+                        # so that a shard killing every process it reaches still fails)
+                        queue.appendleft(replace(task, requeues=task.requeues + 1))
                         continue
-                    charged.pop(i)
+                    charged.pop((i, gen), None)
                 reason = f"{type(exc).__name__} on {slot.label}: {str(exc).splitlines()[0][:200]}"
                 if task.attempt < job.max_retries:
                     report.retries += 1

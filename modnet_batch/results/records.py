@@ -17,6 +17,7 @@ class ShardTask:
     sha256: str | None = None  # as dataset.json records it; checked before the shard is read
     # a resume retrying images of a finished shard: only these ids (None: the whole shard)
     only: tuple[str, ...] | None = None
+    requeues: int = 0  # sent back uncharged after a worker died while it waited there
 
 
 @dataclass

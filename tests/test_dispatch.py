@@ -1,0 +1,139 @@
+"""The Ray backend's dispatch loop against a scripted fake of `ray.wait`/`ray.get`: which shard is
+charged a retry when a worker dies, and that one death is one death (the real-Ray fault tests
+are in test_faults.py; these pin the accounting in cases a real kill hits only by chance)."""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from ray.exceptions import ActorDiedError
+
+import modnet_batch.execution.ray_backend as rb
+from modnet_batch.execution.backend import BackendReport
+from modnet_batch.results import ShardResult, ShardTask
+
+
+class Ref:
+    def __init__(self, actor: FakeActor | None, value: Any) -> None:
+        self.actor, self.value = actor, value
+        self.ready = actor is None  # pings and polls answer at once
+        self.error: Exception | None = None
+
+
+class FakeActor:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sent: list[Ref] = []
+        self.process = types.SimpleNamespace(remote=self._process)
+        self.progress = types.SimpleNamespace(remote=lambda: Ref(None, (0, self.running)))
+        self.info = types.SimpleNamespace(remote=lambda: Ref(None, {"pid": 2}))
+        self.running: str | None = None
+
+    def _process(self, task: ShardTask) -> Ref:
+        ref = Ref(self, task)
+        self.sent.append(ref)
+        return ref
+
+
+Script = Callable[[int, list[FakeActor]], None]
+
+
+def _run(script: Script, shards: str, max_retries: int = 3) -> tuple[list[str], BackendReport]:
+    actors = [FakeActor("a0"), FakeActor("a1")]
+    turn = [0]
+
+    def wait(refs: list[Ref], num_returns: int = 1, timeout: float | None = None) -> Any:
+        turn[0] += 1
+        script(turn[0], actors)
+        ready = [r for r in refs if r.ready][:num_returns]
+        return ready, [r for r in refs if r not in ready]
+
+    def get(ref: Ref) -> Any:
+        if ref.error is not None:
+            raise ref.error
+        if isinstance(ref.value, ShardTask):
+            t = ref.value
+            return ShardResult(t.name, [], {}, 0, 0, 0.0, {}, ref.actor.name, "n", 1, t.attempt)  # type: ignore[union-attr]
+        return ref.value
+
+    done: list[str] = []
+    report = BackendReport()
+    mp = pytest.MonkeyPatch()
+    mp.setattr(rb, "ray", types.SimpleNamespace(wait=wait, get=get))
+    mp.setattr(rb, "POLL_S", 0.0)
+    try:
+        job = types.SimpleNamespace(shards_in_flight=2, max_retries=max_retries)
+        plans = [types.SimpleNamespace(spec=types.SimpleNamespace(label=a.name)) for a in actors]
+        tasks = [ShardTask(name=n, path="", rows=1) for n in shards]
+        rb._dispatch(
+            job, actors, plans, tasks, lambda r: done.append(r.shard), lambda w, n: None, report
+        )  # type: ignore[arg-type]
+    finally:
+        mp.undo()
+    return done, report
+
+
+def _finish_all(actor: FakeActor) -> None:
+    for ref in actor.sent:
+        if not ref.ready:
+            ref.ready = True
+
+
+def _die(actor: FakeActor) -> None:
+    for ref in actor.sent:
+        if not ref.ready:
+            ref.ready, ref.error = True, ActorDiedError()
+
+
+def test_only_the_running_shard_is_charged_and_the_worker_works_again() -> None:
+    def script(turn: int, actors: list[FakeActor]) -> None:
+        a0, a1 = actors
+        if turn == 1:
+            a0.running = a0.sent[1].value.name  # the second shard it holds is running
+            _die(a0)
+        else:
+            _finish_all(a0)
+            _finish_all(a1)
+
+    done, report = _run(script, "ABCDEFGH")
+    assert sorted(done) == list("ABCDEFGH")  # every shard once
+    assert report.retries == 1 and not report.failed
+
+
+def test_a_late_error_from_the_dead_process_is_not_a_second_death() -> None:
+    """The ping of the restarted actor succeeds before the dead process's second error is
+    handled: that error belongs to the death already counted."""
+
+    def script(turn: int, actors: list[FakeActor]) -> None:
+        a0, a1 = actors
+        if turn == 1:
+            _die(a0)
+            _finish_all(a1)  # a1's results come first, so a0's errors are handled over turns
+        elif turn > 3:
+            _finish_all(a0)
+            _finish_all(a1)
+
+    done, report = _run(script, "CDABEF")
+    assert sorted(done) == list("ABCDEF")
+    assert report.retries == 1
+
+
+def test_a_shard_that_kills_every_worker_fails_instead_of_looping() -> None:
+    """Whatever it was doing (running or waiting), a shard present at every death is charged
+    in the end and fails; the others complete."""
+
+    def script(turn: int, actors: list[FakeActor]) -> None:
+        for actor in actors:
+            for ref in actor.sent:
+                if not ref.ready and ref.value.name == "P":
+                    _die(actor)
+                    break
+            else:
+                _finish_all(actor)
+
+    done, report = _run(script, "PABC", max_retries=1)
+    assert sorted(done) == list("ABC")
+    assert set(report.failed) == {"P"}
