@@ -38,6 +38,13 @@ from modnet_batch.results import (
     ShardTask,
     Summary,
 )
+from modnet_batch.results.outputs import (
+    OutputKind,
+    OutputSize,
+    OutputSpec,
+    parse_colour,
+    parse_kinds,
+)
 
 ProgressHook = Callable[[str, int], None]
 
@@ -56,6 +63,7 @@ class JobPlan:
     warnings: list[str] = field(default_factory=list)
     # finished shards whose transiently failed images this attempt retries: their results so far
     retrying: dict[str, ShardResult] = field(default_factory=dict)
+    outputs: OutputSpec = field(default_factory=OutputSpec)
 
 
 # Exit statuses of a job (`submit`, and the entrypoint of a job on a cluster).
@@ -86,6 +94,24 @@ def batch_size(job: JobConfig) -> int:
     return 1 if job.device == "cpu" else 4
 
 
+def output_spec(job: JobConfig, scored: bool) -> OutputSpec:
+    """What the job writes per image: as asked, else npz (the evaluation artefact, at the
+    scoring size) for a dataset with ground truth and a source-size alpha PNG without."""
+    kinds: tuple[OutputKind, ...]
+    if job.output is None:
+        kinds = (OutputKind.NPZ,) if scored else (OutputKind.ALPHA_PNG,)
+    else:
+        kinds = parse_kinds(job.output)
+    if not any(k not in (OutputKind.NPZ, OutputKind.NONE) for k in kinds):
+        return OutputSpec(kinds=kinds)  # no image files: their size, colour, level do not apply
+    return OutputSpec(
+        kinds=kinds,
+        size=job.output_size or OutputSize.SOURCE,
+        background=parse_colour(job.background),
+        png_level=job.png_level,
+    )
+
+
 def _os_error(exc: OSError, resume: bool = True) -> ModnetBatchError:
     """A write the run directory's storage refused (full, read-only, forbidden) as its one-line
     StorageError; any other OSError (a network error, Ray's own files) as itself, one line."""
@@ -102,7 +128,20 @@ def plan_job(job: JobConfig) -> JobPlan:
     check_signature(model_path)
     info = variant_info(model_path)
     scored = dataset.num_with_matte > 0
+    outputs = output_spec(job, scored)
     decode = DecodeMode.for_job(job.decode_reduce, protocol, info.get("precision", "fp32"), scored)
+    pixel_warning = None
+    if (
+        outputs.needs_pixels
+        and outputs.size is OutputSize.SOURCE
+        and decode is not DecodeMode.EXACT
+    ):
+        if job.decode_reduce is not None:  # asked for: say why it is not what runs
+            pixel_warning = (
+                f"--decode-reduce {job.decode_reduce.value} ignored: cutouts and composites at "
+                "the source size need the photo decoded at full size"
+            )
+        decode = DecodeMode.EXACT
     identity: dict[str, Any] = {
         "dataset": dataset.fingerprint(),
         "model_sha256": info.get("sha256") or sha256_file(model_path),
@@ -113,6 +152,13 @@ def plan_job(job: JobConfig) -> JobPlan:
     }
     if job.engine != DEFAULT_ENGINE:  # another engine's outputs are another job's
         identity["engine"] = job.engine
+    if outputs != OutputSpec():  # runs writing only npz (all before outputs) keep resuming
+        identity["outputs"] = {
+            "kinds": [k.value for k in outputs.kinds],
+            "size": outputs.size.value,
+            "background": list(outputs.background),
+            "png_level": outputs.png_level,
+        }
     run = RunDir(job.out)
     resumed = run.prepare(identity)
     run.write_job(job_yaml(job))
@@ -131,6 +177,9 @@ def plan_job(job: JobConfig) -> JobPlan:
         job, dataset, model_path, info, run, resumed, tasks, done - retrying.keys(), decode
     )
     plan.retrying = retrying
+    plan.outputs = outputs
+    if pixel_warning:
+        plan.warnings.append(pixel_warning)
     if scored and decode is not DecodeMode.EXACT:
         plan.warnings.append(
             f"--decode-reduce {decode.value}: JPEGs are decoded reduced, so the metrics are "
@@ -176,6 +225,8 @@ def worker_spec(plan: JobPlan) -> WorkerSpec:
         batch_size=batch_size(job),
         decode_threads=job.decode_threads,
         decode=plan.decode,
+        outputs=plan.outputs,
+        outputs_dir=str(plan.run.outputs.resolve()),
     )
 
 

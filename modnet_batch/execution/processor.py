@@ -28,7 +28,9 @@ from modnet_batch.errors import ModnetBatchError, is_storage_error, storage_erro
 from modnet_batch.execution import signals
 from modnet_batch.metrics import ImageRow, MetricAccumulator
 from modnet_batch.pipeline import DecodeMode, ImagePipeline, NetworkInput, error_text, is_transient
+from modnet_batch.protocol import ScoredAlpha
 from modnet_batch.results import RunDir, ShardResult, ShardTask
+from modnet_batch.results.outputs import OutputKind, OutputSize, OutputSpec
 
 # ShardResult.stages holds two views. The shard loop's thread, whose parts add up to
 # ShardResult.seconds: reading the shard, waiting for decoded inputs, inferring, waiting for
@@ -53,6 +55,9 @@ class WorkerSpec:
     decode_threads: int = 1
     label: str = "cpu:0"
     engine_name: str = DEFAULT_ENGINE
+    # what to write per image (by default npz at the scoring size); frozen, so shared safely
+    outputs: OutputSpec = field(default_factory=OutputSpec)
+    outputs_dir: str | None = None  # where image files go; None = <run_dir>/outputs
 
 
 @dataclass
@@ -61,6 +66,7 @@ class _Item:
 
     record: Record
     inputs: NetworkInput | None = None
+    rgb: npt.NDArray[np.uint8] | None = None  # kept only for outputs that need the photo
     error: BaseException | None = None
     cpu: dict[str, float] = field(default_factory=dict)
 
@@ -111,7 +117,7 @@ class ShardProcessor:
     def __init__(self, spec: WorkerSpec, session: Session | None = None) -> None:
         self.spec = spec
         self.pipeline = ImagePipeline(spec.protocol, spec.decode)
-        self.run = RunDir(spec.run_dir)
+        self.run = RunDir(spec.run_dir, spec.outputs_dir)
         self.run.alpha.mkdir(parents=True, exist_ok=True)
         cv2.setNumThreads(1)  # the pool below is the parallelism; never oversubscribe the cores
         t0 = time.perf_counter()
@@ -138,6 +144,8 @@ class ShardProcessor:
             self.run.alpha_path(record.image_id)  # an id from a shard is checked before any use
             t0 = time.thread_time()
             decoded = self.pipeline.decode(record)
+            if self.spec.outputs.needs_pixels:
+                item.rgb = decoded.rgb
             t1 = time.thread_time()
             item.inputs = self.pipeline.preprocess(decoded)
             item.cpu = {"decode": t1 - t0, "preprocess": time.thread_time() - t1}
@@ -157,13 +165,35 @@ class ShardProcessor:
             gt = item.inputs.gt
             metrics = None if gt is None else self.pipeline.score(alpha, gt)
             t2 = time.thread_time()
-            self.run.write_alpha(item.record.image_id, alpha.stored)
+            self._write_outputs(item, output, alpha)
             cpu = {"postprocess": t1 - t0, "score": t2 - t1, "write": time.thread_time() - t2}
             return self.pipeline.row(item.record, metrics), cpu
         except Exception as exc:  # the metrics computed so far stay beside the error
             if is_storage_error(exc):  # the run dir is full or read-only: stop, not one row each
                 raise storage_error(exc) from None
             return self.pipeline.row(item.record, metrics, exc), {}
+
+    def _write_outputs(
+        self, item: _Item, output: npt.NDArray[np.float32], alpha: ScoredAlpha
+    ) -> None:
+        """The job's per-image files; npz is always at the scoring size (the evaluation
+        artefact), image files at the size the job asked for."""
+        spec, record = self.spec.outputs, item.record
+        if OutputKind.NPZ in spec.kinds:
+            self.run.write_alpha(record.image_id, alpha.stored)
+        if not spec.files:
+            return
+        rgb = item.rgb
+        if spec.size is OutputSize.SOURCE:
+            values = self.pipeline.source_alpha(output, alpha, record)
+        else:
+            values = alpha.score
+            if rgb is not None and rgb.shape[:2] != values.shape:
+                h, w = values.shape
+                rgb = np.asarray(cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA))
+        for kind in spec.files:
+            path = self.run.output_path(spec, kind, record.image_id)
+            self.run.write_output(path, spec.encode(kind, values, rgb))
 
     # --- the shard loop (one thread: reads, batches, infers) --------------------------------
     def process(
@@ -176,7 +206,8 @@ class ShardProcessor:
         prefetch = max(2 * self.spec.batch_size, 2 * self.spec.decode_threads)
         pending: deque[Future[_Item]] = deque()
         finishing: deque[Future[tuple[ImageRow, dict[str, float]]]] = deque()
-        records = self.pipeline.records(task.path)
+        # outputs that need the photo read the original bytes, not stored network inputs
+        records = self.pipeline.records(task.path, prepared=not self.spec.outputs.needs_pixels)
         only = None if task.only is None else set(task.only)
         exhausted = False
 

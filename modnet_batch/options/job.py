@@ -13,6 +13,14 @@ from modnet_batch.errors import ModnetBatchError
 from modnet_batch.options.spec import Source, build, check_all, load_yaml, option, plain
 from modnet_batch.pipeline import DecodeMode
 from modnet_batch.protocol import DEFAULT_PROTOCOL, PROTOCOLS
+from modnet_batch.results.outputs import (
+    DEFAULT_PNG_LEVEL,
+    OutputSize,
+    colour_text,
+    output_text,
+    parse_size,
+    png_level,
+)
 
 # The execution backends (execution.backends registers one runner for each name).
 BACKENDS = ("ray", "inline")
@@ -66,6 +74,26 @@ class JobConfig:
         "A scored job with a reduced decode runs this many of its images again with an exact "
         "decode and reports how far its metrics moved (0: no check).",
         min=0,
+    )
+    # --- what to write per image
+    output: str | None = option(
+        None,
+        "Per-image files, comma-separated: alpha-png, alpha-png16, npz, cutout (RGBA PNG), "
+        "composite (JPEG on --background) or none; none given = npz for a dataset with ground "
+        "truth, alpha-png without.",
+        parse=output_text,
+    )
+    output_size: OutputSize | None = option(
+        None,
+        "Size of image outputs: source (each photo's own) or scored (the protocol's scoring "
+        "size); none = source. npz is always at the scoring size.",
+        parse=parse_size,
+    )
+    background: str = option(
+        "#ffffff", "Colour under `composite`: white, black, green or #RRGGBB.", parse=colour_text
+    )
+    png_level: int = option(
+        DEFAULT_PNG_LEVEL, "PNG compression level, 0 (fastest) to 9 (smallest).", parse=png_level
     )
     shards_in_flight: int = option(2, "Shards queued per actor: one running, one waiting.", min=1)
     max_retries: int = option(3, "Retries of a shard whose worker died.", min=0)

@@ -142,20 +142,28 @@ def check(item: Declared, value: Any, origin: str, *, text: bool = False) -> Any
     `text`: the value is command-line text (numbers arrive as strings; the flag is named)."""
     converted = value
     base = split_optional(item.type)[0]
+    name = item.flag if text else item.name
     try:
-        if text and isinstance(value, str) and base in (int, float):
+        if item.spec.parse is not None and value is not None:
+            try:
+                converted = item.spec.parse(value)
+            except ModnetBatchError as exc:
+                if isinstance(base, type) and issubclass(base, enum.Enum):
+                    raise ValueError(str(exc)) from None  # the check below lists the choices
+                # otherwise the parser alone knows what was wrong (any text is a str)
+                raise ModnetBatchError(
+                    f"{origin}: {name} = {value!r} is not valid: {exc}"
+                ) from None
+        elif text and isinstance(value, str) and base in (int, float):
             converted = base(value)
-        elif item.spec.parse is not None and value is not None:
-            converted = item.spec.parse(value)
         elif typing.get_origin(split_optional(item.type)[0]) is tuple:
             converted = _int_list(value)
         elif base is float and _is_int(value):
             converted = float(value)
-    except (ValueError, TypeError, ModnetBatchError):
+    except (ValueError, TypeError):
         converted = value
     if not _conforms(converted, item.type, item.spec):
         expected = _expected(item.type, item.spec)
-        name = item.flag if text else item.name
         raise ModnetBatchError(f"{origin}: {name} = {value!r} is not valid; expected {expected}")
     return converted
 

@@ -52,9 +52,10 @@ class ImagePipeline:
         self.decode_mode = decode
 
     # --- read ---------------------------------------------------------------------------------
-    def records(self, shard: str | Path) -> Iterator[Record]:
-        """A shard's records; inputs stored by `ingest --prepare` for this protocol are used."""
-        return iter_records(shard, prepared_for=self.protocol.name)
+    def records(self, shard: str | Path, *, prepared: bool = True) -> Iterator[Record]:
+        """A shard's records; inputs stored by `ingest --prepare` for this protocol are used
+        unless `prepared` is False (the original photo is needed)."""
+        return iter_records(shard, prepared_for=self.protocol.name if prepared else None)
 
     # --- decode -------------------------------------------------------------------------------
     def reduce_for(self, record: Record, *, matte: bool = False) -> int:
@@ -99,6 +100,17 @@ class ImagePipeline:
     def postprocess(self, output: npt.NDArray[np.float32], record: Record) -> ScoredAlpha:
         """Network output hxw float32 in [0, 1] -> the alpha at the scoring resolution."""
         return self.protocol.postprocess(output, record.height, record.width)
+
+    def source_alpha(
+        self, output: npt.NDArray[np.float32], alpha: ScoredAlpha, record: Record
+    ) -> npt.NDArray[np.float32] | npt.NDArray[np.float64]:
+        """The alpha at the photo's own size, in [0, 1]: the network output resized back with
+        INTER_AREA as MODNet's inference_onnx.py does (float, no 8-bit step before it); the
+        scored alpha itself where the protocol scores at the source size (paper)."""
+        if alpha.score.shape == (record.height, record.width):
+            return alpha.score
+        size = (record.width, record.height)
+        return np.asarray(cv2.resize(output, size, interpolation=cv2.INTER_AREA), np.float32)
 
     def score(self, alpha: ScoredAlpha, gt: npt.NDArray[np.float64]) -> ImageMetrics:
         fg = self.protocol.foreground

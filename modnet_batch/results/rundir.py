@@ -1,6 +1,7 @@
 """The run directory: its layout, per-shard completion markers and the job's identity for resume.
 
-Layout: job.yaml, alpha/<image_id>.npz, metrics.parquet, summary.json, state/identity.json,
+Layout: job.yaml, alpha/<image_id>.npz, outputs/ (image files, results.outputs), metrics.parquet,
+summary.json, state/identity.json,
 state/shards/<shard>.json (one per finished shard; its presence means the shard is done).
 """
 
@@ -19,6 +20,7 @@ from modnet_batch.errors import ModnetBatchError
 from modnet_batch.metrics import ImageRow
 from modnet_batch.results.alpha import read_alpha, write_alpha
 from modnet_batch.results.atomic import TEMP_SUFFIX, atomic_write_bytes, atomic_write_json
+from modnet_batch.results.outputs import OutputKind, OutputSpec
 from modnet_batch.results.records import ShardResult
 from modnet_batch.results.summary import Summary
 from modnet_batch.results.table import read_rows, write_rows
@@ -37,8 +39,10 @@ def _checked(name: str, what: str) -> str:
 class RunDir:
     """Paths and state of one run directory; every read and write of a run goes through it."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, outputs: str | Path | None = None) -> None:
         self.root = Path(root)
+        # per-image image files (results.outputs): in the run, or where `matte` was asked to
+        self.outputs = Path(outputs) if outputs is not None else self.root / "outputs"
         self.alpha = self.root / "alpha"
         self.state = self.root / "state"
         self.shard_state = self.state / "shards"
@@ -50,6 +54,15 @@ class RunDir:
     # --- layout -------------------------------------------------------------------------------
     def alpha_path(self, image_id: str) -> Path:
         return self.alpha / f"{_checked(image_id, 'image id')}.npz"
+
+    def output_path(self, spec: OutputSpec, kind: OutputKind, image_id: str) -> Path:
+        """outputs/<id><ext> when the job writes one kind of file, outputs/<kind>/<id><ext>
+        when it writes several."""
+        name = _checked(image_id, "image id") + spec.extension(kind)
+        return self.outputs / name if len(spec.files) == 1 else self.outputs / kind.value / name
+
+    def write_output(self, path: Path, data: bytes) -> None:
+        atomic_write_bytes(path, data)
 
     def marker(self, shard: str) -> Path:
         return self.shard_state / f"{_checked(shard, 'shard name')}.json"
