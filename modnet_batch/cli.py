@@ -215,6 +215,89 @@ def submit(
         raise typer.Exit(status)
 
 
+@app.command()
+@with_options(JobConfig)
+def matte(
+    src: Annotated[
+        Path,
+        typer.Argument(
+            help="An image folder (searched recursively), a list file (one path per line), "
+            "or a dataset directory."
+        ),
+    ],
+    dst: Annotated[
+        Path,
+        typer.Argument(metavar="OUT", help="Folder for the mattes, mirroring SRC's paths."),
+    ],
+    *,
+    options: dict[str, Any],
+) -> None:
+    """Matte a folder: a source-size alpha PNG per image (or --output cutout, ...) under OUT.
+
+    Runs like `submit` (Ray, devices, progress, resume, error rows) with no ingest step; the
+    job's state lives in OUT/.modnet-batch, so the same command resumes. The network sees each
+    photo at MODNet's own inference size (--protocol paper) unless --protocol says otherwise.
+    Exit status as `submit`, and 4 when some files could not be read.
+    """
+    from modnet_batch.data.files import stage
+    from modnet_batch.errors import JobInterrupted
+    from modnet_batch.execution.driver import EXIT_IMAGES_FAILED
+    from modnet_batch.execution.signals import stop_on_signals
+    from modnet_batch.options import load_job
+
+    state = dst / ".modnet-batch"
+    staged = state / "dataset"
+    skipped = 0
+    try:
+        if dst.exists() and not dst.is_dir():
+            raise ModnetBatchError(f"OUT {dst} is a file; pass a folder for the mattes")
+        if dst.exists() and any(dst.iterdir()) and not state.is_dir():
+            raise ModnetBatchError(
+                f"OUT {dst} is not empty and not a `modnet-batch matte` output; pass a new or "
+                "empty folder (nothing in it is overwritten)"
+            )
+        if (src / "dataset.json").is_file():
+            dataset = src
+        elif (staged / "dataset.json").is_file():
+            dataset = staged  # a resume: the listing of the first run
+            console.print(f"resuming the files listed by the first run in {staged}")
+        else:
+            state.mkdir(parents=True, exist_ok=True)
+            report = stage(src, staged)
+            skipped = len(report.skipped)
+            for name, reason in report.skipped:
+                console.print(f"[yellow]skipped[/yellow] {name}: {reason}", highlight=False)
+            if report.ignored:
+                console.print(
+                    f"[yellow]ignored[/yellow] {len(report.ignored)} file(s) without an image "
+                    f"extension: {', '.join(report.ignored[:5])}",
+                    highlight=False,
+                )
+            dataset = staged
+        if dataset == staged:  # files the listing skipped count as failed, on a resume too
+            import json
+
+            meta = json.loads((staged / "dataset.json").read_text())
+            skipped = int(meta["counts"].get("skipped", 0))
+        values = dict(options)
+        values.update(dataset=str(dataset), out=str(state / "run"), output_dir=str(dst))
+        values.setdefault("protocol", None)
+        if values["protocol"] is None:
+            values["protocol"] = "paper"
+        job = load_job(None, values, cli=True)
+        with stop_on_signals():
+            status = _submit_local(job)
+    except JobInterrupted as exc:
+        console.print(f"[yellow]{exc}[/yellow]", highlight=False)
+        raise typer.Exit(128 + exc.signum) from None
+    except ModnetBatchError as exc:
+        raise _fail(exc) from None
+    if skipped:
+        console.print(f"[yellow]{skipped} file(s) skipped[/yellow] (listed above; see {staged})")
+    if status or skipped:
+        raise typer.Exit(status or EXIT_IMAGES_FAILED)
+
+
 def _submit_remote(job: Any, follow: bool) -> None:
     from modnet_batch.execution.jobs import follow_logs, job_exit_code, submit_job
 

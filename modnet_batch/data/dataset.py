@@ -23,6 +23,8 @@ from modnet_batch.digest import sha256_file
 from modnet_batch.errors import ModnetBatchError
 
 SCHEMA_VERSION = 1
+# Parquet metadata of a file-list shard (data.files, which writes it): its files' folder.
+FILES_ROOT_KEY = "modnet_batch.files_root"
 META_FILE = "dataset.json"
 SHARD_DIR = "shards"
 
@@ -105,6 +107,10 @@ class Record:
     width: int
     height: int
     prepared: Prepared | None = None
+    # a file-list dataset (`matte`): the outputs' relative name, and why the file could not be
+    # read (the image then becomes an error row; the shard goes on)
+    output_name: str | None = None
+    read_error: OSError | None = None
 
 
 # Ids and shard names become file names (alpha/<image_id>.npz, state/shards/<shard>.json) on
@@ -284,6 +290,10 @@ def iter_records(
         raise ModnetBatchError(
             f"{path} is not a readable Parquet shard ({exc}); re-create the dataset"
         ) from exc
+    files_root = (shard.schema_arrow.metadata or {}).get(FILES_ROOT_KEY.encode())
+    if files_root is not None:
+        yield from _file_records(shard, Path(files_root.decode()), batch_rows)
+        return
     prepared = _prepared_meta(shard.schema_arrow, path)
     if prepared is not None and prepared_for != prepared["protocol"]:
         prepared = None  # prepared for another protocol: decode the originals
@@ -311,6 +321,28 @@ def iter_records(
                         f"{path}: row {ids[i]!r} has no image bytes; re-create the dataset"
                     )
                 yield Record(ids[i], image, mattes[i], widths[i], heights[i])
+
+
+def _file_records(shard: pq.ParquetFile, root: Path, batch_rows: int) -> Iterator[Record]:
+    """Records of a file-list shard (data.files): each image's bytes read from its file."""
+    columns = ["image_id", "image_path", "output_name", "width", "height"]
+    with shard:
+        for batch in shard.iter_batches(batch_size=batch_rows, columns=columns):
+            for row in batch.to_pylist():
+                data, error = b"", None
+                try:
+                    data = (root / row["image_path"]).read_bytes()
+                except OSError as exc:
+                    error = exc
+                yield Record(
+                    row["image_id"],
+                    data,
+                    None,
+                    row["width"],
+                    row["height"],
+                    output_name=row["output_name"],
+                    read_error=error,
+                )
 
 
 def _prepared_records(

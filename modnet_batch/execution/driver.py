@@ -159,7 +159,7 @@ def plan_job(job: JobConfig) -> JobPlan:
             "background": list(outputs.background),
             "png_level": outputs.png_level,
         }
-    run = RunDir(job.out)
+    run = RunDir(job.out, job.output_dir)
     resumed = run.prepare(identity)
     run.write_job(job_yaml(job))
     done = run.done_shards()

@@ -192,7 +192,7 @@ class ShardProcessor:
                 h, w = values.shape
                 rgb = np.asarray(cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA))
         for kind in spec.files:
-            path = self.run.output_path(spec, kind, record.image_id)
+            path = self.run.output_path(spec, kind, record.image_id, record.output_name)
             self.run.write_output(path, spec.encode(kind, values, rgb))
 
     # --- the shard loop (one thread: reads, batches, infers) --------------------------------

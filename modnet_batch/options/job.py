@@ -89,6 +89,9 @@ class JobConfig:
         "size); none = source. npz is always at the scoring size.",
         parse=parse_size,
     )
+    output_dir: str | None = option(
+        None, "Where image outputs go; none = RUN/outputs (`matte`: its OUT folder)."
+    )
     background: str = option(
         "#ffffff", "Colour under `composite`: white, black, green or #RRGGBB.", parse=colour_text
     )

@@ -69,6 +69,8 @@ class ImagePipeline:
 
     def decode(self, record: Record, *, with_matte: bool = True) -> Decoded:
         """The record's pixels: decoded, or as stored by `ingest --prepare`."""
+        if record.read_error is not None:  # a file-list record whose file could not be read
+            raise record.read_error
         if record.prepared is not None:  # stored at the protocol's size: nothing to decode
             return Decoded(record.prepared.image, record.prepared.matte if with_matte else None)
         rgb = decode_image(record.image, name=record.image_id, reduce=self.reduce_for(record))
@@ -146,4 +148,5 @@ def is_transient(exc: BaseException) -> bool:
     """Whether a failure may pass on a retry: the file system and memory (a full or read-only
     disk, an I/O error, a lost mount, no memory for now). The image's own bytes and the model's
     output fail the same way every time (undecodable, wrong size): those are kept as errors."""
-    return isinstance(exc, OSError | MemoryError)
+    gone = FileNotFoundError | IsADirectoryError | NotADirectoryError  # the same on every retry
+    return isinstance(exc, OSError | MemoryError) and not isinstance(exc, gone)

@@ -55,11 +55,21 @@ class RunDir:
     def alpha_path(self, image_id: str) -> Path:
         return self.alpha / f"{_checked(image_id, 'image id')}.npz"
 
-    def output_path(self, spec: OutputSpec, kind: OutputKind, image_id: str) -> Path:
+    def output_path(
+        self, spec: OutputSpec, kind: OutputKind, image_id: str, name: str | None = None
+    ) -> Path:
         """outputs/<id><ext> when the job writes one kind of file, outputs/<kind>/<id><ext>
-        when it writes several."""
-        name = _checked(image_id, "image id") + spec.extension(kind)
-        return self.outputs / name if len(spec.files) == 1 else self.outputs / kind.value / name
+        when it writes several. `name` (a file-list dataset: the source's relative path without
+        extension) replaces the id and must stay inside the outputs folder."""
+        if name is None:
+            rel = _checked(image_id, "image id")
+        else:
+            parts = Path(name).parts
+            if not parts or Path(name).is_absolute() or any(p in ("", ".", "..") for p in parts):
+                raise ModnetBatchError(f"output name {name!r} leaves the output folder")
+            rel = name
+        base = self.outputs if len(spec.files) == 1 else self.outputs / kind.value
+        return base / (rel + spec.extension(kind))
 
     def write_output(self, path: Path, data: bytes) -> None:
         atomic_write_bytes(path, data)
