@@ -7,7 +7,7 @@ SHARED ?= $(abspath ../shared)
 # Where tests find ../shared (datasets + reference numbers); tests that need it skip without it.
 export MODNET_SHARED_DIR ?= $(if $(wildcard $(SHARED)/reference),$(SHARED),)
 
-.PHONY: install demo test test-fast lint fmt typecheck bench profile clean
+.PHONY: install demo test test-fast lint fmt typecheck bench bench-matte profile clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ fmt: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m modnet_batch.bench.standard --out bench
+
+bench-matte: $(STAMP)
+	$(PY) -m modnet_batch.bench.matting $(SHARED)/datasets/ppm100-dev/image --out bench/matting.json
 
 profile: $(STAMP)
 	$(PY) -m modnet_batch.bench.profile --out bench/profile

@@ -176,3 +176,20 @@ def test_a_killed_matte_finishes_the_rest_without_redoing_finished_shards(tmp_pa
     assert all(markers.joinpath(n).stat().st_mtime_ns == t for n, t in done.items())  # not redone
     pngs = [p for p in out.rglob("*.png") if ".modnet-batch" not in p.parts]
     assert len(pngs) == 64 and all(cv2.imread(str(p), -1).shape == (48, 32) for p in pngs)
+
+
+def test_the_matting_bench_peers_write_what_they_claim(
+    folder: Path, tmp_path: Path, tiny_model: Path
+) -> None:
+    from modnet_batch.bench.matting import naive, png_levels
+
+    src = folder / "home"
+    (src / "broken.jpg").unlink()  # the naive loop has no error handling, as hand-written ones
+    out = tmp_path / "naive"
+    out.mkdir()
+    got = naive(src, out, tiny_model, 1)
+    assert got["images"] == 4 and got["images_per_s"] > 0  # cat, deep, twin.jpg, twin.png
+    assert cv2.imread(str(out / "cat.png"), -1).shape == (120, 160)
+    levels = png_levels(out)
+    assert set(levels) == {"megapixels_median", *map(str, range(10))}
+    assert levels["0"]["kib"] >= levels["9"]["kib"]
