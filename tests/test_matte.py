@@ -167,6 +167,8 @@ def test_a_killed_matte_finishes_the_rest_without_redoing_finished_shards(tmp_pa
         p.kill()
     done = {m.name: m.stat().st_mtime_ns for m in markers.glob("*.json")}
     assert 0 < len(done) < 4
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.png") if ".modnet-batch" not in p.parts}
+    assert len(before) > len(done) * 16  # images of unfinished shards were written too
 
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -176,6 +178,9 @@ def test_a_killed_matte_finishes_the_rest_without_redoing_finished_shards(tmp_pa
     assert all(markers.joinpath(n).stat().st_mtime_ns == t for n, t in done.items())  # not redone
     pngs = [p for p in out.rglob("*.png") if ".modnet-batch" not in p.parts]
     assert len(pngs) == 64 and all(cv2.imread(str(p), -1).shape == (48, 32) for p in pngs)
+    # no finished image is matted again, in finished shards or not
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())
+    assert summary["throughput"]["images"] == 64 - len(before)  # the work this attempt did
 
 
 def test_the_matting_bench_peers_write_what_they_claim(

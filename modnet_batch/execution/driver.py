@@ -227,6 +227,7 @@ def worker_spec(plan: JobPlan) -> WorkerSpec:
         decode=plan.decode,
         outputs=plan.outputs,
         outputs_dir=str(plan.run.outputs.resolve()),
+        keep_existing=plan.resumed and plan.dataset.num_with_matte == 0,
     )
 
 

@@ -58,6 +58,9 @@ class WorkerSpec:
     # what to write per image (by default npz at the scoring size); frozen, so shared safely
     outputs: OutputSpec = field(default_factory=OutputSpec)
     outputs_dir: str | None = None  # where image files go; None = <run_dir>/outputs
+    # a resumed job without ground truth: an image whose every output file exists is done (files
+    # are complete or absent, and the run owns its output folder), so it is not matted again
+    keep_existing: bool = False
 
 
 @dataclass
@@ -67,6 +70,7 @@ class _Item:
     record: Record
     inputs: NetworkInput | None = None
     rgb: npt.NDArray[np.uint8] | None = None  # kept only for outputs that need the photo
+    kept: bool = False  # done by an earlier attempt (WorkerSpec.keep_existing)
     error: BaseException | None = None
     cpu: dict[str, float] = field(default_factory=dict)
 
@@ -142,6 +146,9 @@ class ShardProcessor:
         item = _Item(record=record)
         try:
             self.run.alpha_path(record.image_id)  # an id from a shard is checked before any use
+            if self.spec.keep_existing and self._outputs_exist(record):
+                item.kept = True  # a resumed job without metrics: this image is already done
+                return item
             t0 = time.thread_time()
             decoded = self.pipeline.decode(record)
             if self.spec.outputs.needs_pixels:
@@ -152,6 +159,16 @@ class ShardProcessor:
         except Exception as exc:  # one bad image becomes an error row; the shard goes on
             item.error = exc
         return item
+
+    def _outputs_exist(self, record: Record) -> bool:
+        spec = self.spec.outputs
+        paths = [
+            self.run.output_path(spec, kind, record.image_id, record.output_name)
+            for kind in spec.files
+        ]
+        if OutputKind.NPZ in spec.kinds:
+            paths.append(self.run.alpha_path(record.image_id))
+        return bool(paths) and all(p.is_file() for p in paths)
 
     def _finish(
         self, item: _Item, output: npt.NDArray[np.float32]
@@ -266,6 +283,7 @@ class ShardProcessor:
             collect(block=True, keep=prefetch)  # bounded memory when scoring lags inference
 
         extra: dict[str, float] = {}
+        kept = 0
         if self._loop_lock.acquire(blocking=False):
             start = time.perf_counter()
         else:
@@ -295,6 +313,11 @@ class ShardProcessor:
                 clock.add("wait_decode", t)
                 for k, v in item.cpu.items():
                     cpu[k] += v
+                if item.kept:  # its files were written by an earlier attempt of this job
+                    rows.append(self.pipeline.row(item.record))
+                    kept += 1
+                    self._count(on_image)
+                    continue
                 if item.inputs is None:
                     rows.append(self.pipeline.row(item.record, error=item.error))
                     self._count(on_image)
@@ -341,7 +364,7 @@ class ShardProcessor:
             shard=task.name,
             rows=rows,
             accumulator=acc.to_dict(),
-            images=len(rows),
+            images=len(rows) - kept,  # the work of this attempt: kept images cost nothing
             failed=sum(r.error is not None for r in rows),
             seconds=seconds,
             stages=stages,
