@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -64,6 +65,32 @@ def matte(src: Path, out: Path, model: Path, level: int) -> dict[str, Any]:
     }
 
 
+def rembg(src: Path, out: Path, model: Path, exe: str) -> dict[str, Any]:
+    """`rembg p` with the same ONNX through its custom-model session (`u2net_custom`, masks
+    only). rembg loads custom models only from ~/.rembg, so the model is copied there; it runs
+    the network with U2-Net's preprocessing (ImageNet mean/std, 320x320, min-max output), so
+    its masks are not MODNet's protocol: a throughput peer, not a quality one."""
+    home = Path.home() / ".rembg"
+    home.mkdir(exist_ok=True)
+    target = home / model.name
+    if not target.exists():
+        shutil.copyfile(model, target)
+    cmd = [exe, "p", "-m", "u2net_custom", "-x", json.dumps({"model_path": str(target)}), "-om"]
+    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    t0 = time.perf_counter()
+    done = subprocess.run([*cmd, str(src), str(out)], capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise SystemExit(f"rembg failed ({done.returncode}): {done.stderr[-2000:]}")
+    written = len(list(out.glob("*.png")))
+    return {
+        "images": written,
+        "of": len(files),
+        "seconds": seconds,
+        "images_per_s": written / seconds,
+    }
+
+
 def png_levels(folder: Path) -> dict[str, Any]:
     """Encode each source-size alpha at every level: median ms and KiB (one core)."""
     cv2.setNumThreads(1)
@@ -88,18 +115,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/matting.json"))
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--png-level", type=int, default=None)
+    parser.add_argument("--rembg", help="the rembg executable, to measure `rembg p` too")
     args = parser.parse_args(argv)
     from modnet_batch.results.outputs import DEFAULT_PNG_LEVEL
 
     level = DEFAULT_PNG_LEVEL if args.png_level is None else args.png_level
     model = resolve_model(None)
-    rounds: dict[str, list[dict[str, Any]]] = {"matte": [], "naive": []}
+    peers: list[tuple[str, Any]] = [
+        ("matte", lambda s, o: matte(s, o, model, level)),
+        ("naive", lambda s, o: naive(s, o, model, level)),
+    ]
+    if args.rembg:
+        peers.append(("rembg", lambda s, o: rembg(s, o, model, args.rembg)))
+    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in peers}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            for name, fn in (("matte", matte), ("naive", naive)):
+            for name, fn in peers:
                 out = Path(tmp) / f"{name}-{r}"
                 out.mkdir()
-                rounds[name].append(fn(args.src, out, model, level))
+                rounds[name].append(fn(args.src, out))
                 print(name, r, json.dumps(rounds[name][-1]), flush=True)
         levels = png_levels(Path(tmp) / "naive-0")
     med = {k: statistics.median(x["images_per_s"] for x in v) for k, v in rounds.items()}
@@ -110,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         "rounds": rounds,
         "median_images_per_s": med,
         "matte_over_naive": med["matte"] / med["naive"],
+        "matte_over_rembg": med["matte"] / med["rembg"] if "rembg" in med else None,
         "png_levels": levels,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -208,9 +208,12 @@ class ShardProcessor:
             if rgb is not None and rgb.shape[:2] != values.shape:
                 h, w = values.shape
                 rgb = np.asarray(cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA))
+        # the scored alpha's 8-bit form where it is the one written (paper, or --output-size
+        # scored): every protocol stores round(score * 255) or the score is exactly k/255
+        alpha8 = alpha.stored if values is alpha.score else None
         for kind in spec.files:
             path = self.run.output_path(spec, kind, record.image_id, record.output_name)
-            self.run.write_output(path, spec.encode(kind, values, rgb))
+            self.run.write_output(path, spec.encode(kind, values, rgb, alpha8))
 
     # --- the shard loop (one thread: reads, batches, infers) --------------------------------
     def process(
