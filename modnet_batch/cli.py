@@ -241,10 +241,15 @@ def matte(
     """
     from modnet_batch.data.files import stage
     from modnet_batch.errors import JobInterrupted
-    from modnet_batch.execution.driver import EXIT_IMAGES_FAILED
+    from modnet_batch.execution.driver import EXIT_IMAGES_FAILED, EXIT_INCOMPLETE
     from modnet_batch.execution.signals import stop_on_signals
     from modnet_batch.options import load_job
 
+    for flag in ("dataset", "out", "output_dir"):
+        if options.get(flag) is not None:
+            raise typer.BadParameter(
+                f"matte takes SRC and OUT as arguments, not --{flag.replace('_', '-')}"
+            )
     state = dst / ".modnet-batch"
     staged = state / "dataset"
     skipped = 0
@@ -259,6 +264,13 @@ def matte(
         if (src / "dataset.json").is_file():
             dataset = src
         elif (staged / "dataset.json").is_file():
+            import json
+
+            listed = json.loads((staged / "dataset.json").read_text()).get("listed")
+            if listed != str(src.resolve()):
+                raise ModnetBatchError(
+                    f"OUT {dst} holds the mattes of {listed}, not of {src}; pass another OUT"
+                )
             dataset = staged  # a resume: the listing of the first run
             console.print(f"resuming the files listed by the first run in {staged}")
         else:
@@ -292,6 +304,10 @@ def matte(
         raise typer.Exit(128 + exc.signum) from None
     except ModnetBatchError as exc:
         raise _fail(exc) from None
+    if status == EXIT_INCOMPLETE:
+        console.print(
+            "[red]incomplete:[/red] some shards failed every retry; run the same command again"
+        )
     if skipped:
         console.print(f"[yellow]{skipped} file(s) skipped[/yellow] (listed above; see {staged})")
     if status or skipped:

@@ -199,3 +199,32 @@ def test_the_matting_bench_peers_write_what_they_claim(
     levels = png_levels(out)
     assert set(levels) == {"megapixels_median", *map(str, range(10))}
     assert levels["0"]["kib"] >= levels["9"]["kib"]
+
+
+def test_an_out_of_other_photos_and_a_foreign_output_dir_are_refused(
+    folder: Path, tmp_path: Path, tiny_model: Path, synth_dataset: Path
+) -> None:
+    out = tmp_path / "out"
+    assert _matte(str(folder / "home"), str(out), "--model", str(tiny_model)).exit_code == 4
+    other = _matte(str(folder / "trip"), str(out), "--model", str(tiny_model))
+    assert other.exit_code == 1 and "holds the mattes of" in other.output
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "synth-000.png").write_bytes(b"the user's own file")
+    args = ["submit", "--dataset", str(synth_dataset), "--out", str(tmp_path / "run")]
+    args += ["--model", str(tiny_model), "--backend", "inline", "--output", "alpha-png"]
+    refused = CliRunner().invoke(app, [*args, "--output-dir", str(photos)])
+    assert refused.exit_code == 1 and "is not empty" in refused.output
+    assert (photos / "synth-000.png").read_bytes() == b"the user's own file"
+
+
+def test_a_header_that_disagrees_with_the_decoded_size_is_an_error_not_a_stretch() -> None:
+    from modnet_batch.data.dataset import Record
+    from modnet_batch.errors import ModnetBatchError
+    from modnet_batch.pipeline import ImagePipeline
+
+    _ok, buf = cv2.imencode(".png", _photo(30, 20, 9))
+    record = Record("x", buf.tobytes(), None, 30, 20, output_name="x")  # header said 30x20
+    with pytest.raises(ModnetBatchError, match="its header says 30x20 but it decodes as 20x30"):
+        ImagePipeline("paper").decode(record)

@@ -40,7 +40,9 @@ def naive(src: Path, out: Path, model: Path, level: int) -> dict[str, Any]:
         y = session.run(protocol.preprocess(rgb)[None])[0, 0]
         alpha = cv2.resize(y, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_AREA)
         _ok, buf = cv2.imencode(".png", to_uint8(alpha), [cv2.IMWRITE_PNG_COMPRESSION, level])
-        (out / f"{path.stem}.png").write_bytes(buf.tobytes())
+        target = out / path.relative_to(src).with_suffix(".png")  # mirrored, as matte does
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(buf.tobytes())
     seconds = time.perf_counter() - t0
     return {"images": len(files), "seconds": seconds, "images_per_s": len(files) / seconds}
 
@@ -52,7 +54,7 @@ def matte(src: Path, out: Path, model: Path, level: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
-    if done.returncode != 0:
+    if done.returncode not in (0, 4):  # 4: some files could not be matted, the rest was
         raise SystemExit(f"matte failed ({done.returncode}): {done.stderr[-2000:]}")
     summary = json.loads((out / ".modnet-batch" / "run" / "summary.json").read_text())
     images = int(summary["throughput"]["images"])

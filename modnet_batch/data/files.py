@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import uuid
@@ -59,8 +60,6 @@ class StageReport:
 
 
 def _shown(path: str) -> str:
-    import os
-
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
@@ -68,10 +67,15 @@ def _list(src: Path) -> tuple[Path, list[str], list[str], list[tuple[str, str]]]
     """(root, image paths relative to it, ignored files, skipped entries) of a folder or a list
     file (one path per line, relative to the list's folder or absolute under it; # comments)."""
     if src.is_dir():
-        files = sorted(p for p in src.rglob("*") if p.is_file() and ".modnet-batch" not in p.parts)
+        # never the mattes of an earlier `matte` whose OUT lies inside SRC
+        outs = [m.parent for m in src.rglob(".modnet-batch") if m.is_dir()]
+        files = sorted(
+            p for p in src.rglob("*") if p.is_file() and not any(p.is_relative_to(o) for o in outs)
+        )
         rels = [p.relative_to(src).as_posix() for p in files]
         found = [r for r in rels if Path(r).suffix.lower() in IMAGE_EXTENSIONS]
-        return src, found, [r for r in rels if r not in set(found)], []
+        taken = set(found)
+        return src, found, [r for r in rels if r not in taken], []
     if not src.is_file():
         raise ModnetBatchError(f"{src} does not exist; give an image folder or a list file")
     root = src.parent.resolve()
@@ -81,14 +85,14 @@ def _list(src: Path) -> tuple[Path, list[str], list[str], list[tuple[str, str]]]
         entry = line.strip()
         if not entry or entry.startswith("#"):
             continue
-        path = (root / entry).resolve()
+        path = Path(os.path.normpath(root / entry))  # lexical: a link keeps its own name
         if not path.is_relative_to(root):
             skipped.append(
                 (entry, f"outside {root}, the list file's folder; outputs mirror paths under it")
             )
         elif not path.is_file():
             skipped.append((entry, "no such file"))
-        else:
+        elif path.relative_to(root).as_posix() not in images:  # a path listed twice: once
             images.append(path.relative_to(root).as_posix())
     return root, images, [], skipped
 
@@ -100,7 +104,14 @@ def _header_size(path: Path) -> tuple[int, int]:
     Image.MAX_IMAGE_PIXELS = None  # decoding is guarded by OpenCV's own pixel limit
     with Image.open(path) as img:
         width, height = img.size
-        orientation = img.getexif().get(0x0112, 1)
+        if img.format == "PNG":  # getexif() would decode a PNG to find a late eXIf chunk
+            exif = Image.Exif()
+            raw = img.info.get("exif")
+            if isinstance(raw, bytes):
+                exif.load(raw)
+            orientation = exif.get(0x0112, 1)
+        else:
+            orientation = img.getexif().get(0x0112, 1)
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
@@ -138,8 +149,10 @@ def stage(src: Path, dst: Path, *, per_shard: int = FILES_PER_SHARD) -> StageRep
             skipped.append((_shown(rel), f"not a readable image ({type(exc).__name__}: {exc})"))
             continue
         image_id = image_id_for(rel)
+        n = 0
         while image_id.lower() in seen_ids:  # two paths sanitised alike
-            image_id = image_id_for(rel + "#")
+            n += 1
+            image_id = image_id_for(f"{rel}#{n}")
         seen_ids.add(image_id.lower())
         rows.append(
             {
@@ -186,6 +199,7 @@ def stage(src: Path, dst: Path, *, per_shard: int = FILES_PER_SHARD) -> StageRep
             "schema_version": SCHEMA_VERSION,
             "kind": "files",
             "source": _shown(str(root)),
+            "listed": _shown(str(src.resolve())),  # the folder or list file staged
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "modnet_batch": __version__,
             "counts": {"images": len(rows), "with_matte": 0, "skipped": len(skipped)},

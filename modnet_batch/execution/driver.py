@@ -152,7 +152,11 @@ def plan_job(job: JobConfig) -> JobPlan:
     }
     if job.engine != DEFAULT_ENGINE:  # another engine's outputs are another job's
         identity["engine"] = job.engine
-    if outputs != OutputSpec():  # runs writing only npz (all before outputs) keep resuming
+    if job.output_dir is not None:  # another folder's files are another job's
+        identity["output_dir"] = str(Path(job.output_dir).resolve())
+    # runs writing only npz keep resuming (every scored run made before outputs existed; an
+    # unscored one now defaults to PNGs: its resume is refused, naming `outputs`)
+    if outputs != OutputSpec():
         identity["outputs"] = {
             "kinds": [k.value for k in outputs.kinds],
             "size": outputs.size.value,
@@ -160,6 +164,8 @@ def plan_job(job: JobConfig) -> JobPlan:
             "png_level": outputs.png_level,
         }
     run = RunDir(job.out, job.output_dir)
+    if job.output_dir is not None and not run.identity_file.exists():  # a fresh job
+        _check_owned(Path(job.output_dir), run)
     resumed = run.prepare(identity)
     run.write_job(job_yaml(job))
     done = run.done_shards()
@@ -187,6 +193,20 @@ def plan_job(job: JobConfig) -> JobPlan:
         )
     plan.warnings.extend(_overlap_warnings(plan))
     return plan
+
+
+def _check_owned(folder: Path, run: RunDir) -> None:
+    """A fresh job writes into an --output-dir only when that folder holds nothing but its own
+    run (as `matte`'s OUT does): it never overwrites a file it did not write."""
+    if not folder.is_dir():
+        return
+    mine = run.root.resolve()
+    others = [p for p in folder.iterdir() if not mine.is_relative_to(p.resolve())]
+    if others:
+        raise ModnetBatchError(
+            f"--output-dir {folder} is not empty ({others[0].name} ...); pass a new or empty "
+            "folder (nothing in it is overwritten)"
+        )
 
 
 def _transient_ids(result: ShardResult) -> tuple[str, ...]:

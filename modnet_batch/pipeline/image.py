@@ -73,7 +73,17 @@ class ImagePipeline:
             raise record.read_error
         if record.prepared is not None:  # stored at the protocol's size: nothing to decode
             return Decoded(record.prepared.image, record.prepared.matte if with_matte else None)
-        rgb = decode_image(record.image, name=record.image_id, reduce=self.reduce_for(record))
+        r = self.reduce_for(record)
+        rgb = decode_image(record.image, name=record.image_id, reduce=r)
+        if record.output_name is not None and rgb.shape[:2] != (
+            -(-record.height // r),
+            -(-record.width // r),
+        ):  # a file-list record's size came from its header: never stretch a matte to it
+            raise ModnetBatchError(
+                f"{record.output_name}: its header says {record.width}x{record.height} "
+                f"but it decodes as {rgb.shape[1] * r}x{rgb.shape[0] * r} (an orientation tag "
+                "the decoder does not apply?); re-save the photo upright"
+            )
         matte = None
         if with_matte and record.matte is not None:
             r = self.reduce_for(record, matte=True)

@@ -54,6 +54,8 @@ def _panels(
     for record in dataset.records():
         if record.image_id not in ids or record.matte is None:
             continue
+        if not run.alpha_path(record.image_id).is_file():
+            continue  # the job wrote no npz (--output without it): the table still shows it
         pred: npt.NDArray[np.uint8] = run.read_alpha(record.image_id)
         decoded = pipeline.decode(record)
         assert decoded.matte is not None  # the record has a matte

@@ -118,6 +118,9 @@ class RunDir:
         for folder in (self.root, self.alpha, self.state, self.shard_state):
             for tmp in folder.glob(f".*{TEMP_SUFFIX}"):
                 tmp.unlink(missing_ok=True)
+        if self.outputs.is_dir():  # the run owns its outputs folder (checked at the first run)
+            for tmp in self.outputs.rglob(f".*{TEMP_SUFFIX}"):
+                tmp.unlink(missing_ok=True)
 
     def write_job(self, text: str) -> None:
         """job.yaml, once: a resumed run keeps the configuration it started with."""
