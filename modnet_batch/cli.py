@@ -25,6 +25,28 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 model_app = typer.Typer(help="Obtain and inspect models.", no_args_is_help=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from modnet_batch import __version__
+
+        print(f"modnet-batch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Batch, distributed evaluation and matting for the MODNet portrait-matting model."""
+
+
 app.add_typer(model_app, name="model")
 # Lines are never wrapped (an error stays one line, a path stays copyable); tables get room when
 # the output is a file or a pipe rather than a terminal.
