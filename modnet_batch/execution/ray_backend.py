@@ -253,6 +253,11 @@ def start_local_ray(**kwargs: Any) -> None:
     """
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
+    # Ray says on every start that it uses the token it found (~/.ray/auth_token): news to no one
+    # for a private, loopback-only Ray; its other warnings (auth disabled, ...) still show
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+        _drop_token_notice
+    )
     kwargs.setdefault("include_dashboard", False)
     ray.init(address="local", logging_level=logging.WARNING, log_to_driver=True, **kwargs)
 
@@ -271,6 +276,10 @@ class _Slot:
     seen: int = 0  # images its progress counter reported (a restarted process starts at 0)
     ping: Any = None  # an info() call while restarting: it returns once the actor is back
     down_since: float = 0.0
+
+
+def _drop_token_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Token authentication is enabled")
 
 
 def _dispatch(
