@@ -211,9 +211,6 @@ def submit(
     or stopped (a full or read-only --out); 128+N stopped by signal N (143 SIGTERM, 130 Ctrl-C).
     A stopped job keeps its finished shards: the same command resumes it.
     """
-    from modnet_batch.errors import JobInterrupted
-    from modnet_batch.execution.driver import EXIT_INCOMPLETE
-    from modnet_batch.execution.signals import stop_on_signals
     from modnet_batch.options import load_job
 
     try:
@@ -221,18 +218,9 @@ def submit(
         if job.address:
             _submit_remote(job, follow)
             return
-        with stop_on_signals():
-            status = _submit_local(job)
-    except JobInterrupted as exc:
-        console.print(f"[yellow]{exc}[/yellow]", highlight=False)
-        raise typer.Exit(128 + exc.signum) from None
+        status = _run_here(job)
     except ModnetBatchError as exc:
         raise _fail(exc) from None
-    if status == EXIT_INCOMPLETE:
-        console.print(
-            "[red]job incomplete:[/red] some shards failed every retry (see summary.json); "
-            "run the same command again to resume"
-        )
     if status:
         raise typer.Exit(status)
 
@@ -262,9 +250,7 @@ def matte(
     Exit status as `submit`, and 4 when some files could not be read.
     """
     from modnet_batch.data.files import stage
-    from modnet_batch.errors import JobInterrupted
-    from modnet_batch.execution.driver import EXIT_IMAGES_FAILED, EXIT_INCOMPLETE
-    from modnet_batch.execution.signals import stop_on_signals
+    from modnet_batch.execution.driver import EXIT_IMAGES_FAILED
     from modnet_batch.options import load_job
 
     for flag in ("dataset", "out", "output_dir"):
@@ -319,21 +305,34 @@ def matte(
         if values["protocol"] is None:
             values["protocol"] = "paper"
         job = load_job(None, values, cli=True)
+        status = _run_here(job)
+    except ModnetBatchError as exc:
+        raise _fail(exc) from None
+    if skipped:
+        console.print(f"[yellow]{skipped} file(s) skipped[/yellow] (listed above; see {staged})")
+    if status or skipped:
+        raise typer.Exit(status or EXIT_IMAGES_FAILED)
+
+
+def _run_here(job: Any) -> int:
+    """Run a job from this process (embedded Ray or inline) with progress; a signal stops it
+    with one line (exit 128+N); returns the job's exit status, saying so when incomplete."""
+    from modnet_batch.errors import JobInterrupted
+    from modnet_batch.execution.driver import EXIT_INCOMPLETE
+    from modnet_batch.execution.signals import stop_on_signals
+
+    try:
         with stop_on_signals():
             status = _submit_local(job)
     except JobInterrupted as exc:
         console.print(f"[yellow]{exc}[/yellow]", highlight=False)
         raise typer.Exit(128 + exc.signum) from None
-    except ModnetBatchError as exc:
-        raise _fail(exc) from None
     if status == EXIT_INCOMPLETE:
         console.print(
-            "[red]incomplete:[/red] some shards failed every retry; run the same command again"
+            "[red]job incomplete:[/red] some shards failed every retry (see summary.json); "
+            "run the same command again to resume"
         )
-    if skipped:
-        console.print(f"[yellow]{skipped} file(s) skipped[/yellow] (listed above; see {staged})")
-    if status or skipped:
-        raise typer.Exit(status or EXIT_IMAGES_FAILED)
+    return status
 
 
 def _submit_remote(job: Any, follow: bool) -> None:

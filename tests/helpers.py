@@ -3,6 +3,7 @@ job started by a test (only those are ever signalled)."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +46,19 @@ def make_slow_model(path: Path, convs: int = 6, channels: int = 16, seed: int = 
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+def kill_job(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL a job's driver, then stop whatever of its process tree outlives it: the embedded
+    Ray's raylet and GCS follow their driver, its agents do not (Ray's behaviour). Only
+    processes the test started are touched."""
+    import signal
+
+    import psutil
+
+    own = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    _gone, alive = psutil.wait_procs(own, timeout=10)
+    for p in alive:
+        p.kill()

@@ -25,7 +25,7 @@ import pytest
 
 from modnet_batch.execution.driver import EXIT_INCOMPLETE, EXIT_OK, run_job
 from modnet_batch.options import load_job
-from tests.helpers import make_slow_model
+from tests.helpers import kill_job, make_slow_model
 
 pytestmark = pytest.mark.ray
 
@@ -148,14 +148,7 @@ def test_sigkill_of_the_driver_then_a_resume(data: dict[str, Path], tmp_path: Pa
     out = tmp_path / "run"
     proc = _submit(data, out)
     _wait_for_images(proc, out, 5)
-    own = psutil.Process(proc.pid).children(recursive=True)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
-    # the embedded Ray's raylet and GCS follow their driver; its agents outlive it (Ray's
-    # behaviour): they are stopped here, as every process this test started
-    _gone, alive = psutil.wait_procs(own, timeout=10)
-    for p in alive:
-        p.kill()
+    kill_job(proc)
     done = len(list((out / "state" / "shards").glob("*.json")))
     assert done < IMAGES // SHARD
 

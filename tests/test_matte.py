@@ -4,7 +4,6 @@ SRC's paths; bad files listed, not fatal; resumable."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -12,7 +11,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import psutil
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -143,7 +141,7 @@ def test_ppm100_dev_mattes_equal_the_paper_runs_alphas(
 
 @pytest.mark.ray
 def test_a_killed_matte_finishes_the_rest_without_redoing_finished_shards(tmp_path: Path) -> None:
-    from tests.helpers import make_slow_model
+    from tests.helpers import kill_job, make_slow_model
 
     model = make_slow_model(tmp_path / "slow.onnx", convs=12, channels=24)
     src = tmp_path / "src"
@@ -159,12 +157,7 @@ def test_a_killed_matte_finishes_the_rest_without_redoing_finished_shards(tmp_pa
     while not list(markers.glob("*.json")) if markers.exists() else True:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.05)
-    own = psutil.Process(proc.pid).children(recursive=True)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
-    _gone, alive = psutil.wait_procs(own, timeout=10)
-    for p in alive:
-        p.kill()
+    kill_job(proc)
     done = {m.name: m.stat().st_mtime_ns for m in markers.glob("*.json")}
     shards = 64 // FILES_PER_SHARD
     assert 0 < len(done) < shards
