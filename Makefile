@@ -12,7 +12,7 @@ export MODNET_SHARED_DIR ?= $(if $(wildcard $(SHARED)/reference),$(SHARED),)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[cpu,dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)

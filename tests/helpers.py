@@ -1,12 +1,20 @@
-"""Helpers shared by the fault tests: a model slow enough to interrupt, and the processes of a
-job started by a test (only those are ever signalled)."""
+"""Helpers shared by the tests: a model slow enough to interrupt, the processes of a job started
+by a test (only those are ever signalled), and the CLI run against a local cluster."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from cluster.local import LocalCluster
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_slow_model(path: Path, convs: int = 6, channels: int = 16, seed: int = 0) -> Path:
@@ -62,3 +70,20 @@ def kill_job(proc: subprocess.Popen[str]) -> None:
     _gone, alive = psutil.wait_procs(own, timeout=10)
     for p in alive:
         p.kill()
+
+
+def cluster_cli(
+    lc: LocalCluster, *args: Any, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """`modnet-batch ARGS` as a user runs it: its own process, the cluster's client env."""
+    env = lc.client_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["COLUMNS"] = "200"  # rich wraps at 80 columns without a terminal
+    return subprocess.run(
+        [sys.executable, "-m", "modnet_batch", *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

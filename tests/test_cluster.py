@@ -4,7 +4,6 @@ Ray Jobs API spreads the shards over the worker nodes; status/logs/stop; teardow
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import psutil
 import pytest
 
 from cluster.local import LocalCluster, find_processes
+from tests.helpers import cluster_cli as cli
 
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,21 +90,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     leftovers = find_processes(lc.state["id"], lc.state["temp_root"])
     assert not leftovers, f"processes of the cluster survived teardown: {leftovers}"
     assert not lc.temp_root.exists()
-
-
-def cli(lc: LocalCluster, *args: Any, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """`modnet-batch ARGS` as a user runs it: its own process, the cluster's client env."""
-    env = lc.client_env()
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    env["COLUMNS"] = "200"  # rich wraps at 80 columns without a terminal
-    return subprocess.run(
-        [sys.executable, "-m", "modnet_batch", *map(str, args)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def submit_and_check(lc: LocalCluster, out: Path, images: int, *args: Any) -> dict[str, Any]:

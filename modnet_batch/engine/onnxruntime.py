@@ -34,6 +34,18 @@ PROVIDERS: dict[str, str] = {
 _DEVICE_ID_PROVIDERS = {"cuda", "tensorrt", "rocm", "migraphx", "dml"}
 
 
+def import_onnxruntime() -> Any:
+    """The onnxruntime module, or a one-line error saying which extra installs it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ModnetBatchError(
+            "the onnxruntime engine needs onnxruntime: pip install 'modnet-batch[cpu]' "
+            "(or 'modnet-batch[gpu]' on a CUDA machine)"
+        ) from None
+    return onnxruntime
+
+
 @dataclass
 class OnnxRuntimeSession:
     """An onnxruntime session plus the names and facts the pipeline needs."""
@@ -57,7 +69,7 @@ class OnnxRuntimeEngine:
 
     def open(self, spec: EngineSpec) -> OnnxRuntimeSession:
         """Open `spec.model` on the requested provider; raise if it would run anywhere else."""
-        import onnxruntime as ort
+        ort = import_onnxruntime()
 
         from modnet_batch.engine.signature import check_signature  # onnx: 0.6 s to import
 

@@ -243,7 +243,7 @@ def worker_spec(plan: JobPlan) -> WorkerSpec:
         protocol=job.protocol,
         run_dir=str(plan.run.root.resolve()),
         batch_size=batch_size(job),
-        decode_threads=job.decode_threads,
+        decode_threads=job.decode_threads or 1,
         decode=plan.decode,
         outputs=plan.outputs,
         outputs_dir=str(plan.run.outputs.resolve()),

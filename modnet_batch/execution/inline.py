@@ -28,12 +28,20 @@ class InlineBackend:
     ) -> BackendReport:
         t0 = time.perf_counter()
         # one process, one session: it gets every core unless --threads says otherwise
-        engine = replace(base.engine, threads=job.threads or available_cpus())
-        spec = replace(base, engine=engine, label="inline:cpu")
+        cpus = available_cpus()
+        engine = replace(base.engine, threads=job.threads or cpus)
+        # on an accelerator the process's cores decode and score for it
+        decode_threads = job.decode_threads or (1 if job.device == "cpu" else cpus)
+        label = "inline:cpu" if job.device == "cpu" else f"inline:{job.device}"
+        spec = replace(
+            base, engine=engine, label=label, decode_threads=decode_threads, cpus=float(cpus)
+        )
         processor = ShardProcessor(spec)
         info = {
             "label": spec.label,
             "threads": engine.threads,
+            "cpus": spec.cpus,
+            "decode_threads": spec.decode_threads,
             "batch_size": spec.batch_size,
             "provider": processor.session.runs_on,
             "session_seconds": processor.session_seconds,

@@ -53,6 +53,7 @@ class WorkerSpec:
     decode: DecodeMode = DecodeMode.EXACT  # resolved for the job (DecodeMode.resolve)
     batch_size: int = 4
     decode_threads: int = 1
+    cpus: float = 1.0  # the CPUs Ray holds for this worker (decode_threads feed from them)
     label: str = "cpu:0"
     engine_name: str = DEFAULT_ENGINE
     # what to write per image (by default npz at the scoring size); frozen, so shared safely

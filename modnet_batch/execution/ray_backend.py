@@ -22,7 +22,7 @@ from modnet_batch.errors import ModnetBatchError, StorageError
 from modnet_batch.execution import signals
 from modnet_batch.execution.backend import BackendReport, OnImages, OnResult
 from modnet_batch.execution.processor import ShardProcessor, ShardUnreadable, WorkerSpec
-from modnet_batch.execution.resources import cpu_split
+from modnet_batch.execution.resources import cpu_split, device_cpu_share
 from modnet_batch.options import JobConfig
 from modnet_batch.results import ShardResult, ShardTask
 
@@ -52,6 +52,8 @@ class ShardWorker:
             "accelerators": {k: list(v) for k, v in ctx.get_accelerator_ids().items() if v},
             "device_index": self.spec.engine.device_index,
             "threads": self.spec.engine.threads,
+            "cpus": self.spec.cpus,
+            "decode_threads": self.spec.decode_threads,
             "batch_size": self.spec.batch_size,
             "provider": self.processor.session.runs_on,
             "session_seconds": self.processor.session_seconds,
@@ -99,7 +101,13 @@ def plan_actors(job: JobConfig, base: WorkerSpec) -> list[ActorPlan]:
             short = node["NodeManagerAddress"] + ":" + node["NodeID"][:6]
             for w in range(split.workers):
                 engine = replace(base.engine, threads=split.threads)
-                spec = replace(base, engine=engine, label=f"cpu{w}@{short}")
+                spec = replace(
+                    base,
+                    engine=engine,
+                    label=f"cpu{w}@{short}",
+                    decode_threads=job.decode_threads or 1,
+                    cpus=float(split.threads),
+                )
                 opts: dict[str, Any] = {
                     "num_cpus": split.threads,
                     "scheduling_strategy": NodeAffinitySchedulingStrategy(
@@ -116,9 +124,20 @@ def plan_actors(job: JobConfig, base: WorkerSpec) -> list[ActorPlan]:
             plans = plans[: job.workers]
         return plans
     resource = "GPU" if job.device == "gpu" else job.device
+    remaining = job.workers  # --workers: the first N devices, in node order
     for node in nodes:
         count = int(node["Resources"].get(resource, 0))
+        if remaining is not None:
+            count = min(count, remaining)
+            remaining -= count
+        if count == 0:
+            continue
         short = node["NodeManagerAddress"] + ":" + node["NodeID"][:6]
+        # the devices used on this node share its CPUs: each actor decodes and scores for its
+        # device with that many threads (--decode-threads: that many, and as many CPUs asked)
+        share: float = device_cpu_share(node["Resources"].get("CPU", 0), count) / inst
+        decode_threads = job.decode_threads or max(1, int(share))
+        actor_cpus = float(job.decode_threads) if job.decode_threads else share
         for index in range(count):
             for i in range(inst):
                 label = (
@@ -133,10 +152,15 @@ def plan_actors(job: JobConfig, base: WorkerSpec) -> list[ActorPlan]:
                     device_index=0 if resource == "GPU" else index,
                     threads=job.threads or 1,
                 )
-                spec = replace(base, engine=engine, label=label)
+                spec = replace(
+                    base,
+                    engine=engine,
+                    label=label,
+                    decode_threads=decode_threads,
+                    cpus=actor_cpus,
+                )
                 opts = {
-                    # one CPU per device for decoding and scoring, shared by its instances
-                    "num_cpus": 1 / inst,
+                    "num_cpus": actor_cpus,
                     "scheduling_strategy": NodeAffinitySchedulingStrategy(
                         node["NodeID"], soft=False
                     ),
@@ -146,8 +170,6 @@ def plan_actors(job: JobConfig, base: WorkerSpec) -> list[ActorPlan]:
                 else:
                     opts["resources"] = {resource: 1 / inst}
                 plans.append(ActorPlan(spec, opts))
-    if job.workers is not None:
-        plans = plans[: job.workers * inst]
     _check_fits(plans, nodes)
     if not plans:
         have = sorted({k for n in nodes for k in n["Resources"] if not k.startswith("node:")})
@@ -173,7 +195,8 @@ def _check_fits(plans: list[ActorPlan], nodes: list[dict[str, Any]]) -> None:
             if node_id == node["NodeID"] and amount > have + 1e-9:
                 raise ModnetBatchError(
                     f"node {node['NodeManagerAddress']} has {have:g} {key} but the job's actors "
-                    f"there need {amount:g}; lower --instances, --threads or --workers"
+                    f"there need {amount:g}; lower --instances, --threads, --decode-threads or "
+                    "--workers"
                 )
 
 

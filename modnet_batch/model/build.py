@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from modnet_batch import __version__
 from modnet_batch.digest import sha256_file
+from modnet_batch.engine.onnxruntime import import_onnxruntime
 from modnet_batch.engine.signature import check_signature
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.model.build_config import BuildConfig, expand_path, load_build_config
@@ -65,6 +66,7 @@ def build_variant(
     `force`. `progress` receives one-line status messages."""
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
+    import_onnxruntime()  # its quantization and verification tools build every variant
     if not isinstance(config, BuildConfig):
         config = load_build_config(config)
     source = expand_path(config.source, "source model") if config.source else fetch_model()

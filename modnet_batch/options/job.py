@@ -62,7 +62,12 @@ class JobConfig:
     batch_size: int | None = option(
         None, "Images per inference batch; none = 1 on CPU, 4 on accelerators.", min=1
     )
-    decode_threads: int = option(1, "Decode/score threads per actor.", min=1)
+    decode_threads: int | None = option(
+        None,
+        "Decode/score threads per actor, each holding one Ray CPU; none = 1 on CPU workers, and "
+        "on accelerators each device's share of its node's CPUs.",
+        min=1,
+    )
     decode_reduce: DecodeMode | None = option(
         None,
         "JPEG decode: off (exact), auto (reduced where the protocol allows), 2, 4, 8; none = "
