@@ -7,7 +7,7 @@ SHARED ?= $(abspath ../shared)
 # Where tests find ../shared (datasets + reference numbers); tests that need it skip without it.
 export MODNET_SHARED_DIR ?= $(if $(wildcard $(SHARED)/reference),$(SHARED),)
 
-.PHONY: install demo test test-fast lint fmt typecheck bench bench-matte profile clean
+.PHONY: install demo test test-fast lint fmt typecheck bench bench-matte bench-device device-kit profile clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,26 @@ bench: $(STAMP)
 
 bench-matte: $(STAMP)
 	$(PY) -m modnet_batch.bench.matting $(SHARED)/datasets/ppm100-dev/image --out bench/matting.json
+
+# The device benchmark (modnet_batch/bench/device.py): on a GPU machine it measures CUDA, here the
+# CPU. `make device-kit` packs what the GPU machine lacks into .device/ (model, real images,
+# wheels); there: python3 -m pip install -q --no-index --no-deps --target /tmp/site .device/whl/*
+# && PYTHONPATH=/tmp/site:$$PWD python3 -m modnet_batch.bench.device --model .device/modnet.onnx
+# --src .device/src --out OUT
+DEVICE_IMAGES ?= 12
+bench-device: $(STAMP)
+	$(PY) -m modnet_batch.bench.device --model "$$($(PY) -m modnet_batch model fetch | tail -n 1)" \
+		--src $(SHARED)/datasets/ppm100-dev --out bench/device
+
+device-kit: $(STAMP)
+	rm -rf .device && mkdir -p .device/whl .device/src/image .device/src/matte
+	cp "$$($(PY) -m modnet_batch model fetch | tail -n 1)" .device/modnet.onnx
+	for f in $$(ls $(SHARED)/datasets/ppm100-dev/image | head -n $(DEVICE_IMAGES)); do \
+		cp $(SHARED)/datasets/ppm100-dev/image/$$f .device/src/image/; \
+		cp $(SHARED)/datasets/ppm100-dev/matte/$${f%.*}.* .device/src/matte/; done
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--platform any -d .device/whl platformdirs
+	du -sh .device
 
 profile: $(STAMP)
 	$(PY) -m modnet_batch.bench.profile --out bench/profile
