@@ -88,10 +88,11 @@ class JobOutcome:
 
 def batch_size(job: JobConfig) -> int:
     """The job's batch size; by default 1 on CPU (batching only adds latency to a convolutional
-    network that already fills a core per image) and 4 on accelerators."""
+    network that already fills a core per image) and, on accelerators, 0: each device's actor
+    measures its own (execution/batching.py)."""
     if job.batch_size is not None:
         return job.batch_size
-    return 1 if job.device == "cpu" else 4
+    return 1 if job.device == "cpu" else 0
 
 
 def output_spec(job: JobConfig, scored: bool) -> OutputSpec:
@@ -230,6 +231,18 @@ def _overlap_warnings(plan: JobPlan) -> list[str]:
     ]
 
 
+def _first_size(dataset: Dataset, job: JobConfig) -> tuple[int, int]:
+    """The (H, W) of the dataset's first readable image: what an accelerator measures its
+    batches with (only read when it measures; a damaged shard is the workers' to report)."""
+    if batch_size(job):
+        return WorkerSpec.tune_hw
+    try:
+        first = next(dataset.records(), None)
+    except (ModnetBatchError, OSError):
+        return WorkerSpec.tune_hw
+    return (first.height, first.width) if first is not None else WorkerSpec.tune_hw
+
+
 def worker_spec(plan: JobPlan) -> WorkerSpec:
     job = plan.job
     engine = EngineSpec(
@@ -243,6 +256,7 @@ def worker_spec(plan: JobPlan) -> WorkerSpec:
         protocol=job.protocol,
         run_dir=str(plan.run.root.resolve()),
         batch_size=batch_size(job),
+        tune_hw=_first_size(plan.dataset, job),
         decode_threads=job.decode_threads or 1,
         decode=plan.decode,
         outputs=plan.outputs,

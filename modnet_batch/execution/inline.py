@@ -42,7 +42,8 @@ class InlineBackend:
             "threads": engine.threads,
             "cpus": spec.cpus,
             "decode_threads": spec.decode_threads,
-            "batch_size": spec.batch_size,
+            "batch_size": processor.batch_size,
+            "batch_tuning": processor.batch_tuning,
             "provider": processor.session.runs_on,
             "session_seconds": processor.session_seconds,
         }

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import cv2
 import numpy as np
@@ -26,6 +27,7 @@ from modnet_batch.digest import sha256_file
 from modnet_batch.engine import DEFAULT_ENGINE, EngineSpec, Session, open_session
 from modnet_batch.errors import ModnetBatchError, is_storage_error, storage_error
 from modnet_batch.execution import signals
+from modnet_batch.execution.batching import tune_batch
 from modnet_batch.metrics import ImageRow, MetricAccumulator
 from modnet_batch.pipeline import DecodeMode, ImagePipeline, NetworkInput, error_text, is_transient
 from modnet_batch.protocol import ScoredAlpha
@@ -51,7 +53,8 @@ class WorkerSpec:
     protocol: str
     run_dir: str
     decode: DecodeMode = DecodeMode.EXACT  # resolved for the job (DecodeMode.resolve)
-    batch_size: int = 4
+    batch_size: int = 4  # 0: measured when the session opens (execution/batching.py)
+    tune_hw: tuple[int, int] = (1080, 1920)  # the (H, W) of a photo to measure batches with
     decode_threads: int = 1
     cpus: float = 1.0  # the CPUs Ray holds for this worker (decode_threads feed from them)
     label: str = "cpu:0"
@@ -130,6 +133,12 @@ class ShardProcessor:
         engine = replace(spec.engine, spin=spec.engine.provider != "cpu")
         self.session = session or open_session(engine, spec.engine_name)
         self.session_seconds = time.perf_counter() - t0
+        self.batch_size = spec.batch_size
+        self.batch_tuning: dict[str, Any] | None = None
+        if not self.batch_size:
+            h, w = self.pipeline.protocol.network_size(*spec.tune_hw)
+            choice = tune_batch(self.session.run, (3, h, w))
+            self.batch_size, self.batch_tuning = choice.batch_size, choice.to_dict()
         self._pool = ThreadPoolExecutor(spec.decode_threads, thread_name_prefix="pipeline")
         self.images_done = 0  # read by progress polls from another thread
         self.running: str | None = None  # the shard holding the loop (progress polls read it)
@@ -224,7 +233,7 @@ class ShardProcessor:
         clock = _Clock()
         cpu = dict.fromkeys(POOL_STAGES, 0.0)
         rows: list[ImageRow] = []
-        prefetch = max(2 * self.spec.batch_size, 2 * self.spec.decode_threads)
+        prefetch = max(2 * self.batch_size, 2 * self.spec.decode_threads)
         pending: deque[Future[_Item]] = deque()
         finishing: deque[Future[tuple[ImageRow, dict[str, float]]]] = deque()
         # outputs that need the photo read the original bytes, not stored network inputs
@@ -332,7 +341,7 @@ class ShardProcessor:
                     batch = []
                 shape = tensor.shape
                 batch.append(item)
-                if len(batch) >= self.spec.batch_size:
+                if len(batch) >= self.batch_size:
                     flush(batch)
                     batch = []
             if batch:

@@ -54,7 +54,8 @@ class ShardWorker:
             "threads": self.spec.engine.threads,
             "cpus": self.spec.cpus,
             "decode_threads": self.spec.decode_threads,
-            "batch_size": self.spec.batch_size,
+            "batch_size": self.processor.batch_size,
+            "batch_tuning": self.processor.batch_tuning,
             "provider": self.processor.session.runs_on,
             "session_seconds": self.processor.session_seconds,
         }

@@ -60,7 +60,10 @@ class JobConfig:
     instances: int = option(1, "Actors per device (a model zoo perf tool's -i).", min=1)
     # --- how
     batch_size: int | None = option(
-        None, "Images per inference batch; none = 1 on CPU, 4 on accelerators.", min=1
+        None,
+        "Images per inference batch; none = 1 on CPU, and on accelerators what each device "
+        "measures as its own when it starts (1..256).",
+        min=1,
     )
     decode_threads: int | None = option(
         None,
