@@ -336,3 +336,31 @@ def test_a_reduced_decode_measures_how_far_it_moved_the_metrics(
         in fast.summary.job.decode
     )
     assert exact.summary.decode_check is None
+
+
+@pytest.mark.parametrize(
+    ("engine", "model_precision", "asked", "expected"),
+    [
+        ("onnxruntime", "fp32", None, "fp32"),
+        ("onnxruntime", "fp16", None, "fp16"),
+        ("onnxruntime", "fp16", "fp16", "fp16"),
+        ("onnxruntime", "fp32", "fp16", "use --model fp16"),
+        ("torch", "fp32", "bf16", "bf16"),
+        ("torch", "fp32", None, "fp32"),
+        ("torch", "int8", "fp16", "casts an fp32 model; this model is int8"),
+        ("torch", "fp32", "int4", "use one of fp32, fp16, bf16"),
+    ],
+)
+def test_compute_precision(
+    engine: str, model_precision: str, asked: str | None, expected: str
+) -> None:
+    from modnet_batch.errors import ModnetBatchError
+    from modnet_batch.execution.driver import compute_precision
+    from modnet_batch.options import JobConfig
+
+    job = JobConfig(dataset="d", out="r", engine=engine, precision=asked)
+    if expected in {"fp32", "fp16", "bf16"}:
+        assert compute_precision(job, model_precision) == expected
+    else:
+        with pytest.raises(ModnetBatchError, match=expected):
+            compute_precision(job, model_precision)

@@ -95,6 +95,33 @@ def batch_size(job: JobConfig) -> int:
     return 1 if job.device == "cpu" else 0
 
 
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def compute_precision(job: JobConfig, model_precision: str) -> str:
+    """The precision sessions compute in: the model's own for onnxruntime (a built variant is
+    the way to fp16 or int8 there); for the torch engine, --precision casts an fp32 model."""
+    if job.precision is None:
+        return model_precision
+    if job.precision not in PRECISIONS:
+        raise ModnetBatchError(
+            f"--precision {job.precision}: use one of {', '.join(PRECISIONS)} (int8 is a built "
+            "variant: --model int8)"
+        )
+    if job.engine == "onnxruntime" and job.precision != model_precision:
+        raise ModnetBatchError(
+            f"--precision {job.precision} with the onnxruntime engine: it runs the model at the "
+            f"precision it was built in ({model_precision}); use --model {job.precision} (a "
+            "variant from `modnet-batch build`) or --engine torch"
+        )
+    if job.engine != "onnxruntime" and model_precision != "fp32" and job.precision != "fp32":
+        raise ModnetBatchError(
+            f"--precision {job.precision} casts an fp32 model; this model is {model_precision}: "
+            "pass the fp32 model (--model fp32 or none)"
+        )
+    return job.precision
+
+
 def output_spec(job: JobConfig, scored: bool) -> OutputSpec:
     """What the job writes per image: as asked, else npz (the evaluation artefact, at the
     scoring size) for a dataset with ground truth and a source-size alpha PNG without."""
@@ -128,6 +155,7 @@ def plan_job(job: JobConfig) -> JobPlan:
     model_path = resolve_model(job.model)
     check_signature(model_path)
     info = variant_info(model_path)
+    precision = compute_precision(job, str(info.get("precision", "fp32")))
     scored = dataset.num_with_matte > 0
     outputs = output_spec(job, scored)
     decode = DecodeMode.for_job(job.decode_reduce, protocol, info.get("precision", "fp32"), scored)
@@ -153,6 +181,7 @@ def plan_job(job: JobConfig) -> JobPlan:
     }
     if job.engine != DEFAULT_ENGINE:  # another engine's outputs are another job's
         identity["engine"] = job.engine
+        identity["precision"] = precision
     if job.output_dir is not None:  # another folder's files are another job's
         identity["output_dir"] = str(Path(job.output_dir).resolve())
     # runs writing only npz keep resuming (every scored run made before outputs existed; an
@@ -248,7 +277,7 @@ def worker_spec(plan: JobPlan) -> WorkerSpec:
     engine = EngineSpec(
         model=str(plan.model_path),
         provider=default_provider(job.device, job.provider),
-        precision=str(plan.model_info.get("precision", "fp32")),
+        precision=compute_precision(job, str(plan.model_info.get("precision", "fp32"))),
     )
     return WorkerSpec(
         engine=engine,

@@ -45,6 +45,8 @@ class InlineBackend:
             "batch_size": processor.batch_size,
             "batch_tuning": processor.batch_tuning,
             "provider": processor.session.runs_on,
+            "engine": spec.engine_name,
+            "precision": engine.precision,
             "session_seconds": processor.session_seconds,
         }
         report = BackendReport(startup_seconds=time.perf_counter() - t0, workers=[info])

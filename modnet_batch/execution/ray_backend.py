@@ -57,6 +57,8 @@ class ShardWorker:
             "batch_size": self.processor.batch_size,
             "batch_tuning": self.processor.batch_tuning,
             "provider": self.processor.session.runs_on,
+            "engine": self.spec.engine_name,
+            "precision": self.spec.engine.precision,
             "session_seconds": self.processor.session_seconds,
         }
 

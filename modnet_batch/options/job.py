@@ -47,6 +47,11 @@ class JobConfig:
     )
     backend: str = option("ray", "ray, or inline (one process, no Ray).", choices=lambda: BACKENDS)
     engine: str = option(DEFAULT_ENGINE, "Inference engine.", choices=ENGINES.keys)
+    precision: str | None = option(
+        None,
+        "Compute precision: fp32, fp16 or bf16 for the torch engine, which casts the fp32 model; "
+        "none = the model's own (onnxruntime always runs that: use --model fp16).",
+    )
     device: str = option("cpu", "cpu, gpu, or a Ray custom resource naming one accelerator.")
     provider: str | None = option(
         None, "onnxruntime provider: cpu, cuda, tensorrt, rocm, ...; none = cuda on gpu, else cpu."
