@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -351,47 +350,35 @@ def _submit_remote(job: Any, follow: bool) -> None:
 
 
 def _submit_local(job: Any) -> int:
-    import time
-
     from modnet_batch.execution.driver import JobPlan, run_job
+    from modnet_batch.reporting.live import LiveProgress
     from modnet_batch.reporting.table import print_summary
+    from modnet_batch.results import ShardResult
 
-    per_device: dict[str, int] = defaultdict(int)
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        console=console,
-        refresh_per_second=2,
-    )
-    task = bar.add_task("submit", total=None, rate="")
-    state = {"t0": time.perf_counter(), "done": 0.0}
+    live = LiveProgress(console, "submit")
+    live.phase("checking the job (dataset, model, run directory)")
 
-    def on_plan(plan: JobPlan) -> None:  # the bar appears once the job is known to be valid
+    def on_plan(plan: JobPlan) -> None:
         for warning in plan.warnings:
             console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
-        state["t0"] = time.perf_counter()
-        bar.update(
-            task,
-            total=sum(t.rows for t in plan.tasks),
-            description="resume" if plan.resumed else "submit",
-        )
-        bar.start()
+        total = sum(t.rows for t in plan.tasks)
+        live.begin(total, "resume" if plan.resumed else "submit")
+        if not plan.tasks:
+            live.phase("nothing left to run: every shard is finished")
 
-    def on_images(worker: str, n: int) -> None:
-        per_device[worker] += n
-        state["done"] += n
-        rate = state["done"] / max(time.perf_counter() - state["t0"], 1e-9)
-        devices = " ".join(f"{k.split('@')[0]}={v}" for k, v in sorted(per_device.items()))
-        bar.update(task, completed=state["done"], rate=f"{rate:.2f} img/s  {devices}")
+    def on_shard(result: ShardResult) -> None:
+        live.failed(result.failed)
 
     try:
-        outcome = run_job(job, on_images=on_images, on_plan=on_plan)
+        outcome = run_job(
+            job, on_images=live.images, on_plan=on_plan, on_phase=live.phase, on_shard=on_shard
+        )
     finally:
-        bar.stop()
+        live.close()
     print_summary(outcome.summary, outcome.run_dir, out)
+    startup = live.startup_text()
+    if startup:
+        console.print(startup, highlight=False)
     return outcome.exit_status
 
 

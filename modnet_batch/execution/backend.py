@@ -12,6 +12,11 @@ from modnet_batch.results import ShardResult, ShardTask
 
 OnResult = Callable[[ShardResult], None]
 OnImages = Callable[[str, int], None]  # (worker label, images just finished)
+OnPhase = Callable[[str], None]  # a start-up step, in words ("starting 2 workers", ...)
+
+
+def no_phase(_text: str) -> None:
+    """The default phase hook: nobody is watching."""
 
 
 @dataclass
@@ -32,4 +37,5 @@ class Backend(Protocol):
         tasks: list[ShardTask],
         on_result: OnResult,
         on_images: OnImages,
+        on_phase: OnPhase = no_phase,
     ) -> BackendReport: ...

@@ -21,7 +21,7 @@ from modnet_batch.digest import sha256_file
 from modnet_batch.engine import DEFAULT_ENGINE, EngineSpec, default_provider
 from modnet_batch.engine.signature import check_signature
 from modnet_batch.errors import JobInterrupted, ModnetBatchError, is_storage_error, storage_error
-from modnet_batch.execution.backend import BackendReport
+from modnet_batch.execution.backend import BackendReport, no_phase
 from modnet_batch.execution.backends import get_backend
 from modnet_batch.execution.processor import WorkerSpec
 from modnet_batch.metrics import DATASET, ImageRow, MetricAccumulator
@@ -299,6 +299,8 @@ def run_job(
     *,
     on_images: ProgressHook | None = None,
     on_plan: Callable[[JobPlan], None] | None = None,
+    on_phase: Callable[[str], None] | None = None,
+    on_shard: Callable[[ShardResult], None] | None = None,
 ) -> JobOutcome:
     """Run (or resume) a job to completion and write its results.
 
@@ -319,13 +321,20 @@ def run_job(
         before = plan.retrying.get(result.shard)
         plan.run.write_result(result if before is None else before.with_retry(result))
         fresh.append(result)
+        if on_shard is not None:
+            on_shard(result)
 
     report = BackendReport()
     try:
         if plan.tasks:
             backend = get_backend(job.backend)
             report = backend.run(
-                job, worker_spec(plan), plan.tasks, on_result, on_images or (lambda w, n: None)
+                job,
+                worker_spec(plan),
+                plan.tasks,
+                on_result,
+                on_images or (lambda w, n: None),
+                on_phase or no_phase,
             )
         wall = time.perf_counter() - started
         summary = finalize(plan, fresh, report, wall)

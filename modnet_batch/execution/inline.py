@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from modnet_batch.execution.backend import BackendReport, OnImages, OnResult
+from modnet_batch.execution.backend import BackendReport, OnImages, OnPhase, OnResult, no_phase
 from modnet_batch.execution.processor import (
     ShardProcessor,
     ShardReadError,
@@ -25,6 +25,7 @@ class InlineBackend:
         tasks: list[ShardTask],
         on_result: OnResult,
         on_images: OnImages,
+        on_phase: OnPhase = no_phase,
     ) -> BackendReport:
         t0 = time.perf_counter()
         # one process, one session: it gets every core unless --threads says otherwise
@@ -36,7 +37,9 @@ class InlineBackend:
         spec = replace(
             base, engine=engine, label=label, decode_threads=decode_threads, cpus=float(cpus)
         )
+        on_phase(f"loading the model ({base.engine_name}, {engine.provider})")
         processor = ShardProcessor(spec)
+        on_phase("running")
         info = {
             "label": spec.label,
             "threads": engine.threads,

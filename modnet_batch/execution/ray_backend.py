@@ -20,7 +20,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from modnet_batch.errors import ModnetBatchError, StorageError
 from modnet_batch.execution import signals
-from modnet_batch.execution.backend import BackendReport, OnImages, OnResult
+from modnet_batch.execution.backend import BackendReport, OnImages, OnPhase, OnResult, no_phase
 from modnet_batch.execution.processor import ShardProcessor, ShardUnreadable, WorkerSpec
 from modnet_batch.execution.resources import cpu_split, device_cpu_share
 from modnet_batch.options import JobConfig
@@ -213,15 +213,19 @@ class RayBackend:
         tasks: list[ShardTask],
         on_result: OnResult,
         on_images: OnImages,
+        on_phase: OnPhase = no_phase,
     ) -> BackendReport:
         t0 = time.perf_counter()
         owns_ray = not ray.is_initialized()
         if owns_ray:
+            on_phase(f"joining Ray at {job.address}" if job.address else "starting Ray")
             init_ray(job)
             signals.rearm()  # ray.init took SIGTERM over: a stop must still unwind through here
         try:
             report = BackendReport()
             plans = plan_actors(job, base)
+            nodes = len({p.options["scheduling_strategy"].node_id for p in plans})
+            on_phase(f"starting {len(plans)} workers on {nodes} node(s)")
             remote_cls: Any = ray.remote(ShardWorker)
             actors = [
                 remote_cls.options(
@@ -233,7 +237,8 @@ class RayBackend:
                 ).remote(p.spec)
                 for p in plans
             ]
-            infos = _wait_ready(actors, plans)
+            infos = _wait_ready(actors, plans, on_phase)
+            on_phase("running")
             report.workers = infos
             report.startup_seconds = time.perf_counter() - t0
             _dispatch(job, actors, plans, tasks, on_result, on_images, report)
@@ -245,14 +250,20 @@ class RayBackend:
                 ray.shutdown()
 
 
-def _wait_ready(actors: list[Any], plans: list[ActorPlan]) -> list[dict[str, Any]]:
+def _wait_ready(
+    actors: list[Any], plans: list[ActorPlan], on_phase: OnPhase = no_phase
+) -> list[dict[str, Any]]:
     """Wait for every actor to load its model; name the ones that never came up."""
     refs = [a.info.remote() for a in actors]
     deadline = time.monotonic() + READY_TIMEOUT_S
     pending = refs
+    ready = -1
     while pending and time.monotonic() < deadline:
         signals.check()  # a stop while models load is not held up for minutes
         _, pending = ray.wait(refs, num_returns=len(refs), timeout=POLL_S)
+        if len(refs) - len(pending) != ready:
+            ready = len(refs) - len(pending)
+            on_phase(f"loading the model: {ready}/{len(refs)} workers ready")
     if pending:
         late = ", ".join(plans[refs.index(r)].spec.label for r in pending)
         raise ModnetBatchError(

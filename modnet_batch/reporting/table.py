@@ -81,7 +81,11 @@ def print_summary(summary: Summary, run_dir: Path, console: Console | None = Non
         f"wall {summary.throughput['wall_s']:.1f} s"
     )
     # how the numbers were made: exact or reduced decode
-    console.print(f"decode: {summary.job.decode}; batch size {summary.job.batch_size}")
+    batch = str(summary.job.batch_size)
+    if not summary.job.batch_size:  # measured by each device's actor
+        sizes = sorted({int(w["batch_size"]) for w in summary.workers if w.get("batch_size")})
+        batch = "measured per device: " + (", ".join(map(str, sizes)) or "none")
+    console.print(f"decode: {summary.job.decode}; batch size {batch}")
     if summary.images.retried:
         console.print(f"retried {summary.images.retried} image(s) that an earlier attempt lost")
     if summary.images.failed:
