@@ -9,7 +9,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from modnet_batch.bench.config import BenchConfig
 from modnet_batch.cli_options import with_options
@@ -101,31 +100,33 @@ def ingest(
     """Turn an image folder into a dataset of Parquet shards."""
     from modnet_batch.data.decode import IMAGE_EXTENSIONS
     from modnet_batch.data.ingest import ingest as run_ingest
+    from modnet_batch.reporting.live import LiveProgress
 
-    with Progress(
-        TextColumn("ingest"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as bar:
-        task = bar.add_task("ingest", total=None)
+    live = LiveProgress(console, "ingest")
+    live.phase(f"listing {src}")
+    seen = [0]
 
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+    def progress(done: int, total: int) -> None:
+        if live.total is None:
+            live.begin(total)
+            live.phase(f"checking {total} files with {workers} decode threads")
+        live.images("ingest", done - seen[0])
+        seen[0] = done
 
-        try:
-            report = run_ingest(
-                src,
-                dst,
-                shard_size=shard_size,
-                strict=strict,
-                workers=workers,
-                progress=progress,
-                prepare=prepare,
-            )
-        except ModnetBatchError as exc:
-            raise _fail(exc) from None
+    try:
+        report = run_ingest(
+            src,
+            dst,
+            shard_size=shard_size,
+            strict=strict,
+            workers=workers,
+            progress=progress,
+            prepare=prepare,
+        )
+    except ModnetBatchError as exc:
+        raise _fail(exc) from None
+    finally:
+        live.close()
     for name, reason in report.skipped:
         console.print(f"[yellow]skipped[/yellow] {name}: {reason}", highlight=False)
     if report.ignored:
@@ -304,7 +305,7 @@ def matte(
         if values["protocol"] is None:
             values["protocol"] = "paper"
         job = load_job(None, values, cli=True)
-        status = _run_here(job)
+        status = _run_here(job, "matte")
     except ModnetBatchError as exc:
         raise _fail(exc) from None
     if skipped:
@@ -313,7 +314,7 @@ def matte(
         raise typer.Exit(status or EXIT_IMAGES_FAILED)
 
 
-def _run_here(job: Any) -> int:
+def _run_here(job: Any, what: str = "submit") -> int:
     """Run a job from this process (embedded Ray or inline) with progress; a signal stops it
     with one line (exit 128+N); returns the job's exit status, saying so when incomplete."""
     from modnet_batch.errors import JobInterrupted
@@ -322,7 +323,7 @@ def _run_here(job: Any) -> int:
 
     try:
         with stop_on_signals():
-            status = _submit_local(job)
+            status = _submit_local(job, what)
     except JobInterrupted as exc:
         console.print(f"[yellow]{exc}[/yellow]", highlight=False)
         raise typer.Exit(128 + exc.signum) from None
@@ -349,20 +350,20 @@ def _submit_remote(job: Any, follow: bool) -> None:
             raise typer.Exit(code if code else (3 if status == "FAILED" else 1))
 
 
-def _submit_local(job: Any) -> int:
+def _submit_local(job: Any, what: str = "submit") -> int:
     from modnet_batch.execution.driver import JobPlan, run_job
     from modnet_batch.reporting.live import LiveProgress
     from modnet_batch.reporting.table import print_summary
     from modnet_batch.results import ShardResult
 
-    live = LiveProgress(console, "submit")
+    live = LiveProgress(console, what)
     live.phase("checking the job (dataset, model, run directory)")
 
     def on_plan(plan: JobPlan) -> None:
         for warning in plan.warnings:
             console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
         total = sum(t.rows for t in plan.tasks)
-        live.begin(total, "resume" if plan.resumed else "submit")
+        live.begin(total, f"{what} (resumed)" if plan.resumed else what)
         if not plan.tasks:
             live.phase("nothing left to run: every shard is finished")
 

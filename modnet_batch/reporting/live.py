@@ -131,6 +131,8 @@ class LiveProgress:
             self._bar.update(self._task, total=total, description=self.what)
 
     def images(self, device: str, n: int) -> None:
+        if n <= 0:
+            return
         now = self.clock()
         if self.first_result_s is None:
             self.first_result_s = now - self.t0
@@ -167,7 +169,7 @@ class LiveProgress:
             parts.append(f"ETA {_clock_text(left / speed)}" if left else "done")
         if self.failures:
             parts.append(f"{self.failures} failed")
-        if len(self.per_device) > 1 or (self.per_device and self.interactive is False):
+        if len(self.per_device) > 1:  # one device's figures are the totals
             devices = []
             for name, count in sorted(self.per_device.items()):
                 r = self.device_rates[name].mean(now, count)
