@@ -269,7 +269,7 @@ def run_job(
         raise _os_error(exc, resume=False) from None
     if on_plan is not None:
         on_plan(plan)
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     fresh: list[ShardResult] = []
 
     def on_result(result: ShardResult) -> None:
@@ -285,7 +285,7 @@ def run_job(
                 job, worker_spec(plan), plan.tasks, on_result, on_images or (lambda w, n: None)
             )
         wall = time.perf_counter() - started
-        summary = finalize(plan, fresh, report, wall)
+        summary = finalize(plan, fresh, report, wall, started_at)
     except OSError as exc:
         raise _os_error(exc) from None
     except JobInterrupted as exc:
@@ -304,7 +304,11 @@ def run_job(
 
 
 def finalize(
-    plan: JobPlan, fresh: list[ShardResult], report: BackendReport, wall: float
+    plan: JobPlan,
+    fresh: list[ShardResult],
+    report: BackendReport,
+    wall: float,
+    started: float | None = None,
 ) -> Summary:
     """Reduce every finished shard (this run's and earlier ones') into the run's results."""
     results = plan.run.load_results()
@@ -362,6 +366,8 @@ def finalize(
             engine=plan.job.engine,
         ),
         decode_check=check,
+        started=started,
+        timeline=sorted((r.timing() for r in fresh), key=lambda t: t["started"] or 0.0),
         startup_seconds=report.startup_seconds,
         workers=report.workers,
         warnings=plan.warnings,
