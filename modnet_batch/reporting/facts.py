@@ -155,9 +155,15 @@ def model_facts(summary: Summary) -> list[tuple[str, Any]]:
 
 
 def _flatten(value: Any) -> Any:
+    """A build record's value, readable: a kept node as `name (op): why`, long lists cut."""
     if isinstance(value, dict):
+        if "node" in value and "reason" in value:
+            op = f" ({value['op_type']})" if value.get("op_type") else ""
+            return f"{value['node']}{op}: {value['reason']}"
         return {k: _flatten(v) for k, v in value.items()}
-    return _short(value)
+    if isinstance(value, list):
+        return _short([_flatten(v) for v in value])
+    return value
 
 
 def job_facts(view: RunView) -> list[tuple[str, Any]]:

@@ -64,12 +64,12 @@ def _kv_table(facts: Iterable[tuple[str, Any]]) -> str:
     rows = []
     for key, value in facts:
         if isinstance(value, dict):
-            shown = "; ".join(f"{k}: {v}" for k, v in value.items())
+            shown = "<br>".join(f"{_e(k)}: {_e(v)}" for k, v in value.items())
         elif isinstance(value, list):
-            shown = ", ".join(str(v) for v in value)
+            shown = "<br>".join(_e(v) for v in value) if value else "[]"
         else:
-            shown = str(value)
-        rows.append(f"<tr><th>{_e(key)}</th><td class='path'>{_e(shown)}</td></tr>")
+            shown = _e(value)
+        rows.append(f"<tr><th>{_e(key)}</th><td class='path'>{shown}</td></tr>")
     return f"<table>{''.join(rows)}</table>"
 
 
@@ -157,9 +157,11 @@ def _figure(item: ImagePictures, kind: str) -> str:
         f"alt='{_e(item.image_id)} {_e(kind)}' data-kind='{_e(kind)}'>"
     )
     if pic.colorbar:
+        bar = min(pic.height, plots.COLORBAR_HEIGHT)  # scaled as a whole, never taller
         img = (
             f"<div class='cbar'>{img}<img class='bar' src='{plots.colorbar_uri()}' "
-            "alt='error colour bar' data-kind='colorbar'></div>"
+            f"style='height:{bar}px;width:auto' alt='error colour bar' data-kind='colorbar'>"
+            "</div>"
         )
     return f"<figure>{img}<figcaption>{_e(pic.caption)}</figcaption></figure>"
 

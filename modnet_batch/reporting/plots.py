@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 DPI = 100
+COLORBAR_HEIGHT = 320  # pixels
 ERROR_CMAP = "inferno"  # the error maps' colours, 0 (black) .. 1 (pale yellow)
 # The shard loop's stages in a timeline entry, as drawn in "where each device's time went".
 _STAGE_COLOURS = {
@@ -66,7 +67,7 @@ def colorbar_uri() -> str:
     import matplotlib as mpl
     from matplotlib.cm import ScalarMappable
 
-    fig = _figure(0.95, 3.2)
+    fig = _figure(0.95, COLORBAR_HEIGHT / DPI)
     ax = fig.add_subplot()
     fig.colorbar(
         ScalarMappable(norm=mpl.colors.Normalize(0.0, 1.0), cmap=ERROR_CMAP),
