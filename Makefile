@@ -7,7 +7,7 @@ SHARED ?= $(abspath ../shared)
 # Where tests find ../shared (datasets + reference numbers); tests that need it skip without it.
 export MODNET_SHARED_DIR ?= $(if $(wildcard $(SHARED)/reference),$(SHARED),)
 
-.PHONY: install demo test test-fast lint fmt typecheck bench bench-matte profile clean
+.PHONY: install demo test test-fast lint fmt typecheck bench bench-matte profile report-check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff format modnet_batch tests
 	$(VENV)/bin/ruff check --fix modnet_batch tests
 
+# Report pages (a run, a comparison, one without ground truth) opened in headless Chromium; the
+# pages and their full-page screenshots land in report-check/ (needs /usr/bin/chromium).
+report-check: $(STAMP)
+	MODNET_REPORT_CHECK_DIR=$(abspath report-check) $(PY) -m pytest -q -rs -m browser tests/test_report_browser.py
+
 bench: $(STAMP)
 	$(PY) -m modnet_batch.bench.standard --out bench
 
@@ -46,4 +51,4 @@ profile: $(STAMP)
 	$(PY) -m modnet_batch.bench.profile --out bench/profile
 
 clean:
-	rm -rf demo bench .pytest_cache .mypy_cache .ruff_cache
+	rm -rf demo bench report-check .pytest_cache .mypy_cache .ruff_cache
