@@ -7,7 +7,7 @@ SHARED ?= $(abspath ../shared)
 # Where tests find ../shared (datasets + reference numbers); tests that need it skip without it.
 export MODNET_SHARED_DIR ?= $(if $(wildcard $(SHARED)/reference),$(SHARED),)
 
-.PHONY: install demo test test-fast lint fmt typecheck bench bench-matte bench-device device-kit profile clean
+.PHONY: install demo test test-fast lint fmt typecheck bench bench-matte bench-device device-kit profile report-check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ lint: $(STAMP)
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format modnet_batch tests
 	$(VENV)/bin/ruff check --fix modnet_batch tests
+
+# Report pages (a run, a comparison, one without ground truth) opened in headless Chromium; the
+# pages and their full-page screenshots land in report-check/ (needs /usr/bin/chromium).
+report-check: $(STAMP)
+	MODNET_REPORT_CHECK_DIR=$(abspath report-check) $(PY) -m pytest -q -rs -m browser tests/test_report_browser.py
 
 bench: $(STAMP)
 	$(PY) -m modnet_batch.bench.standard --out bench
@@ -66,4 +71,4 @@ profile: $(STAMP)
 	$(PY) -m modnet_batch.bench.profile --out bench/profile
 
 clean:
-	rm -rf demo bench .pytest_cache .mypy_cache .ruff_cache
+	rm -rf demo bench report-check .pytest_cache .mypy_cache .ruff_cache

@@ -451,15 +451,33 @@ def bench(*, options: dict[str, Any]) -> None:
 @app.command()
 def report(
     runs: Annotated[
-        list[Path], typer.Argument(exists=True, file_okay=False, help="Run directories.")
+        list[Path],
+        typer.Argument(
+            exists=True, file_okay=False, help="Run directories or `matte` OUT folders."
+        ),
     ],
     worst: Annotated[int, typer.Option(help="List this many worst images (one run).")] = 10,
     metric: Annotated[
         str, typer.Option(help="Rank images by mse, mad, sad, grad or conn.")
     ] = "mse",
     html: Annotated[
-        bool, typer.Option(help="Also write RUN/report.html with visual panels.")
-    ] = False,
+        Path | None,
+        typer.Option(
+            "--html",
+            metavar="FILE",
+            dir_okay=False,
+            help="Also write one self-contained HTML page: the run's report, or the comparison "
+            "of several runs.",
+        ),
+    ] = None,
+    panels: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="--html: picture the worst and the best this many images (a comparison: half "
+            "as many per direction of change).",
+        ),
+    ] = 6,
 ) -> None:
     """Summary of one run (worst images, optional HTML), or the comparison table of several."""
     from modnet_batch.reporting.compare import compare_runs
@@ -470,12 +488,16 @@ def report(
     try:
         if len(runs) > 1:
             compare_runs(runs, out)
-            return
-        summary = RunDir(runs[0]).read_summary()
-        print_summary(summary, runs[0], out)
-        out.print(worst_table(worst_images(runs[0], metric, worst), metric))
-        if html:
-            out.print(str(write_html(runs[0], summary, metric, worst)), highlight=False)
+        else:
+            run = RunDir.find(runs[0])
+            summary = run.read_summary()
+            print_summary(summary, run.root, out)
+            if summary.images.scored:
+                out.print(worst_table(worst_images(run.root, metric, worst), metric))
+        if html is not None:
+            page = write_html(runs, html, metric, panels)
+            size = page.stat().st_size / 2**20
+            out.print(f"wrote {page} ({size:.1f} MiB)", highlight=False)
     except ModnetBatchError as exc:
         raise _fail(exc) from None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,3 +112,68 @@ def sad_tolerance(protocol: str, reference: float, pixels: int) -> float:
     if protocol == "paper":
         return max(1e-5, 1e-6 * abs(reference))
     return 1e-5 + FLIP_SHARE * pixels / 255 / 1000
+
+
+@pytest.fixture(scope="session")
+def report_runs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny-model runs to report on: `gt` (seed-area, portrait and landscape photos, one image
+    failed), `paper` (the same dataset under another protocol), `nogt` (images only) and
+    `matte` (a `matte` OUT folder)."""
+    import errno
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from modnet_batch.cli import app
+    from modnet_batch.data.ingest import ingest
+    from modnet_batch.data.synthetic import make_synthetic
+    from modnet_batch.execution.driver import run_job
+    from modnet_batch.options import load_job
+    from modnet_batch.results import RunDir
+
+    base = tmp_path_factory.mktemp("report")
+    src = make_synthetic(base / "src", n=6, height=160, width=120, seed=3)
+    land = make_synthetic(base / "land", n=4, height=96, width=176, seed=4)
+    for kind in ("image", "matte"):
+        for f in sorted((land / kind).iterdir()):
+            shutil.copy(f, src / kind / f"land-{f.name}")
+    ingest(src, base / "ds", shard_size=4)
+    photos = base / "photos"
+    shutil.copytree(src / "image", photos)
+    ingest(photos, base / "ds-images", shard_size=4)
+
+    def job(dataset: Path, out: Path, **kw: object) -> Path:
+        values = {"dataset": str(dataset), "out": str(out), "model": str(tiny_model)}
+        run_job(load_job(None, {**values, "backend": "inline", **kw}))
+        return out
+
+    original = RunDir.write_alpha
+
+    def failing(self: RunDir, image_id: str, alpha: Any) -> None:
+        if image_id == "synth-001":
+            raise OSError(errno.EIO, "Input/output error", str(self.alpha_path(image_id)))
+        original(self, image_id, alpha)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(RunDir, "write_alpha", failing)
+        gt = job(base / "ds", base / "run-gt", protocol="seed-area")
+    runs = {
+        "gt": gt,
+        "paper": job(base / "ds", base / "run-paper", protocol="paper"),
+        "nogt": job(base / "ds-images", base / "run-nogt"),
+    }
+    result = CliRunner().invoke(
+        app,
+        [
+            "matte",
+            str(photos),
+            str(base / "matte"),
+            "--model",
+            str(tiny_model),
+            "--backend",
+            "inline",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    runs["matte"] = base / "matte"
+    return runs

@@ -314,7 +314,7 @@ def run_job(
         raise _os_error(exc, resume=False) from None
     if on_plan is not None:
         on_plan(plan)
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     fresh: list[ShardResult] = []
 
     def on_result(result: ShardResult) -> None:
@@ -337,7 +337,7 @@ def run_job(
                 on_phase or no_phase,
             )
         wall = time.perf_counter() - started
-        summary = finalize(plan, fresh, report, wall)
+        summary = finalize(plan, fresh, report, wall, started_at)
     except OSError as exc:
         raise _os_error(exc) from None
     except JobInterrupted as exc:
@@ -356,7 +356,11 @@ def run_job(
 
 
 def finalize(
-    plan: JobPlan, fresh: list[ShardResult], report: BackendReport, wall: float
+    plan: JobPlan,
+    fresh: list[ShardResult],
+    report: BackendReport,
+    wall: float,
+    started: float | None = None,
 ) -> Summary:
     """Reduce every finished shard (this run's and earlier ones') into the run's results."""
     results = plan.run.load_results()
@@ -414,6 +418,8 @@ def finalize(
             engine=plan.job.engine,
         ),
         decode_check=check,
+        started=started,
+        timeline=sorted((r.timing() for r in fresh), key=lambda t: t["started"] or 0.0),
         startup_seconds=report.startup_seconds,
         workers=report.workers,
         warnings=plan.warnings,

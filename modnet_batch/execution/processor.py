@@ -298,7 +298,7 @@ class ShardProcessor:
         extra: dict[str, float] = {}
         kept = 0
         if self._loop_lock.acquire(blocking=False):
-            start = time.perf_counter()
+            start, started = time.perf_counter(), time.time()
         else:
             # Another shard holds the loop (a threaded Ray actor runs the queued one): start
             # decoding now so that our first images are ready when it ends. This reading
@@ -310,7 +310,7 @@ class ShardProcessor:
             self._loop_lock.acquire()
             with self._lock:
                 self._waiting -= 1
-            start = time.perf_counter()
+            start, started = time.perf_counter(), time.time()
         held = True
         self.running = task.name
         try:
@@ -385,6 +385,8 @@ class ShardProcessor:
             node=socket.gethostname(),
             pid=os.getpid(),
             attempt=task.attempt,
+            started=started,
+            finished=started + seconds,
         )
 
     def _count(self, on_image: Callable[[int], None] | None) -> None:

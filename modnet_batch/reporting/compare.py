@@ -17,7 +17,7 @@ def compare_runs(runs: list[Path], console: Console) -> Table:
     for col in ("run", "precision", "protocol", "images", *(TITLES[k] for k in DATASET), "img/s"):
         table.add_column(col, justify="right")
     for run in runs:
-        s = RunDir(run).read_summary()
+        s = RunDir.find(run).read_summary()
         table.add_row(
             run.name,
             str(s.job.variant.get("precision", "?")),

@@ -7,6 +7,9 @@ from typing import Any
 
 from modnet_batch.metrics import ImageRow, MetricAccumulator
 
+# The shard loop's stages a timeline entry keeps (processor.LOOP_STAGES).
+TIMELINE_STAGES = ("read", "wait_decode", "infer", "wait_write", "other")
+
 
 @dataclass(frozen=True)
 class ShardTask:
@@ -25,7 +28,10 @@ class ShardResult:
     """One shard's per-image rows, exact partial sums (MetricAccumulator.to_dict) and timings.
 
     `stages` holds the shard loop's wall seconds per stage (they add up to `seconds`) and, as
-    `cpu_<stage>`, the CPU seconds the pool threads spent per pipeline stage.
+    `cpu_<stage>`, the CPU seconds the pool threads spent per pipeline stage. `started` and
+    `finished` are when the shard got its worker's loop and when it let it go (epoch seconds,
+    the worker node's clock; a merged retry keeps the retry's); None in markers written before
+    they were recorded.
     """
 
     shard: str
@@ -39,6 +45,8 @@ class ShardResult:
     node: str
     pid: int
     attempt: int = 0
+    started: float | None = None
+    finished: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form of the shard's completion marker (rows flat, as in metrics.parquet)."""
@@ -78,4 +86,22 @@ class ShardResult:
             node=retry.node,
             pid=retry.pid,
             attempt=retry.attempt,
+            started=retry.started,
+            finished=retry.finished,
         )
+
+    def timing(self) -> dict[str, Any]:
+        """This attempt's entry in the summary's `timeline`: when, where, how many images and
+        the shard loop's waits (what a report draws per device over time)."""
+        return {
+            "shard": self.shard,
+            "worker": self.worker,
+            "node": self.node,
+            "attempt": self.attempt,
+            "started": self.started,
+            "finished": self.finished,
+            "seconds": self.seconds,
+            "images": self.images,
+            "failed": self.failed,
+            **{f"{k}_s": self.stages.get(k, 0.0) for k in TIMELINE_STAGES},
+        }

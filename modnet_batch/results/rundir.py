@@ -12,15 +12,17 @@ import os
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import numpy.typing as npt
+import yaml
 
 from modnet_batch.data.dataset import is_safe_name
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.metrics import ImageRow
 from modnet_batch.results.alpha import read_alpha, write_alpha
 from modnet_batch.results.atomic import TEMP_SUFFIX, atomic_write_bytes, atomic_write_json
-from modnet_batch.results.outputs import OutputKind, OutputSpec
+from modnet_batch.results.outputs import OutputKind, OutputSize, OutputSpec
 from modnet_batch.results.records import ShardResult
 from modnet_batch.results.summary import Summary
 from modnet_batch.results.table import read_rows, write_rows
@@ -36,8 +38,23 @@ def _checked(name: str, what: str) -> str:
     return name
 
 
+# Where `matte OUT` keeps its run directory, inside OUT.
+MATTE_RUN = Path(".modnet-batch") / "run"
+
+
 class RunDir:
     """Paths and state of one run directory; every read and write of a run goes through it."""
+
+    @classmethod
+    def find(cls, path: str | Path) -> RunDir:
+        """The run at `path`: a run directory, or a `matte` OUT folder (its run lives in
+        OUT/.modnet-batch/run), with its outputs folder as the job recorded it."""
+        path = Path(path)
+        root = path
+        if not (path / "summary.json").is_file() and (path / MATTE_RUN / "summary.json").is_file():
+            root = path / MATTE_RUN
+        job = cls(root).read_job()
+        return cls(root, job.get("output_dir"))
 
     def __init__(self, root: str | Path, outputs: str | Path | None = None) -> None:
         self.root = Path(root)
@@ -122,6 +139,31 @@ class RunDir:
             for tmp in self.outputs.rglob(f".*{TEMP_SUFFIX}"):
                 tmp.unlink(missing_ok=True)
 
+    def read_job(self) -> dict[str, Any]:
+        """job.yaml as written ({} when absent or unreadable: the summary still says the most)."""
+        try:
+            data = yaml.safe_load(self.job_yaml.read_text())
+        except (OSError, yaml.YAMLError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def output_spec(self) -> OutputSpec:
+        """What the job wrote per image, as its identity recorded it (npz alone when it says
+        nothing: the default of every scored run)."""
+        try:
+            recorded = json.loads(self.identity_file.read_text()).get("outputs")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            recorded = None
+        if not isinstance(recorded, dict):
+            return OutputSpec()
+        try:
+            return OutputSpec(
+                kinds=tuple(OutputKind(k) for k in recorded["kinds"]),
+                size=OutputSize(recorded.get("size", OutputSize.SCORED.value)),
+            )
+        except (KeyError, TypeError, ValueError):
+            return OutputSpec()
+
     def write_job(self, text: str) -> None:
         """job.yaml, once: a resumed run keeps the configuration it started with."""
         if not self.job_yaml.exists():
@@ -154,6 +196,33 @@ class RunDir:
 
     def read_alpha(self, image_id: str) -> npt.NDArray[np.uint8]:
         return read_alpha(self.alpha_path(image_id))
+
+    def read_prediction(
+        self, image_id: str, name: str | None = None, spec: OutputSpec | None = None
+    ) -> npt.NDArray[np.uint8] | None:
+        """The job's alpha of one image, uint8 HxW: alpha/<id>.npz (the scoring size) when
+        written, else the first image output that holds it (alpha-png, alpha-png16, cutout, at
+        the size the job wrote them); None when the job kept no alpha of it. `name` is a
+        file-list record's output name."""
+        if self.alpha_path(image_id).is_file():
+            return self.read_alpha(image_id)
+        spec = spec or self.output_spec()
+        for kind in (OutputKind.ALPHA_PNG, OutputKind.ALPHA_PNG16, OutputKind.CUTOUT):
+            if kind not in spec.kinds:
+                continue
+            path = self.output_path(spec, kind, image_id, name)
+            pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED) if path.is_file() else None
+            if pixels is None:
+                continue
+            if pixels.ndim == 3:  # a cutout: BGRA, the matte is its alpha
+                pixels = pixels[..., 3]
+            alpha: npt.NDArray[np.uint8] = (
+                np.rint(pixels / 257.0).astype(np.uint8)
+                if pixels.dtype == np.uint16
+                else np.asarray(pixels, dtype=np.uint8)
+            )
+            return alpha
+        return None
 
     def alpha_times(self) -> list[float]:
         """Epoch times at which each alpha file was written (its mtime), sorted: one per image."""

@@ -66,6 +66,11 @@ class Summary:
     # a scored job with a reduced decode: its metrics over a sample, as measured and with an
     # exact decode (execution.decode_check.DecodeCheck.to_dict); None otherwise
     decode_check: dict[str, Any] | None = None
+    # when this attempt started (epoch seconds, the driver's clock, before start-up) and one
+    # entry per shard it ran (ShardResult.timing: worker, node, started, finished, images, the
+    # loop's waits); None and [] in summaries written before they were recorded
+    started: float | None = None
+    timeline: list[dict[str, Any]] = field(default_factory=list)
     schema: int = SUMMARY_SCHEMA
     extra: dict[str, Any] = field(default_factory=dict)  # keys a newer writer added
 
