@@ -30,6 +30,18 @@ def _default_text(default: Any) -> str:
     return "none" if default in (None, "") else str(default)
 
 
+def _metavar(item: Any) -> str:
+    """The flag's placeholder: declared, else its choices (a few), else its type."""
+    if item.spec.metavar:
+        return str(item.spec.metavar)
+    if item.spec.choices is not None:
+        choices = sorted(item.spec.choices())
+        if 0 < len(choices) <= 4:
+            return "|".join(choices)
+    base, _ = split_optional(item.type)
+    return {int: "N", float: "X"}.get(base, "TEXT")
+
+
 def cli_parameters(cls: type) -> list[inspect.Parameter]:
     """typer parameters for the options of `cls`: every one defaults to None ("not given")."""
     params = []
@@ -37,7 +49,14 @@ def cli_parameters(cls: type) -> list[inspect.Parameter]:
         if not item.spec.cli:
             continue
         help_text = f"{item.spec.help} (default: {_default_text(item.default)})"
-        info = typer.Option(item.flag, help=help_text, envvar=item.spec.envvar, show_default=False)
+        metavar = None if split_optional(item.type)[0] is bool else _metavar(item)
+        info = typer.Option(
+            item.flag,
+            help=help_text,
+            envvar=item.spec.envvar,
+            show_default=False,
+            metavar=metavar,
+        )
         annotation = Annotated[_cli_type(item.type) | None, info]  # type: ignore[valid-type]
         params.append(
             inspect.Parameter(

@@ -29,32 +29,48 @@ BACKENDS = ("ray", "inline")
 @dataclass(frozen=True)
 class JobConfig:
     # --- what to run
-    dataset: str = option("", "Dataset directory (from `ingest`).")
+    dataset: str = option("", "Dataset directory (from `ingest`).", metavar="DIR")
     model: str | None = option(
-        None, "Model: a path, or a built variant fp32/fp16/int8; none = the reference model."
+        None,
+        "Model: a path, or a built variant fp32/fp16/int8; none = the reference model.",
+        metavar="MODEL",
     )
     protocol: str = option(
         DEFAULT_PROTOCOL,
         "Evaluation protocol: seed-area, seed-linear or paper.",
         choices=PROTOCOLS.keys,
+        metavar="PROTOCOL",
     )
-    out: str = option("", "Run directory; an existing one of the same job is resumed.")
+    out: str = option(
+        "", "Run directory; an existing one of the same job is resumed.", metavar="RUN"
+    )
     # --- where to run it
     address: str | None = option(
         None,
         "Ray Jobs API address, e.g. http://HEAD:8265; none = an embedded local Ray.",
         envvar="RAY_ADDRESS",
+        metavar="URL",
     )
     backend: str = option("ray", "ray, or inline (one process, no Ray).", choices=lambda: BACKENDS)
-    engine: str = option(DEFAULT_ENGINE, "Inference engine.", choices=ENGINES.keys)
+    engine: str = option(
+        DEFAULT_ENGINE,
+        "Inference engine: onnxruntime, or torch (the ONNX converted once into a torch module; "
+        "pip install 'modnet-batch[torch]').",
+        choices=ENGINES.keys,
+    )
     precision: str | None = option(
         None,
         "Compute precision: fp32, fp16 or bf16 for the torch engine, which casts the fp32 model; "
         "none = the model's own (onnxruntime always runs that: use --model fp16).",
+        metavar="fp32|fp16|bf16",
     )
-    device: str = option("cpu", "cpu, gpu, or a Ray custom resource naming one accelerator.")
+    device: str = option(
+        "cpu", "cpu, gpu, or a Ray custom resource naming one accelerator.", metavar="DEVICE"
+    )
     provider: str | None = option(
-        None, "onnxruntime provider: cpu, cuda, tensorrt, rocm, ...; none = cuda on gpu, else cpu."
+        None,
+        "onnxruntime provider: cpu, cuda, tensorrt, rocm, ...; none = cuda on gpu, else cpu.",
+        metavar="NAME",
     )
     workers: int | None = option(
         None, "Devices or CPU workers to use; none = all / fill the CPUs.", min=1
@@ -81,6 +97,7 @@ class JobConfig:
         "JPEG decode: off (exact), auto (reduced where the protocol allows), 2, 4, 8; none = "
         "exact when the dataset has ground truth, auto when it has none.",
         parse=DecodeMode.parse,
+        metavar="off|auto|2|4|8",
     )
     decode_check: int = option(
         8,
@@ -95,21 +112,31 @@ class JobConfig:
         "composite (JPEG on --background) or none; none given = npz for a dataset with ground "
         "truth, alpha-png without.",
         parse=output_text,
+        metavar="KINDS",
     )
     output_size: OutputSize | None = option(
         None,
         "Size of image outputs: source (each photo's own) or scored (the protocol's scoring "
         "size); none = source. npz is always at the scoring size.",
         parse=parse_size,
+        metavar="source|scored",
     )
     output_dir: str | None = option(
-        None, "Where image outputs go; none = RUN/outputs (`matte`: its OUT folder)."
+        None,
+        "Where image outputs go; none = RUN/outputs (`matte`: its OUT folder).",
+        metavar="DIR",
     )
     background: str = option(
-        "#ffffff", "Colour under `composite`: white, black, green or #RRGGBB.", parse=colour_text
+        "#ffffff",
+        "Colour under `composite`: white, black, green or #RRGGBB.",
+        parse=colour_text,
+        metavar="COLOUR",
     )
     png_level: int = option(
-        DEFAULT_PNG_LEVEL, "PNG compression level, 0 (fastest) to 9 (smallest).", parse=png_level
+        DEFAULT_PNG_LEVEL,
+        "PNG compression level, 0 (fastest) to 9 (smallest).",
+        parse=png_level,
+        metavar="0-9",
     )
     shards_in_flight: int = option(2, "Shards queued per actor: one running, one waiting.", min=1)
     max_retries: int = option(3, "Retries of a shard whose worker died.", min=0)

@@ -30,6 +30,7 @@ class OptionSpec:
     flag: str | None = None  # the CLI flag, default --<name-with-dashes>
     envvar: str | None = None  # the CLI reads this variable when the flag is absent
     cli: bool = True  # offered on the command line (False: YAML only)
+    metavar: str | None = None  # the CLI's placeholder; default from the choices or the type
 
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:
