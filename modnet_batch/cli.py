@@ -167,19 +167,31 @@ def verify(
 @app.command()
 def build(
     config: Annotated[
-        Path,
+        str,
         typer.Argument(
-            exists=True, dir_okay=False, help="Build YAML, e.g. configs/build-int8.yaml."
+            metavar="CONFIG",
+            help="fp32, fp16 or int8 (the configs shipped with the package), or a build YAML "
+            "such as configs/build-int8.yaml.",
         ),
     ],
+    calibration: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="DIR",
+            help="Calibration/check images instead of the config's: a dataset dir or an image "
+            "folder (PPM layout or flat); repeat for several. (default: the config's datasets)",
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
 ) -> None:
-    """Build a model variant (fp32, fp16, int8) from a YAML config."""
+    """Build a model variant (fp32, fp16, int8) from a packaged or YAML config."""
     from modnet_batch.model.build import build_variant
+    from modnet_batch.model.build_config import load_build_config, with_calibration
 
     try:
+        loaded = with_calibration(load_build_config(config), calibration or [])
         result = build_variant(
-            config, force=force, progress=lambda msg: console.print(msg, highlight=False)
+            loaded, force=force, progress=lambda msg: console.print(msg, highlight=False)
         )
     except ModnetBatchError as exc:
         raise _fail(exc) from None

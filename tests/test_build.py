@@ -96,6 +96,58 @@ def test_shipped_configs_parse(precision: str) -> None:
         assert cfg.calibration.datasets[0].take == 20
 
 
+def test_variant_names_find_the_packaged_configs(tmp_path: Path) -> None:
+    from modnet_batch.model.build_config import find_build_config, packaged_configs
+
+    packaged = packaged_configs()
+    assert set(packaged) == {"fp32", "fp16", "int8"}
+    for name, path in packaged.items():
+        assert find_build_config(name) == path
+        # configs/ at the top of the checkout links to the packaged files
+        assert (CONFIGS / f"build-{name}.yaml").resolve() == path.resolve()
+    own = tmp_path / "mine.yaml"
+    assert find_build_config(own) == own  # a YAML path is taken as given, even if missing
+    with pytest.raises(ModnetBatchError, match="neither a YAML file nor a packaged variant"):
+        find_build_config("int4")
+
+
+def test_calibration_folders_replace_the_configs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from modnet_batch.model.build_config import with_calibration
+
+    monkeypatch.delenv("MODNET_SHARED_DIR", raising=False)
+    cfg = load_build_config("int8")  # ${MODNET_SHARED_DIR} is expanded only at build
+    assert "${MODNET_SHARED_DIR}" in cfg.calibration.datasets[0].path
+    swapped = with_calibration(cfg, [str(tmp_path / "a"), str(tmp_path / "b")])
+    assert [s.path for s in swapped.calibration.datasets] == [
+        str(tmp_path / "a"),
+        str(tmp_path / "b"),
+    ]
+    assert all(s.take is None and not s.exclude for s in swapped.calibration.datasets)
+    assert swapped.int8 == cfg.int8 and swapped.calibration.images == cfg.calibration.images
+    assert with_calibration(cfg, []) is cfg
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_the_build_configs(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(root)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("modnet_batch-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for variant in ("fp32", "fp16", "int8"):
+        assert f"modnet_batch/model/configs/build-{variant}.yaml" in names
+
+
 @pytest.mark.parametrize(
     ("patch", "message"),
     [
@@ -345,7 +397,7 @@ def test_resolve_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_mod
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(variants, "fetch_model", lambda: tiny_model)
     assert resolve_model(None) == tiny_model
-    with pytest.raises(ModnetBatchError, match=r"run `modnet-batch build configs/build-int8.yaml`"):
+    with pytest.raises(ModnetBatchError, match=r"run `modnet-batch build int8` first"):
         resolve_model("int8")
     target = tmp_path / "cache" / "variants" / "int8.onnx"
     target.parent.mkdir(parents=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -94,17 +94,47 @@ def expand_path(value: str, what: str) -> Path:
         var = match.group(1) or match.group(2)
         if var not in os.environ:
             raise ModnetBatchError(
-                f"{what} {value!r} uses ${{{var}}}, which is not set; export {var} or write the "
-                "path out in the build config"
+                f"{what} {value!r} uses ${{{var}}}, which is not set; export {var}, write the "
+                "path out in the build config, or pass `build --calibration DIR`"
             )
         return os.environ[var]
 
     return Path(_ENV.sub(sub, value)).expanduser()
 
 
+PACKAGED = Path(__file__).resolve().parent / "configs"  # shipped in the wheel (package data)
+
+
+def packaged_configs() -> dict[str, Path]:
+    """The build configs shipped with the package, by variant name: `build fp16` finds them."""
+    return {p.stem.removeprefix("build-"): p for p in sorted(PACKAGED.glob("build-*.yaml"))}
+
+
+def find_build_config(spec: str | Path) -> Path:
+    """A YAML path as given, or the packaged config of a variant name (fp32, fp16, int8)."""
+    path = Path(spec)
+    if path.suffix in {".yaml", ".yml"} or path.exists():
+        return path
+    known = packaged_configs()
+    if str(spec) in known:
+        return known[str(spec)]
+    raise ModnetBatchError(
+        f"build config {spec!r} is neither a YAML file nor a packaged variant; use one of "
+        f"{', '.join(known)} or a path like configs/build-int8.yaml"
+    )
+
+
+def with_calibration(config: BuildConfig, folders: list[str]) -> BuildConfig:
+    """The config with its calibration datasets replaced by `folders` (all of each)."""
+    if not folders:
+        return config
+    sources = tuple(ImageSource(path=f) for f in folders)
+    return replace(config, calibration=replace(config.calibration, datasets=sources))
+
+
 def load_build_config(path: str | Path) -> BuildConfig:
     """Read a build YAML; unknown keys and bad values raise ModnetBatchError naming them."""
-    path = Path(path)
+    path = find_build_config(path)
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:

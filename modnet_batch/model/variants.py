@@ -56,7 +56,7 @@ def resolve_model(spec: str | None) -> Path:
         if not path.is_file():
             raise ModnetBatchError(
                 f"model variant {spec!r} is not built (no {path}); run "
-                f"`modnet-batch build configs/build-{spec}.yaml` first"
+                f"`modnet-batch build {spec}` first"
             )
         return path
     path = Path(spec).expanduser()
