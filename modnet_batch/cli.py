@@ -76,6 +76,49 @@ def model_fetch() -> None:
     out.print(str(path), highlight=False, soft_wrap=True)
 
 
+@model_app.command("list")
+def model_list() -> None:
+    """The reference model and every variant: built or not, precision, size, when, how."""
+    from rich.table import Table
+
+    from modnet_batch.model.catalog import list_models
+
+    table = Table("model", "precision", "built", "MB", "sha256", "built at", "path / how")
+    for m in list_models():
+        size = f"{m['bytes'] / 1e6:.1f}" if m.get("bytes") else ""
+        table.add_row(
+            m["model"] if m["name"] != "reference" else "reference",
+            str(m.get("precision") or ""),
+            "yes" if m["present"] else "no",
+            size,
+            (m.get("sha256") or "")[:12],
+            str(m.get("built_at") or ""),
+            m["path"] if m["present"] else m["how"],
+        )
+    out.print(table)
+
+
+@model_app.command("info")
+def model_info(
+    model: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODEL", help="reference, a variant name (fp32, fp16, int8) or an ONNX path."
+        ),
+    ] = "reference",
+) -> None:
+    """Everything known about one model, as JSON: file facts and its whole build record."""
+    import json
+
+    from modnet_batch.model.catalog import model_info as info
+
+    try:
+        facts = info(model)
+    except ModnetBatchError as exc:
+        raise _fail(exc) from None
+    out.print_json(json.dumps(facts, default=str))
+
+
 @app.command()
 def ingest(
     src: Annotated[
@@ -393,6 +436,55 @@ def _submit_local(job: Any, what: str = "submit") -> int:
     if startup:
         console.print(startup, highlight=False)
     return outcome.exit_status
+
+
+def _run_images(r: Any) -> str:
+    if r.images is None:
+        return ""
+    text = f"{r.scored}/{r.images} scored" if r.scored else f"{r.images} unscored"
+    return text + (f", {r.failed} failed" if r.failed else "")
+
+
+@app.command()
+def runs(
+    folder: Annotated[
+        Path,
+        typer.Argument(
+            metavar="DIR",
+            help="Where to look for run directories and `matte` OUT folders (3 levels down).",
+        ),
+    ] = Path("."),
+) -> None:
+    """List the runs under DIR: state (complete, failed, partial) and headline metrics."""
+    from rich.table import Table
+
+    from modnet_batch.results.listing import list_runs
+
+    if not folder.is_dir():
+        raise _fail(ModnetBatchError(f"{folder} is not a folder; pass the folder holding runs"))
+    found = list_runs(folder)
+    if not found:
+        console.print(f"no runs under {folder} (a run directory holds job.yaml and state/)")
+        return
+    table = Table("run", "state", "protocol", "model", "images", "MSE", "MAD", "mIoU", "img/s")
+    colour = {"complete": "green", "failed": "red", "partial": "yellow"}
+    for r in found:
+        metric = r.metrics.get
+        table.add_row(
+            str(r.path),
+            f"[{colour[r.state]}]{r.state}[/]",
+            r.protocol,
+            Path(r.model).name if "/" in r.model else r.model,
+            _run_images(r),
+            f"{metric('mse'):.6f}" if metric("mse") is not None else "",
+            f"{metric('mad'):.6f}" if metric("mad") is not None else "",
+            f"{metric('miou'):.4f}" if metric("miou") is not None else "",
+            f"{r.images_per_s:.2f}" if r.images_per_s else "",
+        )
+    out.print(table)
+    for r in found:
+        if r.detail:
+            console.print(f"{r.path}: {r.detail}", highlight=False)
 
 
 @app.command()

@@ -1,0 +1,109 @@
+"""The run directories under a folder and the state of each, for `modnet-batch runs [DIR]`.
+
+A run is complete when its summary says so and no image failed; failed when shards failed every
+retry or images failed (the summary lists them); partial when it has no summary yet (running,
+or stopped: the same command resumes it) or when shards were finished after its summary was
+written (a resume that stopped).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from modnet_batch.errors import ModnetBatchError
+from modnet_batch.results.rundir import MATTE_RUN, RunDir
+
+MAX_DEPTH = 3  # folders below DIR searched for runs
+
+
+@dataclass
+class RunState:
+    path: Path  # what the user passes to `report` (a run dir, or a `matte` OUT folder)
+    state: str  # complete | failed | partial
+    detail: str = ""
+    dataset: str = ""
+    protocol: str = ""
+    model: str = ""
+    finished: str = ""
+    images: int | None = None
+    scored: int | None = None
+    failed: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    images_per_s: float | None = None
+
+
+def _is_run(folder: Path) -> bool:
+    return (folder / "job.yaml").is_file() and (folder / "state").is_dir()
+
+
+def find_runs(top: Path, max_depth: int = MAX_DEPTH) -> list[Path]:
+    """Run directories and `matte` OUT folders at or below `top`, in path order."""
+    found: list[Path] = []
+    top = Path(top)
+    for root, dirs, _files in os.walk(top):
+        here = Path(root)
+        depth = len(here.relative_to(top).parts)
+        if _is_run(here):
+            found.append(here)
+            dirs.clear()  # a run's own folders hold no runs
+            continue
+        if _is_run(here / MATTE_RUN):
+            found.append(here)  # a matte OUT folder: its outputs sit beside the run
+            dirs.clear()
+            continue
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if depth < max_depth else []
+    return sorted(found)
+
+
+def run_state(path: Path) -> RunState:
+    """The state and headline figures of one run (unreadable files say so in `detail`)."""
+    root = path / MATTE_RUN if _is_run(path / MATTE_RUN) else path
+    run = RunDir(root)
+    try:
+        job = yaml.safe_load(run.job_yaml.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        return RunState(path, "partial", detail=f"job.yaml unreadable: {exc}")
+    state = RunState(
+        path,
+        "partial",
+        dataset=str(job.get("dataset", "")),
+        protocol=str(job.get("protocol", "")),
+        model=str(job.get("model") or "reference"),
+    )
+    done = run.done_shards()
+    if not run.summary.is_file():
+        state.detail = f"{len(done)} shard(s) finished, no summary yet: rerun to resume"
+        return state
+    try:
+        summary = run.read_summary()
+    except (ModnetBatchError, OSError, ValueError) as exc:
+        state.detail = f"summary.json unreadable: {exc}"
+        return state
+    state.finished = summary.finished
+    state.images = summary.images.total
+    state.scored = summary.images.scored
+    state.failed = summary.images.failed
+    state.metrics = {k: v for k, v in summary.metrics.items() if v is not None}
+    state.images_per_s = summary.throughput.get("images_per_s")
+    newer = run.last_result_time()
+    if newer is not None and newer > run.summary.stat().st_mtime + 1e-3:
+        state.detail = "shards finished after the summary: a resume stopped; rerun to finish"
+        return state
+    if not summary.complete:
+        state.state = "failed"
+        state.detail = f"{len(summary.shards.failed)} shard(s) failed every retry: rerun to resume"
+    elif summary.images.failed:
+        state.state = "failed"
+        state.detail = f"{summary.images.failed} image(s) failed (error rows in metrics.parquet)"
+    else:
+        state.state = "complete"
+    return state
+
+
+def list_runs(top: Path) -> list[RunState]:
+    return [run_state(p) for p in find_runs(top)]
