@@ -11,8 +11,10 @@ export MODNET_SHARED_DIR ?= $(if $(wildcard $(SHARED)/reference),$(SHARED),)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[cpu,dev]'
+	@echo "installing modnet-batch and its dependencies into $(VENV) (log: $(VENV)/install.log)"
+	@( $(PY) -m pip install --upgrade pip && $(PY) -m pip install -e '.[cpu,dev]' ) \
+		> $(VENV)/install.log 2>&1 || { tail -n 40 $(VENV)/install.log; \
+		echo "install failed; the whole log: $(VENV)/install.log"; exit 1; }
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -45,7 +45,15 @@ def main(argv: list[str] | None = None) -> None:
     if not (dataset / "dataset.json").exists():
         _run(["ingest", str(src), str(dataset), "--shard-size", "4"])
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    _run(["submit", "--dataset", str(dataset), "--out", str(args.out / "runs" / stamp)])
+    run = args.out / "runs" / stamp
+    _run(["submit", "--dataset", str(dataset), "--out", str(run)])
+    cli = Path(sys.executable).parent / "modnet-batch"
+    print(
+        f"\nresults: {run}/ (summary.json, metrics.parquet, alpha/*.npz)\n"
+        f"the report, one HTML page: {cli} report {run} --html {run}/report.html\n"
+        f"every run so far: {cli} runs {args.out}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -180,8 +180,9 @@ class LiveProgress:
 
     def line(self, now: float) -> str:
         of = f"/{self.total}" if self.total is not None else ""
-        return f"[{_clock_text(now - self.t0):>7}] {self.what}: {self.done}{of} images, " + (
-            self.status(now)
+        status = self.status(now)
+        return f"[{_clock_text(now - self.t0):>7}] {self.what}: {self.done}{of} images" + (
+            f", {status}" if status else ""
         )
 
     def _show(self, now: float) -> None:
