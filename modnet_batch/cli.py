@@ -411,8 +411,9 @@ def _submit_local(job: Any, what: str = "submit") -> int:
     from modnet_batch.reporting.table import print_summary
     from modnet_batch.results import ShardResult
 
-    live = LiveProgress(console, what)
-    live.phase("checking the job (dataset, model, run directory)")
+    live = LiveProgress(
+        console, what, first_step="checking the job (dataset, model, run directory)"
+    )
 
     def on_plan(plan: JobPlan) -> None:
         for warning in plan.warnings:

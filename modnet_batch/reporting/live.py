@@ -75,7 +75,10 @@ class LiveProgress:
         interactive: bool | None = None,
         interval_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        first_step: str | None = None,
     ) -> None:
+        """`first_step`: what the command does before its first phase (counted in the start-up
+        time, not printed: an error in it stays the command's only line)."""
         self.console = console
         self.what = what
         self.interactive = (
@@ -95,7 +98,7 @@ class LiveProgress:
         self.device_rates: dict[str, _Rate] = {}
         self.rate = _Rate(WINDOW_S)
         self.first_result_s: float | None = None
-        self.phases: list[tuple[float, str]] = []
+        self.phases: list[tuple[float, str]] = [] if first_step is None else [(0.0, first_step)]
         self._last_line = -1e9
         self._bar: Progress | None = None
         self._task: TaskID | None = None
