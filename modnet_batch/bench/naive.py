@@ -45,6 +45,7 @@ def run_naive(
             decoded = pipeline.decode(rec)
             t2 = time.perf_counter()
             inputs = pipeline.preprocess(decoded)
+            assert inputs.tensor is not None  # a host pipeline: float inputs
             t3 = time.perf_counter()
             y = session.run(inputs.tensor[None])[0, 0]
             t4 = time.perf_counter()

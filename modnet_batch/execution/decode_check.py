@@ -100,6 +100,7 @@ def measure(
         for record in records:
             inputs = pipeline.preprocess(pipeline.decode(record))
             assert inputs.gt is not None  # sampled from scored rows
+            assert inputs.tensor is not None  # a host pipeline: float inputs
             out = session.run(inputs.tensor[None])[0, 0]
             exact = pipeline.score(pipeline.postprocess(out, record), inputs.gt)
             reduced = by_id[record.image_id].metrics

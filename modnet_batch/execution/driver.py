@@ -156,6 +156,7 @@ def plan_job(job: JobConfig) -> JobPlan:
     check_signature(model_path)
     info = variant_info(model_path)
     precision = compute_precision(job, str(info.get("precision", "fp32")))
+    on_device = device_scoring(job)
     scored = dataset.num_with_matte > 0
     outputs = output_spec(job, scored)
     decode = DecodeMode.for_job(job.decode_reduce, protocol, info.get("precision", "fp32"), scored)
@@ -182,6 +183,7 @@ def plan_job(job: JobConfig) -> JobPlan:
     if job.engine != DEFAULT_ENGINE:  # another engine's outputs are another job's
         identity["engine"] = job.engine
         identity["precision"] = precision
+        identity["scoring"] = "device" if on_device else "cpu"
     if job.output_dir is not None:  # another folder's files are another job's
         identity["output_dir"] = str(Path(job.output_dir).resolve())
     # runs writing only npz keep resuming (every scored run made before outputs existed; an
@@ -272,14 +274,29 @@ def _first_size(dataset: Dataset, job: JobConfig) -> tuple[int, int]:
     return (first.height, first.width) if first is not None else WorkerSpec.tune_hw
 
 
+def device_scoring(job: JobConfig) -> bool:
+    """Whether the job's workers normalise and score on the engine's device: the torch engine
+    under a protocol whose input is a uint8 image at network size (the seed protocols)."""
+    can = job.engine == "torch" and get_protocol(job.protocol).pixels_on_device
+    if job.scoring == "device" and not can:
+        raise ModnetBatchError(
+            f"--scoring device needs --engine torch and a seed protocol (this job: engine "
+            f"{job.engine}, protocol {job.protocol}); use --scoring auto or cpu"
+        )
+    return can and job.scoring != "cpu"
+
+
 def worker_spec(plan: JobPlan) -> WorkerSpec:
     job = plan.job
     engine = EngineSpec(
         model=str(plan.model_path),
         provider=default_provider(job.device, job.provider),
         precision=compute_precision(job, str(plan.model_info.get("precision", "fp32"))),
+        channels_last=job.channels_last,
+        compile=job.torch_compile,
     )
     return WorkerSpec(
+        device_scoring=device_scoring(job),
         engine=engine,
         engine_name=job.engine,
         protocol=job.protocol,

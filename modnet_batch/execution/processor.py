@@ -28,7 +28,7 @@ from modnet_batch.engine import DEFAULT_ENGINE, EngineSpec, Session, open_sessio
 from modnet_batch.errors import ModnetBatchError, is_storage_error, storage_error
 from modnet_batch.execution import signals
 from modnet_batch.execution.batching import tune_batch
-from modnet_batch.metrics import ImageRow, MetricAccumulator
+from modnet_batch.metrics import ImageMetrics, ImageRow, MetricAccumulator, connectivity_error
 from modnet_batch.pipeline import DecodeMode, ImagePipeline, NetworkInput, error_text, is_transient
 from modnet_batch.protocol import ScoredAlpha
 from modnet_batch.results import RunDir, ShardResult, ShardTask
@@ -55,6 +55,9 @@ class WorkerSpec:
     decode: DecodeMode = DecodeMode.EXACT  # resolved for the job (DecodeMode.resolve)
     batch_size: int = 4  # 0: measured when the session opens (execution/batching.py)
     tune_hw: tuple[int, int] = (1080, 1920)  # the (H, W) of a photo to measure batches with
+    # normalise and score on the engine's device (the torch engine, seed protocols): uint8
+    # pixels travel, the metrics but Conn are computed there, Conn stays on the pool threads
+    device_scoring: bool = False
     decode_threads: int = 1
     cpus: float = 1.0  # the CPUs Ray holds for this worker (decode_threads feed from them)
     label: str = "cpu:0"
@@ -124,7 +127,7 @@ class ShardProcessor:
 
     def __init__(self, spec: WorkerSpec, session: Session | None = None) -> None:
         self.spec = spec
-        self.pipeline = ImagePipeline(spec.protocol, spec.decode)
+        self.pipeline = ImagePipeline(spec.protocol, spec.decode, device_inputs=spec.device_scoring)
         self.run = RunDir(spec.run_dir, spec.outputs_dir)
         self.run.alpha.mkdir(parents=True, exist_ok=True)
         cv2.setNumThreads(1)  # the pool below is the parallelism; never oversubscribe the cores
@@ -133,6 +136,11 @@ class ShardProcessor:
         engine = replace(spec.engine, spin=spec.engine.provider != "cpu")
         self.session = session or open_session(engine, spec.engine_name)
         self.session_seconds = time.perf_counter() - t0
+        if spec.device_scoring and not hasattr(self.session, "run_scored"):
+            raise ModnetBatchError(
+                f"engine {spec.engine_name} cannot score on its device; run without device "
+                "scoring (only the torch engine has it)"
+            )
         self.batch_size = spec.batch_size
         self.batch_tuning: dict[str, Any] | None = None
         if not self.batch_size:
@@ -181,8 +189,13 @@ class ShardProcessor:
         return bool(paths) and all(p.is_file() for p in paths)
 
     def _finish(
-        self, item: _Item, output: npt.NDArray[np.float32]
+        self,
+        item: _Item,
+        output: npt.NDArray[np.float32],
+        device: dict[str, float | int] | None = None,
     ) -> tuple[ImageRow, dict[str, float]]:
+        """Postprocess, score and write one image; `device`: its metrics but Conn as the
+        engine's device computed them (Conn, a CPU algorithm, is computed here)."""
         assert item.inputs is not None  # only images with inputs reach the network
         t0 = time.thread_time()
         metrics = None
@@ -190,7 +203,13 @@ class ShardProcessor:
             alpha = self.pipeline.postprocess(output, item.record)
             t1 = time.thread_time()
             gt = item.inputs.gt
-            metrics = None if gt is None else self.pipeline.score(alpha, gt)
+            if gt is None:
+                metrics = None
+            elif device is not None:
+                conn = connectivity_error(alpha.score, gt)
+                metrics = ImageMetrics(conn=conn, **device)  # type: ignore[arg-type]
+            else:
+                metrics = self.pipeline.score(alpha, gt)
             t2 = time.thread_time()
             self._write_outputs(item, output, alpha)
             cpu = {"postprocess": t1 - t0, "score": t2 - t1, "write": time.thread_time() - t2}
@@ -275,13 +294,25 @@ class ShardProcessor:
                 self._count(on_image)
 
         def flush(batch: list[_Item]) -> None:
-            tensors = [b.inputs.tensor for b in batch if b.inputs is not None]
-            x = tensors[0][None] if len(tensors) == 1 else np.stack(tensors)  # [None]: no copy
+            inputs = [b.inputs for b in batch if b.inputs is not None]
+            device: list[dict[str, float | int]] | None = None
             t = time.perf_counter()
-            out = self.session.run(x)
+            if self.spec.device_scoring:
+                pixels = np.stack([i.pixels for i in inputs if i.pixels is not None])
+                gts = [i.gt_pixels for i in inputs if i.gt_pixels is not None]
+                # a batch where every image has ground truth is scored on the device
+                gt = np.stack(gts) if len(gts) == len(inputs) else None
+                scored = self.session.run_scored(pixels, gt, self.pipeline.protocol)  # type: ignore[attr-defined]
+                out, device = scored
+                x_shape = pixels.shape[1:3]
+            else:
+                tensors = [i.tensor for i in inputs if i.tensor is not None]
+                x = tensors[0][None] if len(tensors) == 1 else np.stack(tensors)  # no copy
+                out = self.session.run(x)
+                x_shape = x.shape[-2:]
             clock.add("infer", t)
-            if out.shape[-2:] != x.shape[-2:]:  # not MODNet: each image says so, named
-                (h, w), (ih, iw) = out.shape[-2:], x.shape[-2:]
+            if out.shape[-2:] != x_shape:  # not MODNet: each image says so, named
+                (h, w), (ih, iw) = out.shape[-2:], x_shape
                 wrong = ModnetBatchError(
                     f"the model's output is {w}x{h} for a {iw}x{ih} input (MODNet's alpha has "
                     f"its input's size); check the model {self.spec.engine.model}"
@@ -290,8 +321,9 @@ class ShardProcessor:
                     rows.append(self.pipeline.row(item.record, error=wrong))
                     self._count(on_image)
                 return
-            for item, o in zip(batch, out, strict=True):
-                finishing.append(self._pool.submit(self._finish, item, o[0]))
+            for i, (item, o) in enumerate(zip(batch, out, strict=True)):
+                on_device = None if device is None else device[i]
+                finishing.append(self._pool.submit(self._finish, item, o[0], on_device))
             collect(block=False)
             collect(block=True, keep=prefetch)  # bounded memory when scoring lags inference
 
@@ -335,11 +367,10 @@ class ShardProcessor:
                     rows.append(self.pipeline.row(item.record, error=item.error))
                     self._count(on_image)
                     continue
-                tensor = item.inputs.tensor
-                if batch and tensor.shape != shape:  # sizes differ (paper): one batch each
+                if batch and item.inputs.shape != shape:  # sizes differ (paper): one batch each
                     flush(batch)
                     batch = []
-                shape = tensor.shape
+                shape = item.inputs.shape
                 batch.append(item)
                 if len(batch) >= self.batch_size:
                     flush(batch)

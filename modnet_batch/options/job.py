@@ -64,6 +64,21 @@ class JobConfig:
         "none = the model's own (onnxruntime always runs that: use --model fp16).",
         metavar="fp32|fp16|bf16",
     )
+    channels_last: bool = option(
+        False, "torch engine: NHWC weights and inputs (often faster convolutions on GPUs)."
+    )
+    torch_compile: str = option(
+        "none",
+        "torch engine: none, compile (torch.compile: minutes per input shape on a CPU) or "
+        "cudagraphs (one CUDA graph per input shape, replayed: no per-kernel launch cost).",
+        choices=lambda: ("none", "compile", "cudagraphs"),
+    )
+    scoring: str = option(
+        "auto",
+        "Where the metrics but Conn are computed: device (torch engine, seed protocols: uint8 "
+        "pixels travel, the GPU scores), cpu (the pool threads), auto = device where it can.",
+        choices=lambda: ("auto", "device", "cpu"),
+    )
     device: str = option(
         "cpu", "cpu, gpu, or a Ray custom resource naming one accelerator.", metavar="DEVICE"
     )

@@ -59,6 +59,21 @@ class Protocol(ABC):
         """
         return False
 
+    @property
+    def pixels_on_device(self) -> bool:
+        """Whether the network input is a uint8 image at the network size, normalised as a
+        whole (`network_pixels`), and scored at that size: an engine may then normalise and
+        score on its device. Not where the input is normalised before a float resize (paper)."""
+        return False
+
+    def network_pixels(self, rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+        """HxWx3 uint8 RGB -> hxwx3 uint8 at the network size (where `pixels_on_device`)."""
+        raise NotImplementedError(f"protocol {self.name} normalises before it resizes")
+
+    def ground_truth_pixels(self, matte: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+        """HxW uint8 matte -> uint8 at the scoring size, ground_truth() * 255 exactly."""
+        raise NotImplementedError(f"protocol {self.name} scores a float ground truth")
+
     def scoring_size(self, height: int, width: int) -> tuple[int, int]:
         """The (height, width) at which this protocol scores an image of this size."""
         return height, width

@@ -38,8 +38,20 @@ class SeedProtocol(Protocol):
     def scoring_size(self, height: int, width: int) -> tuple[int, int]:
         return INPUT_HEIGHT, INPUT_WIDTH
 
-    def preprocess(self, rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    @property
+    def pixels_on_device(self) -> bool:
+        return True
+
+    def network_pixels(self, rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
         small = cv2.resize(rgb, (INPUT_WIDTH, INPUT_HEIGHT), interpolation=self.interpolation)
+        return np.asarray(small, dtype=np.uint8)
+
+    def ground_truth_pixels(self, matte: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+        small = cv2.resize(matte, (INPUT_WIDTH, INPUT_HEIGHT), interpolation=cv2.INTER_AREA)
+        return np.asarray(small, dtype=np.uint8)
+
+    def preprocess(self, rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        small = self.network_pixels(rgb)
         x = (small.astype(np.float32) - np.float32(127.5)) / np.float32(127.5)
         return np.ascontiguousarray(x.transpose(2, 0, 1))
 
@@ -48,8 +60,7 @@ class SeedProtocol(Protocol):
         return ScoredAlpha(score=stored.astype(np.float64) / 255.0, stored=stored)
 
     def ground_truth(self, matte: npt.NDArray[np.uint8]) -> npt.NDArray[np.float64]:
-        small = cv2.resize(matte, (INPUT_WIDTH, INPUT_HEIGHT), interpolation=cv2.INTER_AREA)
-        return small.astype(np.float64) / 255.0
+        return self.ground_truth_pixels(matte).astype(np.float64) / 255.0
 
     def foreground(self, alpha: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
         # alpha holds k/255 for 8-bit k; k >= 128 <=> alpha * 255 >= 127.5, robust to rounding
