@@ -1,10 +1,29 @@
 """Inference engines behind one interface, chosen by name from a registry."""
 
+import importlib.util
+
 from modnet_batch.engine.base import Engine, EngineSpec, Session
 from modnet_batch.engine.onnxruntime import OnnxRuntimeEngine
 from modnet_batch.errors import ModnetBatchError
 
-ENGINES: dict[str, Engine] = {"onnxruntime": OnnxRuntimeEngine()}
+TORCH_MISSING = "the torch engine needs PyTorch: pip install 'modnet-batch[torch]'"
+
+
+class LazyTorchEngine:
+    """The torch engine (engine/torch_engine.py) behind a name: torch is optional and takes
+    seconds to import, so it is imported by the first open(), never by this registry."""
+
+    name = "torch"
+
+    def open(self, spec: EngineSpec) -> Session:
+        if importlib.util.find_spec("torch") is None:
+            raise ModnetBatchError(TORCH_MISSING)
+        from modnet_batch.engine.torch_engine import TorchEngine
+
+        return TorchEngine().open(spec)
+
+
+ENGINES: dict[str, Engine] = {"onnxruntime": OnnxRuntimeEngine(), "torch": LazyTorchEngine()}
 DEFAULT_ENGINE = "onnxruntime"
 
 
@@ -29,8 +48,10 @@ def open_session(spec: EngineSpec, engine: str = DEFAULT_ENGINE) -> Session:
 __all__ = [
     "DEFAULT_ENGINE",
     "ENGINES",
+    "TORCH_MISSING",
     "Engine",
     "EngineSpec",
+    "LazyTorchEngine",
     "Session",
     "default_provider",
     "get_engine",

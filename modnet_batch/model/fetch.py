@@ -15,12 +15,10 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import platformdirs
-
+from modnet_batch.cache import CACHE_ENV as CACHE_ENV  # re-exported: tests and callers use it
+from modnet_batch.cache import cache_dir as cache_dir
 from modnet_batch.digest import sha256_file
 from modnet_batch.errors import ModnetBatchError
-
-CACHE_ENV = "MODNET_BATCH_CACHE"
 
 
 @dataclass(frozen=True)
@@ -39,12 +37,6 @@ REFERENCE = ModelSource(
     sha256="07c308cf0fc7e6e8b2065a12ed7fc07e1de8febb7dc7839d7b7f15dd66584df9",
     filename="modnet-photographic-07c308cf.onnx",
 )
-
-
-def cache_dir() -> Path:
-    """The model cache: $MODNET_BATCH_CACHE, else the user's cache dir."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env) if env else Path(platformdirs.user_cache_dir("modnet-batch"))
 
 
 def reference_model_path() -> Path:
