@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -36,7 +37,9 @@ from modnet_batch.engine.onnx_torch import (
     load_program,
     synthetic_check_inputs,
 )
+from modnet_batch.engine.torch_scoring import run_scored
 from modnet_batch.errors import ModnetBatchError
+from modnet_batch.protocol import Protocol
 
 PRECISIONS: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -135,11 +138,23 @@ class TorchSession:
             x = (pixels.permute(0, 3, 1, 2).to(torch.float32) - offset) / offset
             return self._infer(x)
 
-    def _infer(self, x: torch.Tensor) -> npt.NDArray[np.float32]:
+    def run_scored(
+        self,
+        pixels: npt.NDArray[np.uint8],
+        gt_pixels: npt.NDArray[np.uint8] | None,
+        protocol: Protocol,
+    ) -> tuple[npt.NDArray[np.float32], list[dict[str, Any]] | None]:
+        """Normalise, infer and score on the device (engine.torch_scoring.run_scored)."""
+        return run_scored(self.infer_tensor, self.device, pixels, gt_pixels, protocol)
+
+    def infer_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised [B,3,H,W] float32 on the device -> [B,1,H,W] float32 there."""
         layout = torch.channels_last if self.spec.channels_last else torch.contiguous_format
         x = x.to(self.dtype).contiguous(memory_format=layout)
-        y = self.forward(x)
-        return np.ascontiguousarray(y.to(torch.float32).cpu().numpy())
+        return self.forward(x).to(torch.float32)
+
+    def _infer(self, x: torch.Tensor) -> npt.NDArray[np.float32]:
+        return np.ascontiguousarray(self.infer_tensor(x).cpu().numpy())
 
 
 def _device(spec: EngineSpec) -> torch.device:
