@@ -74,6 +74,8 @@ def test_feed_and_end_to_end(device_doc: dict) -> None:
         *feed["threads_images_per_s"].values(), feed["processes_images_per_s"]
     )
     e2e = {(r["engine"], r["inputs"]): r for r in device_doc["end_to_end"] if "inputs" in r}
+    if "torch" in {r["engine"] for r in device_doc["model_only"] if "images_per_s" in r}:
+        assert {("torch", "original"), ("torch", "prepared")} <= set(e2e)
     for inputs in ("original", "prepared"):
         r = e2e[("onnxruntime", inputs)]
         assert r["images"] == 9 and r["images_per_s"] > 0
@@ -95,5 +97,5 @@ def test_best_batch_prefers_the_smallest_within_five_percent() -> None:
         {"engine": "torch", "precision": "fp16", "batch_size": b, "images_per_s": r}
         for b, r in ((1, 100.0), (8, 960.0), (16, 1000.0), (32, 990.0))
     ]
-    best = best_batches(rows)["torch/fp16"]
+    best = best_batches(rows)["torch/fp16/eager"]
     assert (best["fastest_batch"], best["chosen_batch"]) == (16, 8)

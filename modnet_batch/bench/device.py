@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,8 @@ class Config:
     images: int = 16  # real images used (their network inputs cycle to fill a batch)
     e2e_images: int = 256  # images of each end-to-end job (the real ones replicated)
     fp16_model: str | None = None  # a built fp16 ONNX for onnxruntime's fp16
+    # torch engine variants: eager, channels_last, cudagraphs (CUDA), compile (torch.compile)
+    torch_modes: tuple[str, ...] = ("eager",)
     budget_s: float = 420.0  # stop starting new configurations after this
 
 
@@ -182,8 +184,18 @@ def load_real_images(src: Path, limit: int) -> RealImages:
 
 
 # --- sessions ---------------------------------------------------------------------------------
-def _spec(cfg: Config, engine: str, precision: str) -> tuple[EngineSpec, str] | str:
-    """The session to open for engine x precision, or why this combination is skipped."""
+MODES: dict[str, dict[str, Any]] = {  # torch mode -> EngineSpec fields
+    "eager": {},
+    "channels_last": {"channels_last": True},
+    "cudagraphs": {"compile": "cudagraphs"},
+    "compile": {"compile": "compile"},
+}
+
+
+def _spec(
+    cfg: Config, engine: str, precision: str, mode: str = "eager"
+) -> tuple[EngineSpec, str] | str:
+    """The session to open for engine x precision (x torch mode), or why it is skipped."""
     threads = available_cpus() if cfg.device == "cpu" else 1
     if engine == "onnxruntime":
         if precision == "bf16":
@@ -196,11 +208,18 @@ def _spec(cfg: Config, engine: str, precision: str) -> tuple[EngineSpec, str] | 
         provider = "cuda" if cfg.device == "cuda" else "cpu"
         return EngineSpec(model, provider=provider, threads=threads, precision=precision), engine
     provider = "cuda" if cfg.device == "cuda" else "cpu"
-    return EngineSpec(cfg.model, provider=provider, threads=threads, precision=precision), engine
+    if mode not in MODES:
+        return f"unknown torch mode {mode!r}; use one of {', '.join(MODES)}"
+    if mode == "cudagraphs" and cfg.device != "cuda":
+        return "CUDA graphs need a CUDA device"
+    spec = EngineSpec(cfg.model, provider=provider, threads=threads, precision=precision)
+    return replace(spec, **MODES[mode]), engine
 
 
-def _open(cfg: Config, engine: str, precision: str) -> tuple[Session | None, dict[str, Any]]:
-    planned = _spec(cfg, engine, precision)
+def _open(
+    cfg: Config, engine: str, precision: str, mode: str = "eager"
+) -> tuple[Session | None, dict[str, Any]]:
+    planned = _spec(cfg, engine, precision, mode)
     if isinstance(planned, str):
         return None, {"skipped": planned}
     spec, name = planned
@@ -280,45 +299,50 @@ def model_only(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     rows: list[dict[str, Any]] = []
     deltas: list[dict[str, Any]] = []
-    for engine in cfg.engines:
-        for precision in cfg.precisions:
-            session, facts = _open(cfg, engine, precision)
-            key = {"engine": engine, "precision": precision, "device": cfg.device}
-            if session is None:
-                log(f"{engine} {precision}: skipped ({facts['skipped']})")
-                rows.append({**key, **facts})
+    combos = [
+        (engine, precision, mode)
+        for engine in cfg.engines
+        for precision in cfg.precisions
+        for mode in (cfg.torch_modes if engine == "torch" else ("eager",))
+    ]
+    for engine, precision, mode in combos:
+        session, facts = _open(cfg, engine, precision, mode)
+        key = {"engine": engine, "precision": precision, "mode": mode, "device": cfg.device}
+        if session is None:
+            log(f"{engine} {precision} {mode}: skipped ({facts['skipped']})")
+            rows.append({**key, **facts})
+            continue
+        out = _infer_all(session, real.inputs, min(8, len(real.inputs)))
+        metrics = dataset_metrics(out, real)
+        deltas.append(
+            {
+                **key,
+                "max_abs_output_diff": float(np.max(np.abs(out - reference_out))),
+                "mean_abs_output_diff": float(np.mean(np.abs(out - reference_out))),
+                "metrics": metrics,
+                "delta": _deltas(metrics, reference_metrics),
+            }
+        )
+        for batch in cfg.batches:
+            if time.monotonic() > deadline:
+                rows.append({**key, "batch_size": batch, "skipped": "time budget spent"})
                 continue
-            out = _infer_all(session, real.inputs, min(8, len(real.inputs)))
-            metrics = dataset_metrics(out, real)
-            deltas.append(
-                {
-                    **key,
-                    "max_abs_output_diff": float(np.max(np.abs(out - reference_out))),
-                    "mean_abs_output_diff": float(np.mean(np.abs(out - reference_out))),
-                    "metrics": metrics,
-                    "delta": _deltas(metrics, reference_metrics),
-                }
+            _torch_memory_reset(cfg.device)
+            try:
+                with monitor.watch() as util:
+                    timed = time_batches(session, real.inputs, batch, cfg.seconds)
+            except Exception as exc:  # out of device memory at a large batch: recorded
+                rows.append({**key, "batch_size": batch, "error": str(exc).splitlines()[0]})
+                log(f"{engine} {precision} {mode} b{batch}: {str(exc).splitlines()[0]}")
+                break
+            row = {**key, **facts, "batch_size": batch, **timed, **util}
+            row["device_memory_peak_mib"] = _torch_memory_peak(cfg.device)
+            rows.append(row)
+            log(
+                f"{engine} {precision} {mode} b{batch}: {timed['images_per_s']:.1f} img/s, "
+                f"p50 {timed['latency_p50_ms']:.2f} ms"
             )
-            for batch in cfg.batches:
-                if time.monotonic() > deadline:
-                    rows.append({**key, "batch_size": batch, "skipped": "time budget spent"})
-                    continue
-                _torch_memory_reset(cfg.device)
-                try:
-                    with monitor.watch() as util:
-                        timed = time_batches(session, real.inputs, batch, cfg.seconds)
-                except Exception as exc:  # out of device memory at a large batch: recorded
-                    rows.append({**key, "batch_size": batch, "error": str(exc).splitlines()[0]})
-                    log(f"{engine} {precision} b{batch}: {str(exc).splitlines()[0]}")
-                    break
-                row = {**key, **facts, "batch_size": batch, **timed, **util}
-                row["device_memory_peak_mib"] = _torch_memory_peak(cfg.device)
-                rows.append(row)
-                log(
-                    f"{engine} {precision} b{batch}: {timed['images_per_s']:.1f} img/s, "
-                    f"p50 {timed['latency_p50_ms']:.2f} ms"
-                )
-            del session
+        del session
     return rows, deltas
 
 
@@ -329,7 +353,8 @@ def best_batches(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         if "images_per_s" in r:
-            groups.setdefault(f"{r['engine']}/{r['precision']}", []).append(r)
+            key = f"{r['engine']}/{r['precision']}/{r.get('mode', 'eager')}"
+            groups.setdefault(key, []).append(r)
     for key, group in groups.items():
         top = max(group, key=lambda r: r["images_per_s"])
         knee = min(
@@ -427,15 +452,21 @@ def _replicated_source(cfg: Config, dest: Path, n: int) -> Path:
 
 
 def end_to_end(
-    cfg: Config, engine: str, precision: str, batch: int, work: Path, monitor: GpuMonitor
+    cfg: Config,
+    engine: str,
+    precision: str,
+    batch: int,
+    work: Path,
+    monitor: GpuMonitor,
+    mode: str = "eager",
 ) -> list[dict[str, Any]]:
     from modnet_batch.data.ingest import ingest
     from modnet_batch.execution.driver import run_job
     from modnet_batch.options import load_job
 
-    planned = _spec(cfg, engine, precision)
+    planned = _spec(cfg, engine, precision, mode)
     if isinstance(planned, str):
-        return [{"engine": engine, "precision": precision, "skipped": planned}]
+        return [{"engine": engine, "precision": precision, "mode": mode, "skipped": planned}]
     spec, _ = planned
     src = _replicated_source(cfg, work / "src", cfg.e2e_images)
     records = []
@@ -463,6 +494,15 @@ def end_to_end(
                 "provider": spec.provider,
                 "batch_size": batch,
                 "decode_check": 0,
+                **(
+                    {
+                        "precision": precision,
+                        "channels_last": spec.channels_last,
+                        "torch_compile": spec.compile,
+                    }
+                    if engine == "torch"
+                    else {}
+                ),
             },
         )
         with monitor.watch() as util:
@@ -471,6 +511,7 @@ def end_to_end(
         record = {
             "engine": engine,
             "precision": precision,
+            "mode": mode,
             "inputs": inputs,
             "batch_size": batch,
             "images": int(thr["images"]),
@@ -530,18 +571,20 @@ def run(
     e2e: list[dict[str, Any]] = []
     work = out / "work"
     shutil.rmtree(work, ignore_errors=True)
-    for key, best in doc["best_batch"].items():
-        engine, precision = key.split("/")
+    fastest: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+    for key, best in doc["best_batch"].items():  # the fastest torch mode of each precision
+        engine, precision, mode = key.split("/")
+        held = fastest.get((engine, precision))
+        if held is None or best["chosen_images_per_s"] > held[1]["chosen_images_per_s"]:
+            fastest[(engine, precision)] = (mode, best)
+    for (engine, precision), (mode, best) in fastest.items():
         if precision != "fp32" and cfg.device == "cpu":
             continue  # reduced precision only pays on accelerators
         if time.monotonic() > deadline:
             e2e.append({"engine": engine, "precision": precision, "skipped": "time budget spent"})
             continue
-        e2e.extend(
-            end_to_end(
-                cfg, engine, precision, best["chosen_batch"], work / key.replace("/", "-"), monitor
-            )
-        )
+        folder = work / f"{engine}-{precision}-{mode}"
+        e2e.extend(end_to_end(cfg, engine, precision, best["chosen_batch"], folder, monitor, mode))
     shutil.rmtree(work, ignore_errors=True)
     doc["end_to_end"] = e2e
     doc["seconds"] = round(time.monotonic() - started, 1)
@@ -569,6 +612,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=int, default=16, help="real images to use")
     ap.add_argument("--e2e-images", type=int, default=256, help="images per end-to-end job")
     ap.add_argument("--fp16-model", default=None, help="a built fp16 ONNX for onnxruntime")
+    ap.add_argument(
+        "--torch-modes",
+        default=None,
+        help="torch variants: eager, channels_last, cudagraphs, compile (default: eager on the "
+        "CPU; eager,channels_last,cudagraphs on CUDA)",
+    )
     ap.add_argument("--budget-s", type=float, default=420.0, help="stop new measurements after")
     a = ap.parse_args(argv)
     device = a.device
@@ -591,6 +640,9 @@ def main(argv: list[str] | None = None) -> None:
         e2e_images=a.e2e_images,
         fp16_model=a.fp16_model,
         budget_s=a.budget_s,
+        torch_modes=_csv(a.torch_modes)
+        if a.torch_modes
+        else (("eager", "channels_last", "cudagraphs") if device == "cuda" else ("eager",)),
     )
     try:
         run(cfg)
