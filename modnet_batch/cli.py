@@ -54,7 +54,10 @@ out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 AddressOpt = Annotated[
     str | None,
     typer.Option(
-        "--address", envvar="RAY_ADDRESS", help="Ray Jobs API address, e.g. http://HEAD:8265."
+        "--address",
+        envvar="RAY_ADDRESS",
+        metavar="URL",
+        help="Ray Jobs API address, e.g. http://HEAD:8265. (default: $RAY_ADDRESS)",
     ),
 ]
 
@@ -136,7 +139,7 @@ def ingest(
         typer.Option(
             metavar="PROTOCOL",
             help="Also store this protocol's network inputs (seed-area, seed-linear): jobs "
-            "with it decode nothing, with the same results.",
+            "with it decode nothing, with the same results. (default: none)",
         ),
     ] = None,
 ) -> None:
@@ -572,7 +575,7 @@ def report(
             metavar="FILE",
             dir_okay=False,
             help="Also write one self-contained HTML page: the run's report, or the comparison "
-            "of several runs.",
+            "of several runs. (default: none, the terminal only)",
         ),
     ] = None,
     panels: Annotated[
