@@ -138,8 +138,10 @@ class JobConfig:
         parse=png_level,
         metavar="0-9",
     )
-    shards_in_flight: int = option(2, "Shards queued per actor: one running, one waiting.", min=1)
-    max_retries: int = option(3, "Retries of a shard whose worker died.", min=0)
+    shards_in_flight: int = option(
+        2, "Work units queued per actor: one running, one waiting.", min=1
+    )
+    max_retries: int = option(3, "Retries of a work unit whose worker died.", min=0)
     dashboard: bool = option(False, "Start the Ray dashboard (embedded Ray).")
     runtime_env: dict[str, Any] = option({}, "Extra Ray runtime_env for --address.", cli=False)
 
