@@ -18,6 +18,7 @@ from typing import Any
 
 from modnet_batch import __version__
 from modnet_batch.data.dataset import Dataset
+from modnet_batch.data.parquet import ParquetColumns, open_dataset
 from modnet_batch.digest import sha256_file
 from modnet_batch.engine import DEFAULT_ENGINE, EngineSpec, default_provider
 from modnet_batch.engine.signature import check_signature
@@ -163,7 +164,7 @@ def _os_error(exc: OSError, resume: bool = True) -> ModnetBatchError:
 
 def plan_job(job: JobConfig) -> JobPlan:
     """Resolve the dataset, model and run dir; list the shards still to do."""
-    dataset = Dataset.open(job.dataset)
+    dataset = open_dataset(job.dataset, job_columns(job))
     protocol = get_protocol(job.protocol)
     model_path = resolve_model(job.model)
     check_signature(model_path)
@@ -229,6 +230,9 @@ def plan_job(job: JobConfig) -> JobPlan:
     plan.groups = groups
     if pixel_warning:
         plan.warnings.append(pixel_warning)
+    for note in (dataset.meta.get("ids_note"), _duplicates_note(dataset)):
+        if note:
+            plan.warnings.append(f"{job.dataset}: {note}")
     if scored and decode is not DecodeMode.EXACT:
         plan.warnings.append(
             f"--decode-reduce {decode.value}: JPEGs are decoded reduced, so the metrics are "
@@ -236,6 +240,21 @@ def plan_job(job: JobConfig) -> JobPlan:
         )
     plan.warnings.extend(_overlap_warnings(plan))
     return plan
+
+
+def job_columns(job: JobConfig) -> ParquetColumns:
+    """The job's columns of Parquet read in place (--image-column, --matte-column, --id-column)."""
+    return ParquetColumns(job.image_column, job.matte_column, job.id_column)
+
+
+def _duplicates_note(dataset: Dataset) -> str | None:
+    shared = int(dataset.meta.get("counts", {}).get("duplicate_ids", 0))
+    if not shared:
+        return None
+    return (
+        f"{shared} image id(s) are shared by several rows: those rows become error rows (outputs "
+        "are named by id); make the ids unique"
+    )
 
 
 def _check_owned(folder: Path, run: RunDir) -> None:

@@ -29,7 +29,30 @@ BACKENDS = ("ray", "inline")
 @dataclass(frozen=True)
 class JobConfig:
     # --- what to run
-    dataset: str = option("", "Dataset directory (from `ingest`).", metavar="DIR")
+    dataset: str = option(
+        "",
+        "Dataset directory (from `ingest`), or Parquet read in place: a .parquet file or a folder "
+        "of them (see --image-column).",
+        metavar="DIR",
+    )
+    image_column: str | None = option(
+        None,
+        "Parquet read in place: the column of encoded images (binary, or a struct with a bytes "
+        "field as Hugging Face datasets writes); none = image.",
+        metavar="NAME",
+    )
+    matte_column: str | None = option(
+        None,
+        "Parquet read in place: the column of encoded mattes (ground truth); none = matte when "
+        "the files have one, else the job is unscored.",
+        metavar="NAME",
+    )
+    id_column: str | None = option(
+        None,
+        "Parquet read in place: the column of image ids; none = the image paths' stems when "
+        "unique, else <file stem>-<row>.",
+        metavar="NAME",
+    )
     model: str | None = option(
         None,
         "Model: a path, or a built variant fp32/fp16/int8; none = the reference model.",
@@ -171,7 +194,7 @@ def validate(job: JobConfig) -> None:
     check_all(job, "job option")
     if not job.dataset:
         raise ModnetBatchError(
-            "no dataset given; pass --dataset DIR (made by `modnet-batch ingest`)"
+            "no dataset given; pass --dataset DIR (made by `modnet-batch ingest`, or Parquet files)"
         )
     if not job.out:
         raise ModnetBatchError("no run directory given; pass --out RUN")
