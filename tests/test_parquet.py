@@ -4,6 +4,7 @@ missing columns, identity for resume, and the same work units as ingested shards
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -212,6 +213,24 @@ def test_identity_is_cheap_stable_and_follows_files_and_columns(
     _write(folder / "b.parquet", _hf_rows(source)[3:5], HF_SCHEMA)
     assert open_parquet(folder).fingerprint() != ds.fingerprint()
     assert json.dumps(ds.meta)  # plain data
+    # what travels to Ray workers with each unit
+    assert pickle.loads(pickle.dumps(ds.reader)) == ds.reader
+
+
+def test_files_that_are_links_and_differ_in_columns(source: Path, tmp_path: Path) -> None:
+    real = _write(tmp_path / "elsewhere" / "real.parquet", _hf_rows(source)[:2], HF_SCHEMA)
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "mine.parquet").symlink_to(real)
+    plain = pa.schema([("image", pa.binary())])
+    rows = [{"image": r["image"]["bytes"]} for r in _hf_rows(source)[:2]]
+    _write(tmp_path / "elsewhere" / "plain.parquet", rows, plain)
+    (tmp_path / "linked" / "plain.parquet").symlink_to(tmp_path / "elsewhere" / "plain.parquet")
+    ds = open_dataset(tmp_path / "linked")
+    # the first file's images have paths, the second's are plain bytes (named by row), and only
+    # the first has mattes (the default column, where a file has one)
+    assert ds.image_ids() == ["synth-000", "synth-001", "plain-0", "plain-1"]
+    assert ds.num_with_matte == 2
+    assert [r.image_id for r in ds.records()] == ds.image_ids()
 
 
 def test_submit_and_matte_read_parquet_in_place_from_the_command_line(

@@ -4,7 +4,8 @@ write (no dataset.json), read where it is; nothing is copied.
 The images are a column of encoded bytes: binary, or a struct with a `bytes` field as the
 Hugging Face `datasets` export writes it (`struct<bytes: binary, path: string>`); mattes the
 same, optional. Which columns: `--image-column` (default `image`), `--matte-column` (default
-`matte` when the files have one, else none: the job is unscored), `--id-column` (default none).
+`matte` in the files that have one: the others' images are unscored), `--id-column` (default
+none). A column that is given must be in every file.
 
 Ids, decided once for the whole dataset when it is opened:
 - from the id column, escaped when unsafe as a file name (unsafe characters replaced and a hash
@@ -13,7 +14,7 @@ Ids, decided once for the whole dataset when it is opened:
 - else from the image struct's `path` field (its file stem, escaped alike), when those stems are
   unique ignoring case (a row without a path, a null image say, is `<file stem>-<row>`);
 - else from the row: `<file stem>-<row>` (the file's path in the folder, `/` as `__`, and the
-  row's index in its file, zero-padded).
+  row's index in its file, zero-padded); so too the rows of files whose images have no paths.
 
 Width and height are read from each image's header with Pillow when its row is read (no decode;
 EXIF orientation applied, as data/files.py does); the decode checks that they agree. A null or
@@ -115,6 +116,11 @@ def _is_view(tp: pa.DataType) -> bool:
     return bool(check is not None and check(tp))
 
 
+def _has_path(tp: pa.DataType) -> bool:
+    """Whether an image column is a struct with a `path` field (Hugging Face datasets)."""
+    return bool(pa.types.is_struct(tp) and tp.get_field_index("path") >= 0)
+
+
 def _bytes_field(tp: pa.DataType) -> int | None:
     """The index of a struct's binary `bytes` field, None when `tp` is not such a struct."""
     if not pa.types.is_struct(tp):
@@ -155,7 +161,12 @@ class ParquetReader:
     duplicates: frozenset[str] = frozenset()  # lower-cased ids several rows share
 
     def _rel(self, path: Path) -> str:
-        return path.resolve().relative_to(Path(self.root)).as_posix()
+        """The file's path in the dataset's folder (as its ids name it); never resolved, so a
+        file that is a link keeps the name it has here."""
+        try:
+            return Path(path).relative_to(self.root).as_posix()
+        except ValueError:
+            return Path(path).name
 
     def _ids(
         self, rel: str, rows: int, start: int, values: list[Any] | None
@@ -201,19 +212,24 @@ class ParquetReader:
             out.append((image_id, None))
         return out
 
-    def _id_source(self) -> str | None:
+    def _id_source(self, schema: pa.Schema) -> str | None:
+        """The column a file's ids are read from (None: derived from the rows alone)."""
         if self.rule == "column":
             return self.id_column
-        if self.rule == "path":
+        if self.rule == "path" and _has_path(schema.field(self.image).type):
             return f"{self.image}.path"
         return None
+
+    def _matte(self, schema: pa.Schema) -> str | None:
+        """The file's matte column: a file without the default one has no ground truth."""
+        return self.matte if self.matte in schema.names else None
 
     def ids(self, path: Path, shard: pq.ParquetFile, row_groups: list[int] | None) -> list[str]:
         """The ids of those row groups, reading only the id column or the image paths."""
         rel, meta = self._rel(path), shard.metadata
         groups = list(range(meta.num_row_groups)) if row_groups is None else row_groups
         starts = _starts(meta)
-        source = self._id_source()
+        source = self._id_source(shard.schema_arrow)
         out: list[str] = []
         for g in groups:
             n = meta.row_group(g).num_rows
@@ -237,8 +253,9 @@ class ParquetReader:
         groups = list(range(meta.num_row_groups)) if row_groups is None else row_groups
         starts = _starts(meta)
         columns = [self.image]
-        if self.matte is not None:
-            columns.append(self.matte)
+        matte = self._matte(shard.schema_arrow)
+        if matte is not None:
+            columns.append(matte)
         if self.rule == "column" and self.id_column not in columns:
             columns.append(str(self.id_column))
         for g in groups:
@@ -246,15 +263,15 @@ class ParquetReader:
             for batch in shard.iter_batches(batch_size=batch_rows, row_groups=[g], columns=columns):
                 images, paths = _encoded(batch.column(self.image))
                 mattes = (
-                    _encoded(batch.column(self.matte))[0]
-                    if self.matte is not None
+                    _encoded(batch.column(matte))[0]
+                    if matte is not None
                     else [None] * batch.num_rows
                 )
                 values: list[Any] | None = [None] * batch.num_rows
                 if self.rule == "column":
                     values = batch.column(str(self.id_column)).to_pylist()
                 elif self.rule == "path":
-                    values = paths
+                    values = paths if paths is not None else [None] * batch.num_rows
                 for i, (image_id, problem) in enumerate(
                     self._ids(rel, meta.num_rows, start, values)
                 ):
@@ -385,7 +402,6 @@ def open_parquet(path: Path, columns: ParquetColumns | None = None) -> Dataset:
     listing: list[list[Any]] = []
     with_matte = 0
     id_values: list[tuple[str, int, int, Any]] = []  # (file, row, rows, raw id source)
-    paths_ok = True
     for index, file in enumerate(files):
         rel = file.relative_to(root).as_posix()
         try:
@@ -398,30 +414,35 @@ def open_parquet(path: Path, columns: ParquetColumns | None = None) -> Dataset:
             _check_column(
                 rel, schema, image, "image", "--image-column", "naming the encoded images"
             )
-            if index == 0 and matte is None and DEFAULT_MATTE_COLUMN in schema.names:
-                matte = DEFAULT_MATTE_COLUMN
-            if matte is not None:
+            if columns.matte is None and DEFAULT_MATTE_COLUMN in schema.names:
+                matte = DEFAULT_MATTE_COLUMN  # by default, where a file has one
+            file_matte = columns.matte or (matte if matte in schema.names else None)
+            if file_matte is not None:
                 _check_column(
-                    rel, schema, matte, "matte", "--matte-column", "naming the mattes, or none"
+                    rel,
+                    schema,
+                    file_matte,
+                    "matte",
+                    "--matte-column",
+                    "naming the mattes, or leave it out",
                 )
-                leaf = matte if _bytes_field(schema.field(matte).type) is None else f"{matte}.bytes"
+                tp = schema.field(file_matte).type
+                leaf = file_matte if _bytes_field(tp) is None else f"{file_matte}.bytes"
                 with_matte += _with_matte(meta, leaf)
             if columns.id is not None:
                 _check_column(
                     rel, schema, columns.id, "id", "--id-column", "or leave it out to derive ids"
                 )
                 values = parquet.read(columns=[columns.id]).column(0).to_pylist()
-            elif _bytes_field(schema.field(image).type) is not None and (
-                schema.field(image).type.get_field_index("path") >= 0
-            ):
+            elif _has_path(schema.field(image).type):
                 table = parquet.read(columns=[f"{image}.path"]).column(0).combine_chunks()
                 values = table.flatten()[0].to_pylist() if len(table) else []
-            else:
-                values, paths_ok = [None] * meta.num_rows, False
+            else:  # no paths in this file: its rows are named by row
+                values = [None] * meta.num_rows
             id_values.extend((rel, row, meta.num_rows, v) for row, v in enumerate(values))
         shards.append(ShardInfo(name=shard_name(index), path=rel, rows=meta.num_rows, sha256=""))
         listing.append([rel, size, footer])
-    rule, note = _id_rule(columns.id, id_values, paths_ok)
+    rule, note = _id_rule(columns.id, id_values)
     reader = ParquetReader(str(root), image, matte, columns.id, rule)
     ids = [_final_id(reader, rel, row, rows, raw) for rel, row, rows, raw in id_values]
     counts = Counter(i.lower() for i in ids if i is not None)
@@ -449,16 +470,14 @@ def open_parquet(path: Path, columns: ParquetColumns | None = None) -> Dataset:
 
 
 def _id_rule(
-    id_column: str | None, values: list[tuple[str, int, int, Any]], paths_ok: bool
+    id_column: str | None, values: list[tuple[str, int, int, Any]]
 ) -> tuple[str, str | None]:
     """Where ids come from (module docstring), and why not from the paths when they could not."""
     if id_column is not None:
         return "column", None
-    if not paths_ok:
-        return "row", None
     stems = [s for s in (path_stem(v) for _, _, _, v in values) if s is not None]
     if not stems:
-        return "row", "the images have no paths: ids are <file stem>-<row>"
+        return "row", None  # no paths to name images by
     counts = Counter(safe_id(s).lower() for s in stems)
     if any(n > 1 for n in counts.values()):
         shared = next(k for k, n in counts.items() if n > 1)

@@ -43,8 +43,8 @@ class JobConfig:
     )
     matte_column: str | None = option(
         None,
-        "Parquet read in place: the column of encoded mattes (ground truth); none = matte when "
-        "the files have one, else the job is unscored.",
+        "Parquet read in place: the column of encoded mattes (ground truth); none = matte in "
+        "the files that have one (the others are unscored).",
         metavar="NAME",
     )
     id_column: str | None = option(
