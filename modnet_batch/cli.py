@@ -290,7 +290,8 @@ def matte(
         Path,
         typer.Argument(
             help="An image folder (searched recursively), a list file (one path per line), "
-            "or a dataset directory."
+            "a dataset directory, or Parquet read in place (a .parquet file, or a folder of them "
+            "and no images)."
         ),
     ],
     dst: Annotated[
@@ -327,7 +328,7 @@ def matte(
                 f"OUT {dst} is not empty and not a `modnet-batch matte` output; pass a new or "
                 "empty folder (nothing in it is overwritten)"
             )
-        if (src / "dataset.json").is_file():
+        if (src / "dataset.json").is_file() or _parquet_only(src):
             dataset = src
         elif (staged / "dataset.json").is_file():
             import json
@@ -370,6 +371,19 @@ def matte(
         console.print(f"[yellow]{skipped} file(s) skipped[/yellow] (listed above; see {staged})")
     if status or skipped:
         raise typer.Exit(status or EXIT_IMAGES_FAILED)
+
+
+def _parquet_only(src: Path) -> bool:
+    """Whether `matte` reads SRC as Parquet in place: a .parquet file, or a folder holding
+    Parquet files and no images."""
+    from modnet_batch.data.decode import IMAGE_EXTENSIONS
+    from modnet_batch.data.parquet import is_parquet_source
+
+    if not is_parquet_source(src):
+        return False
+    return src.is_file() or not any(
+        p.suffix.lower() in IMAGE_EXTENSIONS for p in src.rglob("*") if p.is_file()
+    )
 
 
 def _run_here(job: Any, what: str = "submit") -> int:

@@ -146,3 +146,21 @@ def test_a_changed_shard_fails_on_ray_without_retries(
     assert outcome.summary.shards.failed == [shard.stem]
     assert outcome.summary.shards.retries == 0
     assert outcome.summary.images.scored == 8
+
+
+def test_one_shard_keeps_every_worker_busy(
+    fake_device_ray: None, tiny_model: Path, tmp_path: Path
+) -> None:
+    """A dataset of one shard (the default --shard-size 64) is cut into units of row groups:
+    both CPU workers get images, and the results equal the single-process run's."""
+    from modnet_batch.data.ingest import ingest
+    from modnet_batch.data.synthetic import make_synthetic
+
+    src = make_synthetic(tmp_path / "src", n=16, height=96, width=64, seed=8)
+    ingest(src, tmp_path / "ds", row_group_rows=4)
+    run_job(_job(tmp_path / "ds", tmp_path / "inline", tiny_model, backend="inline"))
+    outcome = run_job(_job(tmp_path / "ds", tmp_path / "run", tiny_model, threads=1))
+    per_device = outcome.summary.throughput["per_device"]
+    assert len(per_device) == 2 and all(d["images"] > 0 for d in per_device.values())
+    assert outcome.summary.shards.total == 4  # ceil(16 / (4 * 2)) = 2 images: one row group each
+    _same_results(tmp_path / "inline", tmp_path / "run")

@@ -1,7 +1,9 @@
 """The dataset directory: Parquet shards of original encoded files plus `dataset.json`.
 
-Readers open it with `Dataset.open` and stream one shard at a time with `iter_records`. A dataset
-ingested with `--prepare PROTOCOL` also holds that protocol's network inputs (see PREPARED_FIELDS).
+Readers open it with `Dataset.open` and stream one shard at a time with `iter_records`, or only
+some of its row groups (a job's work unit, execution/units.py). A dataset ingested with
+`--prepare PROTOCOL` also holds that protocol's network inputs (see PREPARED_FIELDS). Parquet
+files that modnet-batch did not write are read in place through a ShardReader (data/parquet.py).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -110,7 +112,25 @@ class Record:
     # a file-list dataset (`matte`): the outputs' relative name, and why the file could not be
     # read (the image then becomes an error row; the shard goes on)
     output_name: str | None = None
-    read_error: OSError | None = None
+    read_error: Exception | None = None
+    # width/height were read from the file's header, not from a decode at ingest: the decode
+    # checks that they agree before anything is resized to them
+    sized_by_header: bool = False
+
+
+class ShardReader(Protocol):
+    """How to read shard files that modnet-batch did not write (data/parquet.py): small and
+    picklable, it travels with each work unit to the worker that reads it."""
+
+    def records(
+        self, path: Path, shard: pq.ParquetFile, row_groups: list[int] | None, batch_rows: int
+    ) -> Iterator[Record]:
+        """The records of `row_groups` (None: every row group) of the open file `shard`."""
+        ...
+
+    def ids(self, path: Path, shard: pq.ParquetFile, row_groups: list[int] | None) -> list[str]:
+        """The image ids of those row groups, in row order (what their records carry)."""
+        ...
 
 
 # Ids and shard names become file names (alpha/<image_id>.npz, state/shards/<shard>.json) on
@@ -137,19 +157,35 @@ def shard_name(index: int) -> str:
 
 
 def _not_a_dataset(root: Path, why: str) -> ModnetBatchError:
-    hint = f"run `modnet-batch ingest SRC {root}` to create one"
+    hint = (
+        f"run `modnet-batch ingest SRC {root}` to create one, or pass Parquet files (a .parquet "
+        "file or a folder of them) to read in place"
+    )
     if (root / "image").is_dir():
         hint = f"it looks like a source folder; run `modnet-batch ingest {root} OUT` first"
     return ModnetBatchError(f"{root} is not a dataset directory ({why}); {hint}")
 
 
 class Dataset:
-    """An opened dataset directory: `meta` is dataset.json, `shards` its shard list in order."""
+    """An opened dataset: `meta` is dataset.json, `shards` its shard list in order.
 
-    def __init__(self, root: Path, meta: dict[str, Any], shards: list[ShardInfo]) -> None:
+    `reader` is None for a dataset directory; Parquet files read in place (data/parquet.py)
+    carry their reader and their own `identity` (a digest of names, sizes and footers).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        meta: dict[str, Any],
+        shards: list[ShardInfo],
+        reader: ShardReader | None = None,
+        identity: str | None = None,
+    ) -> None:
         self.root = root
         self.meta = meta
         self.shards = shards
+        self.reader = reader
+        self.identity = identity
 
     @classmethod
     def open(cls, path: str | Path) -> Dataset:
@@ -225,8 +261,10 @@ class Dataset:
         """Hex SHA-256 of the ordered (name, sha256) shard list: equal iff the content is equal.
 
         Independent of where the dataset lives and of dataset.json's timestamps, so a run can
-        refuse to resume against different data.
+        refuse to resume against different data. Parquet read in place has its own (`identity`).
         """
+        if self.identity is not None:
+            return self.identity
         listing = json.dumps([[s.name, s.sha256] for s in self.shards], separators=(",", ":"))
         return hashlib.sha256(listing.encode()).hexdigest()
 
@@ -240,19 +278,37 @@ class Dataset:
                     f"{shard.sha256}; the file changed after ingest, re-create the dataset"
                 )
 
-    def image_ids(self, shard: ShardInfo | None = None) -> list[str]:
-        """The image ids of one shard, or of every shard in order; reads only that column."""
+    def row_group_rows(self, shard: ShardInfo) -> list[int] | None:
+        """The rows of each row group of a shard, from its Parquet footer alone; None when the
+        footer cannot be read (the worker that reads the shard names the damage)."""
+        try:
+            meta = pq.ParquetFile(self.shard_path(shard)).metadata
+        except (OSError, pa.ArrowException):
+            return None
+        return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+
+    def image_ids(
+        self, shard: ShardInfo | None = None, row_groups: list[int] | None = None
+    ) -> list[str]:
+        """The image ids of one shard (of its `row_groups` only, when given), or of every shard
+        in order; reads only the column they come from."""
         shards = self.shards if shard is None else [shard]
         ids: list[str] = []
         for s in shards:
-            table = pq.read_table(self.shard_path(s), columns=["image_id"])
+            path = self.shard_path(s)
+            with pq.ParquetFile(path) as file:
+                if self.reader is not None:
+                    ids.extend(self.reader.ids(path, file, row_groups))
+                    continue
+                groups = list(range(file.num_row_groups)) if row_groups is None else row_groups
+                table = file.read_row_groups(groups, columns=["image_id"])
             ids.extend(str(i) for i in table.column("image_id").to_pylist())
         return ids
 
     def records(self) -> Iterator[Record]:
         """Every record of every shard, in shard order, streaming."""
         for shard in self.shards:
-            yield from iter_records(self.shard_path(shard))
+            yield from iter_records(self.shard_path(shard), reader=self.reader)
 
 
 def _prepared_meta(schema: pa.Schema, path: Path) -> dict[str, Any] | None:
@@ -272,13 +328,20 @@ def _prepared_meta(schema: pa.Schema, path: Path) -> dict[str, Any] | None:
 
 
 def iter_records(
-    path: str | Path, *, batch_rows: int = 8, prepared_for: str | None = None
+    path: str | Path,
+    *,
+    batch_rows: int = 8,
+    prepared_for: str | None = None,
+    row_groups: list[int] | None = None,
+    reader: ShardReader | None = None,
 ) -> Iterator[Record]:
     """Stream one shard file, `batch_rows` rows at a time, so memory stays ~one row group.
 
-    With `prepared_for` naming the protocol the shard was prepared for (`ingest --prepare`),
+    `row_groups` reads only those row groups (a work unit); None reads them all. With
+    `prepared_for` naming the protocol the shard was prepared for (`ingest --prepare`),
     only the prepared columns are read and each record carries them in `prepared`; for any
-    other protocol, or an unprepared shard, the original encoded bytes are read.
+    other protocol, or an unprepared shard, the original encoded bytes are read. `reader`
+    reads a Parquet file that modnet-batch did not write (data/parquet.py).
     Raises ModnetBatchError if the file is not a readable shard.
     """
     if batch_rows < 1:
@@ -290,9 +353,13 @@ def iter_records(
         raise ModnetBatchError(
             f"{path} is not a readable Parquet shard ({exc}); re-create the dataset"
         ) from exc
+    if reader is not None:
+        with shard:
+            yield from reader.records(path, shard, row_groups, batch_rows)
+        return
     files_root = (shard.schema_arrow.metadata or {}).get(FILES_ROOT_KEY.encode())
     if files_root is not None:
-        yield from _file_records(shard, Path(files_root.decode()), batch_rows)
+        yield from _file_records(shard, Path(files_root.decode()), batch_rows, row_groups)
         return
     prepared = _prepared_meta(shard.schema_arrow, path)
     if prepared is not None and prepared_for != prepared["protocol"]:
@@ -305,7 +372,9 @@ def iter_records(
             "re-create the dataset with `modnet-batch ingest`"
         )
     with shard:
-        for batch in shard.iter_batches(batch_size=batch_rows, columns=columns):
+        for batch in shard.iter_batches(
+            batch_size=batch_rows, columns=columns, row_groups=row_groups
+        ):
             ids = batch.column("image_id").to_pylist()
             widths = batch.column("width").to_pylist()
             heights = batch.column("height").to_pylist()
@@ -323,11 +392,15 @@ def iter_records(
                 yield Record(ids[i], image, mattes[i], widths[i], heights[i])
 
 
-def _file_records(shard: pq.ParquetFile, root: Path, batch_rows: int) -> Iterator[Record]:
+def _file_records(
+    shard: pq.ParquetFile, root: Path, batch_rows: int, row_groups: list[int] | None
+) -> Iterator[Record]:
     """Records of a file-list shard (data.files): each image's bytes read from its file."""
     columns = ["image_id", "image_path", "output_name", "width", "height"]
     with shard:
-        for batch in shard.iter_batches(batch_size=batch_rows, columns=columns):
+        for batch in shard.iter_batches(
+            batch_size=batch_rows, columns=columns, row_groups=row_groups
+        ):
             for row in batch.to_pylist():
                 data, error = b"", None
                 try:
@@ -342,6 +415,7 @@ def _file_records(shard: pq.ParquetFile, root: Path, batch_rows: int) -> Iterato
                     row["height"],
                     output_name=row["output_name"],
                     read_error=error,
+                    sized_by_header=True,
                 )
 
 

@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -97,12 +98,13 @@ def _list(src: Path) -> tuple[Path, list[str], list[str], list[tuple[str, str]]]
     return root, images, [], skipped
 
 
-def _header_size(path: Path) -> tuple[int, int]:
-    """(width, height) as decoded, EXIF orientation applied, from the header alone."""
+def header_size(source: Path | BinaryIO) -> tuple[int, int]:
+    """(width, height) as decoded, EXIF orientation applied, from the header alone (a file, or
+    the bytes of one: data/parquet.py)."""
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = None  # decoding is guarded by OpenCV's own pixel limit
-    with Image.open(path) as img:
+    with Image.open(source) as img:
         width, height = img.size
         if img.format == "PNG":  # getexif() would decode a PNG to find a late eXIf chunk
             exif = Image.Exif()
@@ -144,7 +146,7 @@ def stage(src: Path, dst: Path, *, per_shard: int = FILES_PER_SHARD) -> StageRep
             skipped.append((_shown(rel), f"outputs would collide ({others}); rename one"))
             continue
         try:
-            width, height = _header_size(root / rel)
+            width, height = header_size(root / rel)
         except Exception as exc:  # Pillow raises many types for a bad header
             skipped.append((_shown(rel), f"not a readable image ({type(exc).__name__}: {exc})"))
             continue

@@ -1,4 +1,5 @@
-"""The backend interface: a way to run shard tasks, and what it reports beyond their results."""
+"""The backend interface: a way to run work units (shard tasks), and what it reports beyond
+their results."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from modnet_batch.options import JobConfig
 from modnet_batch.results import ShardResult, ShardTask
 
 OnResult = Callable[[ShardResult], None]
+# the job's work units for a number of workers (JobPlan.work_units): a backend calls it once it
+# knows how many workers it has
+Units = Callable[[int], list[ShardTask]]
 OnImages = Callable[[str, int], None]  # (worker label, images just finished)
 OnPhase = Callable[[str], None]  # a start-up step, in words ("starting 2 workers", ...)
 
@@ -23,7 +27,7 @@ def no_phase(_text: str) -> None:
 class BackendReport:
     """What a backend says about its run beyond the shard results."""
 
-    failed: dict[str, str] = field(default_factory=dict)  # shard -> last error
+    failed: dict[str, str] = field(default_factory=dict)  # work unit -> last error
     startup_seconds: float = 0.0
     workers: list[dict[str, Any]] = field(default_factory=list)  # one entry per actor
     retries: int = 0
@@ -34,7 +38,7 @@ class Backend(Protocol):
         self,
         job: JobConfig,
         base: WorkerSpec,
-        tasks: list[ShardTask],
+        units: Units,
         on_result: OnResult,
         on_images: OnImages,
         on_phase: OnPhase = no_phase,

@@ -95,7 +95,9 @@ def measure(
     for shard_name, ids in chosen.items():
         wanted = set(ids)
         records: list[Record] = [
-            r for r in iter_records(dataset.shard_path(shards[shard_name])) if r.image_id in wanted
+            r
+            for r in iter_records(dataset.shard_path(shards[shard_name]), reader=dataset.reader)
+            if r.image_id in wanted
         ]
         for record in records:
             inputs = pipeline.preprocess(pipeline.decode(record))

@@ -1,7 +1,8 @@
-"""The job driver: plan the shards, hand them to a backend, persist each result as it arrives,
-and reduce everything into `metrics.parquet` and `summary.json`.
+"""The job driver: plan the work units, hand them to a backend, persist each result as it
+arrives, and reduce everything into `metrics.parquet` and `summary.json`.
 
-Resume is the same code path as a fresh run: shards with a completion marker are not redone.
+Resume is the same code path as a fresh run: row groups that a completion marker covers are not
+redone (execution/units.py).
 """
 
 from __future__ import annotations
@@ -11,16 +12,18 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from modnet_batch import __version__
 from modnet_batch.data.dataset import Dataset
+from modnet_batch.data.parquet import ParquetColumns, open_dataset
 from modnet_batch.digest import sha256_file
 from modnet_batch.engine import DEFAULT_ENGINE, EngineSpec, default_provider
 from modnet_batch.engine.signature import check_signature
 from modnet_batch.errors import JobInterrupted, ModnetBatchError, is_storage_error, storage_error
+from modnet_batch.execution import units
 from modnet_batch.execution.backend import BackendReport, no_phase
 from modnet_batch.execution.backends import get_backend
 from modnet_batch.execution.processor import WorkerSpec
@@ -57,13 +60,24 @@ class JobPlan:
     model_info: dict[str, Any]
     run: RunDir
     resumed: bool
+    # the work left: runs of row groups no marker covers, and retries (units.split cuts them)
     tasks: list[ShardTask]
-    done_before: set[str]  # finished by earlier attempts, nothing to redo
+    done_before: set[str]  # units finished by earlier attempts, nothing to redo
     decode: DecodeMode  # resolved for this protocol and model (DecodeMode.resolve)
     warnings: list[str] = field(default_factory=list)
-    # finished shards whose transiently failed images this attempt retries: their results so far
+    # finished units whose transiently failed images this attempt retries: their results so far
     retrying: dict[str, ShardResult] = field(default_factory=dict)
     outputs: OutputSpec = field(default_factory=OutputSpec)
+    # each shard's row groups' rows, from its footer (None: unreadable, run as one unit)
+    groups: dict[str, list[int] | None] = field(default_factory=dict)
+    # the units handed to the backend, by name (filled when it knows its workers)
+    unit_tasks: dict[str, ShardTask] = field(default_factory=dict)
+
+    def work_units(self, workers: int) -> list[ShardTask]:
+        """The tasks cut into work units for `workers` workers (units.split), remembered."""
+        out = units.split(self.tasks, workers)
+        self.unit_tasks.update((u.name, u) for u in out)
+        return out
 
 
 # Exit statuses of a job (`submit`, and the entrypoint of a job on a cluster).
@@ -150,7 +164,7 @@ def _os_error(exc: OSError, resume: bool = True) -> ModnetBatchError:
 
 def plan_job(job: JobConfig) -> JobPlan:
     """Resolve the dataset, model and run dir; list the shards still to do."""
-    dataset = Dataset.open(job.dataset)
+    dataset = open_dataset(job.dataset, job_columns(job))
     protocol = get_protocol(job.protocol)
     model_path = resolve_model(job.model)
     check_signature(model_path)
@@ -201,23 +215,26 @@ def plan_job(job: JobConfig) -> JobPlan:
     resumed = run.prepare(identity)
     run.write_job(job_yaml(job))
     done = run.done_shards()
-    # a finished shard's images that failed for a reason that may pass are tried again
+    groups = {s.name: dataset.row_group_rows(s) for s in dataset.shards}
+    # a finished unit's images that failed for a reason that may pass are tried again
     retrying = {r.shard: r for r in (run.load_results() if resumed else []) if _transient_ids(r)}
-    tasks: list[ShardTask] = []
-    for s in dataset.shards:
-        task = ShardTask(name=s.name, path=str(dataset.shard_path(s)), rows=s.rows, sha256=s.sha256)
-        if s.name in retrying:
-            ids = _transient_ids(retrying[s.name])
-            tasks.append(replace(task, rows=len(ids), only=ids))
-        elif s.name not in done:
-            tasks.append(task)
+    tasks = units.pending(dataset, groups, done)
+    for name, result in sorted(retrying.items()):
+        shard = units.parse_unit(name)[0]
+        retry = units.retry_task(dataset, name, groups.get(shard), _transient_ids(result))
+        if retry is not None:
+            tasks.append(retry)
     plan = JobPlan(
         job, dataset, model_path, info, run, resumed, tasks, done - retrying.keys(), decode
     )
     plan.retrying = retrying
     plan.outputs = outputs
+    plan.groups = groups
     if pixel_warning:
         plan.warnings.append(pixel_warning)
+    for note in (dataset.meta.get("ids_note"), _duplicates_note(dataset)):
+        if note:
+            plan.warnings.append(f"{job.dataset}: {note}")
     if scored and decode is not DecodeMode.EXACT:
         plan.warnings.append(
             f"--decode-reduce {decode.value}: JPEGs are decoded reduced, so the metrics are "
@@ -225,6 +242,21 @@ def plan_job(job: JobConfig) -> JobPlan:
         )
     plan.warnings.extend(_overlap_warnings(plan))
     return plan
+
+
+def job_columns(job: JobConfig) -> ParquetColumns:
+    """The job's columns of Parquet read in place (--image-column, --matte-column, --id-column)."""
+    return ParquetColumns(job.image_column, job.matte_column, job.id_column)
+
+
+def _duplicates_note(dataset: Dataset) -> str | None:
+    shared = int(dataset.meta.get("counts", {}).get("duplicate_ids", 0))
+    if not shared:
+        return None
+    return (
+        f"{shared} image id(s) are shared by several rows: those rows become error rows (outputs "
+        "are named by id); make the ids unique"
+    )
 
 
 def _check_owned(folder: Path, run: RunDir) -> None:
@@ -348,7 +380,7 @@ def run_job(
             report = backend.run(
                 job,
                 worker_spec(plan),
-                plan.tasks,
+                plan.work_units,
                 on_result,
                 on_images or (lambda w, n: None),
                 on_phase or no_phase,
@@ -360,8 +392,8 @@ def run_job(
     except JobInterrupted as exc:
         kept = len(plan.run.done_shards())
         raise JobInterrupted(
-            f"{exc}: {kept} of {len(plan.dataset.shards)} shards are finished and kept in "
-            f"{plan.run.root}; run the same command again to resume",
+            f"{exc}: {kept} finished work unit(s) of {len(plan.dataset.shards)} shard(s) are "
+            f"kept in {plan.run.root}; run the same command again to resume",
             exc.signum,
         ) from None
     return JobOutcome(
@@ -379,7 +411,7 @@ def finalize(
     wall: float,
     started: float | None = None,
 ) -> Summary:
-    """Reduce every finished shard (this run's and earlier ones') into the run's results."""
+    """Reduce every finished unit (this run's and earlier ones') into the run's results."""
     results = plan.run.load_results()
     acc = MetricAccumulator()
     rows: list[ImageRow] = []
@@ -387,15 +419,17 @@ def finalize(
         acc.merge(MetricAccumulator.from_dict(res.accumulator))
         rows.extend(res.rows)
     shards = {s.name: s for s in plan.dataset.shards}
-    for shard_name, reason in sorted(report.failed.items()):
-        if shard_name in plan.retrying:
-            continue  # a retry that failed again: the shard's rows keep their earlier errors
+    for unit_name, reason in sorted(report.failed.items()):
+        if unit_name in plan.retrying:
+            continue  # a retry that failed again: the unit's rows keep their earlier errors
+        task = plan.unit_tasks.get(unit_name)
+        groups = None if task is None or task.row_groups is None else list(task.row_groups)
         try:
-            ids = plan.dataset.image_ids(shards[shard_name])
+            ids = plan.dataset.image_ids(shards[units.parse_unit(unit_name)[0]], groups)
         except Exception:  # an unreadable shard: its ids are lost with it, its name is not
-            ids = [shard_name]
+            ids = [unit_name]
         # unfinished, so a resume runs it again: transient by construction
-        error = f"shard {shard_name} failed: {reason}"
+        error = f"shard {unit_name} failed: {reason}"
         rows.extend(ImageRow(i, error=error, transient=True) for i in ids)
     rows.sort(key=lambda r: r.image_id)
     plan.run.write_rows(rows)
@@ -416,13 +450,13 @@ def finalize(
         metrics={k: stats[k] for k in DATASET},
         throughput=_merge_throughput(_previous_throughput(plan), _throughput(fresh, wall)),
         shards=ShardCounts(
-            total=len(plan.dataset.shards),
+            total=len({r.shard for r in results} | report.failed.keys()),
             processed=len(fresh),
             skipped_done=len(plan.done_before),
             failed=sorted(report.failed),
             retries=report.retries,
         ),
-        complete=not report.failed and len(results) == len(plan.dataset.shards),
+        complete=not report.failed and _all_covered(plan, {r.shard for r in results}),
         job=JobFacts(
             dataset=str(Path(plan.job.dataset).resolve()),
             protocol=plan.job.protocol,
@@ -447,6 +481,12 @@ def finalize(
     )
     plan.run.write_summary(summary)
     return summary
+
+
+def _all_covered(plan: JobPlan, done: set[str]) -> bool:
+    """Whether the finished units `done` cover every row group of every shard."""
+    cover = units.covered(done, plan.groups)
+    return all(units.is_done(s.name, plan.groups[s.name], cover) for s in plan.dataset.shards)
 
 
 def _decode_check(

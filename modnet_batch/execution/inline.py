@@ -5,7 +5,14 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from modnet_batch.execution.backend import BackendReport, OnImages, OnPhase, OnResult, no_phase
+from modnet_batch.execution.backend import (
+    BackendReport,
+    OnImages,
+    OnPhase,
+    OnResult,
+    Units,
+    no_phase,
+)
 from modnet_batch.execution.processor import (
     ShardProcessor,
     ShardReadError,
@@ -14,7 +21,6 @@ from modnet_batch.execution.processor import (
 )
 from modnet_batch.execution.resources import available_cpus
 from modnet_batch.options import JobConfig
-from modnet_batch.results import ShardTask
 
 
 class InlineBackend:
@@ -22,7 +28,7 @@ class InlineBackend:
         self,
         job: JobConfig,
         base: WorkerSpec,
-        tasks: list[ShardTask],
+        units: Units,
         on_result: OnResult,
         on_images: OnImages,
         on_phase: OnPhase = no_phase,
@@ -54,7 +60,7 @@ class InlineBackend:
         }
         report = BackendReport(startup_seconds=time.perf_counter() - t0, workers=[info])
         try:
-            for task in tasks:
+            for task in units(1):
                 try:
                     result = processor.process(task, lambda n: on_images(spec.label, n))
                 except (ShardUnreadable, ShardReadError) as exc:  # the job goes on, shard named

@@ -110,6 +110,31 @@ def _check_shard(task: ShardTask) -> None:
         )
 
 
+class _Checked:
+    """The shard files this worker has hashed: each work unit is a part of a file, and a file
+    is hashed once per worker (again only when its size or mtime changed since)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, str], tuple[int, int]] = {}
+
+    def check(self, task: ShardTask) -> None:
+        if task.sha256 is None:
+            return
+        key = (task.path, task.sha256)
+        with self._lock:  # units of one file queued together wait for one hash
+            try:
+                st = os.stat(task.path)
+                stamp = (st.st_size, st.st_mtime_ns)
+            except OSError:
+                stamp = None
+            if stamp is not None and self._seen.get(key) == stamp:
+                return
+            _check_shard(task)
+            if stamp is not None:
+                self._seen[key] = stamp
+
+
 class _Clock:
     """Wall time of the shard loop's thread per LOOP_STAGES entry."""
 
@@ -155,6 +180,7 @@ class ShardProcessor:
         # take turns (one session, one pool), but the queued one starts decoding first.
         self._loop_lock = threading.Lock()
         self._waiting = 0  # process() calls waiting for the loop
+        self._checked = _Checked()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -248,7 +274,7 @@ class ShardProcessor:
     def process(
         self, task: ShardTask, on_image: Callable[[int], None] | None = None
     ) -> ShardResult:
-        _check_shard(task)
+        self._checked.check(task)
         clock = _Clock()
         cpu = dict.fromkeys(POOL_STAGES, 0.0)
         rows: list[ImageRow] = []
@@ -256,7 +282,12 @@ class ShardProcessor:
         pending: deque[Future[_Item]] = deque()
         finishing: deque[Future[tuple[ImageRow, dict[str, float]]]] = deque()
         # outputs that need the photo read the original bytes, not stored network inputs
-        records = self.pipeline.records(task.path, prepared=not self.spec.outputs.needs_pixels)
+        records = self.pipeline.records(
+            task.path,
+            prepared=not self.spec.outputs.needs_pixels,
+            row_groups=None if task.row_groups is None else list(task.row_groups),
+            reader=task.reader,
+        )
         only = None if task.only is None else set(task.only)
         exhausted = False
 

@@ -1,6 +1,7 @@
-"""Run shard tasks on Ray: one actor per device (GPU, custom accelerator unit, or CPU worker).
+"""Run work units on Ray: one actor per device (GPU, custom accelerator unit, or CPU worker).
 
-The driver hands out shard descriptors, never pixels; each actor reads its shard itself. Dispatch
+The driver hands out unit descriptors (a shard file and its row groups), never pixels; each actor
+reads its unit itself. Dispatch
 is dynamic with a bounded number of shards in flight per actor, so faster devices take more
 shards. A dead actor's shards go back to the queue (bounded retries) and Ray restarts the actor.
 """
@@ -20,7 +21,14 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from modnet_batch.errors import ModnetBatchError, StorageError
 from modnet_batch.execution import signals
-from modnet_batch.execution.backend import BackendReport, OnImages, OnPhase, OnResult, no_phase
+from modnet_batch.execution.backend import (
+    BackendReport,
+    OnImages,
+    OnPhase,
+    OnResult,
+    Units,
+    no_phase,
+)
 from modnet_batch.execution.processor import ShardProcessor, ShardUnreadable, WorkerSpec
 from modnet_batch.execution.resources import cpu_split, device_cpu_share
 from modnet_batch.options import JobConfig
@@ -210,7 +218,7 @@ class RayBackend:
         self,
         job: JobConfig,
         base: WorkerSpec,
-        tasks: list[ShardTask],
+        units: Units,
         on_result: OnResult,
         on_images: OnImages,
         on_phase: OnPhase = no_phase,
@@ -241,6 +249,7 @@ class RayBackend:
             on_phase("running")
             report.workers = infos
             report.startup_seconds = time.perf_counter() - t0
+            tasks = units(len(actors))  # sized for the workers that came up
             _dispatch(job, actors, plans, tasks, on_result, on_images, report)
             for actor in actors:
                 ray.kill(actor)

@@ -29,7 +29,30 @@ BACKENDS = ("ray", "inline")
 @dataclass(frozen=True)
 class JobConfig:
     # --- what to run
-    dataset: str = option("", "Dataset directory (from `ingest`).", metavar="DIR")
+    dataset: str = option(
+        "",
+        "Dataset directory (from `ingest`), or Parquet read in place: a .parquet file or a folder "
+        "of them (see --image-column).",
+        metavar="DIR",
+    )
+    image_column: str | None = option(
+        None,
+        "Parquet read in place: the column of encoded images (binary, or a struct with a bytes "
+        "field as Hugging Face datasets writes); none = image.",
+        metavar="NAME",
+    )
+    matte_column: str | None = option(
+        None,
+        "Parquet read in place: the column of encoded mattes (ground truth); none = matte in "
+        "the files that have one (the others are unscored).",
+        metavar="NAME",
+    )
+    id_column: str | None = option(
+        None,
+        "Parquet read in place: the column of image ids; none = the image paths' stems when "
+        "unique, else <file stem>-<row>.",
+        metavar="NAME",
+    )
     model: str | None = option(
         None,
         "Model: a path, or a built variant fp32/fp16/int8; none = the reference model.",
@@ -153,8 +176,10 @@ class JobConfig:
         parse=png_level,
         metavar="0-9",
     )
-    shards_in_flight: int = option(2, "Shards queued per actor: one running, one waiting.", min=1)
-    max_retries: int = option(3, "Retries of a shard whose worker died.", min=0)
+    shards_in_flight: int = option(
+        2, "Work units queued per actor: one running, one waiting.", min=1
+    )
+    max_retries: int = option(3, "Retries of a work unit whose worker died.", min=0)
     dashboard: bool = option(False, "Start the Ray dashboard (embedded Ray).")
     runtime_env: dict[str, Any] = option({}, "Extra Ray runtime_env for --address.", cli=False)
 
@@ -184,7 +209,7 @@ def validate(job: JobConfig) -> None:
     check_all(job, "job option")
     if not job.dataset:
         raise ModnetBatchError(
-            "no dataset given; pass --dataset DIR (made by `modnet-batch ingest`)"
+            "no dataset given; pass --dataset DIR (made by `modnet-batch ingest`, or Parquet files)"
         )
     if not job.out:
         raise ModnetBatchError("no run directory given; pass --out RUN")

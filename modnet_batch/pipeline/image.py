@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from modnet_batch.data.dataset import Record, iter_records
+from modnet_batch.data.dataset import Record, ShardReader, iter_records
 from modnet_batch.data.decode import decode_image, decode_matte, opencv_reason, sniff_format
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.metrics import ImageMetrics, ImageRow, image_metrics
@@ -78,10 +78,23 @@ class ImagePipeline:
         self.device_inputs = device_inputs
 
     # --- read ---------------------------------------------------------------------------------
-    def records(self, shard: str | Path, *, prepared: bool = True) -> Iterator[Record]:
-        """A shard's records; inputs stored by `ingest --prepare` for this protocol are used
-        unless `prepared` is False (the original photo is needed)."""
-        return iter_records(shard, prepared_for=self.protocol.name if prepared else None)
+    def records(
+        self,
+        shard: str | Path,
+        *,
+        prepared: bool = True,
+        row_groups: list[int] | None = None,
+        reader: ShardReader | None = None,
+    ) -> Iterator[Record]:
+        """A shard's records (of `row_groups` only, when given: a work unit); inputs stored by
+        `ingest --prepare` for this protocol are used unless `prepared` is False (the original
+        photo is needed). `reader` reads Parquet that modnet-batch did not write."""
+        return iter_records(
+            shard,
+            prepared_for=self.protocol.name if prepared else None,
+            row_groups=row_groups,
+            reader=reader,
+        )
 
     # --- decode -------------------------------------------------------------------------------
     def reduce_for(self, record: Record, *, matte: bool = False) -> int:
@@ -95,20 +108,22 @@ class ImagePipeline:
 
     def decode(self, record: Record, *, with_matte: bool = True) -> Decoded:
         """The record's pixels: decoded, or as stored by `ingest --prepare`."""
-        if record.read_error is not None:  # a file-list record whose file could not be read
+        if record.read_error is not None:  # its file or its row could not be read
             raise record.read_error
         if record.prepared is not None:  # stored at the protocol's size: nothing to decode
             return Decoded(record.prepared.image, record.prepared.matte if with_matte else None)
         r = self.reduce_for(record)
         rgb = decode_image(record.image, name=record.image_id, reduce=r)
-        if record.output_name is not None and rgb.shape[:2] != (
+        header = record.sized_by_header or record.output_name is not None  # file lists too
+        if header and rgb.shape[:2] != (
             -(-record.height // r),
             -(-record.width // r),
-        ):  # a file-list record's size came from its header: never stretch a matte to it
+        ):  # the size came from the file's header: never stretch a matte to it
             raise ModnetBatchError(
-                f"{record.output_name}: its header says {record.width}x{record.height} "
-                f"but it decodes as {rgb.shape[1] * r}x{rgb.shape[0] * r} (an orientation tag "
-                "the decoder does not apply?); re-save the photo upright"
+                f"{record.output_name or record.image_id}: its header says "
+                f"{record.width}x{record.height} but it decodes as "
+                f"{rgb.shape[1] * r}x{rgb.shape[0] * r} (an orientation tag the decoder does not "
+                "apply?); re-save the photo upright"
             )
         matte = None
         if with_matte and record.matte is not None:

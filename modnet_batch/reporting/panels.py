@@ -16,8 +16,9 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from modnet_batch.data.dataset import Dataset, Record
+from modnet_batch.data.dataset import Record
 from modnet_batch.data.decode import decode_image, decode_matte
+from modnet_batch.data.parquet import ParquetColumns, open_dataset
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.pipeline import ImagePipeline
 from modnet_batch.reporting.plots import error_lut
@@ -144,7 +145,11 @@ def pictures(
     if not wanted:
         return {}, []
     try:
-        dataset = Dataset.open(dataset_path)
+        job = run.read_job()  # Parquet read in place: the columns the job read
+        columns = ParquetColumns(
+            job.get("image_column"), job.get("matte_column"), job.get("id_column")
+        )
+        dataset = open_dataset(dataset_path, columns)
     except ModnetBatchError as exc:
         return {}, [f"no pictures: the dataset could not be opened ({exc})"]
     pipeline = ImagePipeline(protocol)  # exact decode of the matte: the ground truth as scored

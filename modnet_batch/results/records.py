@@ -1,10 +1,12 @@
-"""What the driver sends a worker (a shard task) and what comes back (a shard result)."""
+"""What the driver sends a worker (a shard task: one work unit) and what comes back (a shard
+result, the unit's completion marker)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+from modnet_batch.data.dataset import ShardReader
 from modnet_batch.metrics import ImageRow, MetricAccumulator
 
 # The shard loop's stages a timeline entry keeps (processor.LOOP_STAGES).
@@ -13,14 +15,24 @@ TIMELINE_STAGES = ("read", "wait_decode", "infer", "wait_write", "other")
 
 @dataclass(frozen=True)
 class ShardTask:
+    """One work unit: a shard file, or a run of its row groups (execution/units.py).
+
+    `name` is the unit's (and its marker's) name: the shard's name for the whole file,
+    `<shard>.rg<first>-<last>` for row groups first..last. `rows` counts its images.
+    """
+
     name: str
     path: str
     rows: int
     attempt: int = 0
     sha256: str | None = None  # as dataset.json records it; checked before the shard is read
-    # a resume retrying images of a finished shard: only these ids (None: the whole shard)
+    # a resume retrying images of a finished unit: only these ids (None: all of them)
     only: tuple[str, ...] | None = None
     requeues: int = 0  # sent back uncharged after a worker died while it waited there
+    # the row groups it reads, and the rows of each (None: the whole file, its footer unread)
+    row_groups: tuple[int, ...] | None = None
+    group_rows: tuple[int, ...] = ()
+    reader: ShardReader | None = None  # Parquet that modnet-batch did not write
 
 
 @dataclass

@@ -1,0 +1,202 @@
+"""Work units: runs of row groups sized for the job, each resumable on its own (inline backend)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from modnet_batch.data.dataset import Dataset
+from modnet_batch.data.ingest import ingest
+from modnet_batch.data.synthetic import make_synthetic
+from modnet_batch.engine import EngineSpec
+from modnet_batch.execution import processor as processor_module
+from modnet_batch.execution import units
+from modnet_batch.execution.driver import run_job
+from modnet_batch.execution.processor import ShardProcessor, WorkerSpec
+from modnet_batch.options import JobConfig, load_job
+from modnet_batch.results import RunDir, ShardResult, ShardTask
+
+
+def _job(dataset: Path, out: Path, model: Path, **kw: object) -> JobConfig:
+    values = {"dataset": str(dataset), "out": str(out), "model": str(model), "backend": "inline"}
+    return load_job(None, {**values, **kw})
+
+
+@pytest.fixture(scope="module")
+def grouped(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """22 small synthetic images ingested three ways: `big` in one shard of row groups of 4
+    (6 row groups, the last of 2), `two` in 2 shards of 12 / 10 rows (row groups of 4), and
+    `small` one shard per 4 images (what whole-shard runs did)."""
+    base = tmp_path_factory.mktemp("grouped")
+    src = make_synthetic(base / "src", n=22, height=96, width=64, seed=7)
+    ingest(src, base / "big", shard_size=64, row_group_rows=4)
+    ingest(src, base / "two", shard_size=12, row_group_rows=4)
+    ingest(src, base / "small", shard_size=4)
+    return {k: base / k for k in ("big", "two", "small")}
+
+
+@pytest.fixture(scope="module")
+def reference(
+    grouped: dict[str, Path], tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The whole-shard run: one shard per 4 images, each shard one unit."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    run_job(_job(grouped["small"], out, tiny_model))
+    return out
+
+
+def _same(a: Path, b: Path) -> None:
+    sa, sb = (json.loads((r / "summary.json").read_text()) for r in (a, b))
+    assert sa["metrics"] == sb["metrics"]  # bit-identical floats, not approx
+    assert sa["accumulator"] == sb["accumulator"]
+    assert sa["images"] == sb["images"]
+    assert pq.read_table(a / "metrics.parquet").equals(pq.read_table(b / "metrics.parquet"))
+    names = sorted(p.name for p in (a / "alpha").iterdir())
+    assert names == sorted(p.name for p in (b / "alpha").iterdir())
+    for name in names:  # outputs identical
+        assert (a / "alpha" / name).read_bytes() == (b / "alpha" / name).read_bytes()
+
+
+def _pending(dataset: Path, done: set[str] | None = None) -> list[ShardTask]:
+    ds = Dataset.open(dataset)
+    groups = {s.name: ds.row_group_rows(s) for s in ds.shards}
+    return units.pending(ds, groups, done or set())
+
+
+def test_the_unit_size_rule() -> None:
+    assert units.unit_images(41, 2) == 6  # ceil(41 / (4 * 2))
+    assert units.unit_images(41, 1) == 11
+    assert units.unit_images(100_000, 2) == units.MAX_UNIT_IMAGES
+    assert units.unit_images(3, 16) == 1
+    assert units.unit_images(0, 2) == 1
+
+
+def test_units_never_split_a_row_group_and_cover_each_once(grouped: dict[str, Path]) -> None:
+    tasks = _pending(grouped["big"])
+    assert [(t.name, t.rows, t.row_groups) for t in tasks] == [
+        ("shard-00000", 22, (0, 1, 2, 3, 4, 5))
+    ]
+    # 2 workers: at most ceil(22 / 8) = 3 images, so one row group (4) per unit, largest first
+    two = units.split(tasks, 2)
+    assert [u.name for u in two] == [f"shard-00000.rg{g}-{g}" for g in range(6)]
+    assert [u.rows for u in two] == [4, 4, 4, 4, 4, 2]
+    # 1 worker: 6 images per unit, still whole row groups: 4, 4, 4, 4, 4+2
+    one = units.split(tasks, 1)
+    assert [(u.name, u.rows) for u in one] == [
+        ("shard-00000.rg4-5", 6),
+        ("shard-00000.rg0-0", 4),
+        ("shard-00000.rg1-1", 4),
+        ("shard-00000.rg2-2", 4),
+        ("shard-00000.rg3-3", 4),
+    ]
+    groups = sorted(g for u in one for g in u.row_groups or ())
+    assert groups == list(range(6))
+    # few images on many workers: whole files are never cut into more than their row groups
+    assert len(units.split(_pending(grouped["small"]), 8)) == 6
+
+
+def test_names_and_coverage() -> None:
+    assert units.unit_name("shard-00003", (0, 1, 2), 3) == "shard-00003"
+    assert units.unit_name("shard-00003", (1, 2), 3) == "shard-00003.rg1-2"
+    assert units.parse_unit("shard-00003.rg1-2") == ("shard-00003", range(1, 3))
+    assert units.parse_unit("shard-00003") == ("shard-00003", None)
+    shards = {"shard-00000": [4, 4, 2], "shard-00001": [4, 4]}
+    cover = units.covered(["shard-00000", "shard-00001.rg1-1", "other.rg0-0"], shards)
+    assert cover == {"shard-00000": {0, 1, 2}, "shard-00001": {1}}
+    assert units.is_done("shard-00000", shards["shard-00000"], cover)
+    assert not units.is_done("shard-00001", shards["shard-00001"], cover)
+
+
+def test_split_run_equals_whole_shard_run_and_markers_are_per_unit(
+    grouped: dict[str, Path], reference: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    outcome = run_job(_job(grouped["big"], tmp_path / "run", tiny_model))
+    assert outcome.complete
+    _same(reference, tmp_path / "run")
+    markers = sorted(p.stem for p in (tmp_path / "run" / "state" / "shards").glob("*.json"))
+    # inline is one worker: units of up to ceil(22 / 4) = 6 images
+    assert markers == [f"shard-00000.rg{g}-{g}" for g in range(4)] + ["shard-00000.rg4-5"]
+    assert outcome.summary.shards.total == 5 and outcome.summary.shards.processed == 5
+
+
+def test_a_run_made_before_units_resumes(
+    grouped: dict[str, Path], reference: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    """Markers of whole shards (what every run wrote before units) cover all their row groups;
+    a resume runs only the row groups no marker covers, and its results equal a clean run's."""
+    run = tmp_path / "run"
+    run_job(_job(grouped["two"], run, tiny_model))
+    state = RunDir(run)
+    results = {r.shard: r for r in state.load_results()}
+    # shard-00000 as the old code wrote it: one marker for the whole shard
+    parts = sorted(n for n in results if n.startswith("shard-00000"))
+    merged: ShardResult = results[parts[0]]
+    for name in parts[1:]:
+        merged = merged.with_retry(results[name])
+    for name in parts:
+        state.marker(name).unlink()
+    state.write_result(replace(merged, shard="shard-00000"))
+    # shard-00001 half done: only its first unit's marker is left
+    later = sorted(n for n in results if n.startswith("shard-00001"))
+    for name in later[1:]:
+        state.marker(name).unlink()
+    for name in later[1:]:
+        for row in results[name].rows:
+            state.alpha_path(row.image_id).unlink()
+    state.metrics.unlink()
+    again = run_job(_job(grouped["two"], run, tiny_model))
+    assert again.complete
+    assert again.summary.shards.skipped_done == 2
+    # what was left (row groups 1-2 of shard-00001, 6 images) is cut for the work left
+    assert sorted(p.stem for p in state.shard_state.glob("*.json")) == [
+        "shard-00000",
+        "shard-00001.rg0-0",
+        "shard-00001.rg1-1",
+        "shard-00001.rg2-2",
+    ]
+    assert again.summary.shards.processed == 2
+    assert sorted(r.image_id for r in state.read_rows()) == sorted(
+        r.image_id for r in RunDir(reference).read_rows()
+    )  # every image exactly once
+    _same(reference, run)
+
+
+def test_a_resume_with_other_units_redoes_only_what_no_marker_covers(
+    grouped: dict[str, Path], tiny_model: Path, tmp_path: Path
+) -> None:
+    tasks = _pending(grouped["big"], {"shard-00000.rg1-2", "shard-00000.rg5-5"})
+    assert [(t.name, t.row_groups) for t in tasks] == [
+        ("shard-00000.rg0-0", (0,)),
+        ("shard-00000.rg3-4", (3, 4)),
+    ]
+    assert _pending(grouped["big"], {"shard-00000"}) == []
+
+
+def test_a_unit_reads_only_its_row_groups_and_a_file_is_hashed_once(
+    grouped: dict[str, Path], tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ds = Dataset.open(grouped["big"])
+    tasks = units.split(_pending(grouped["big"]), 2)
+    hashed: list[str] = []
+    real = processor_module.sha256_file
+
+    def counting(path: str | Path) -> str:
+        hashed.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(processor_module, "sha256_file", counting)
+    spec = WorkerSpec(EngineSpec(str(tiny_model)), "seed-area", str(tmp_path / "run"))
+    proc = ShardProcessor(spec)
+    try:
+        results = [proc.process(t) for t in tasks[:3]]
+    finally:
+        proc.close()
+    assert len(hashed) == 1  # three units of one file: its SHA-256 checked once
+    for task, result in zip(tasks[:3], results, strict=True):
+        wanted = ds.image_ids(ds.shards[0], list(task.row_groups or ()))
+        assert [r.image_id for r in result.rows] == sorted(wanted)
+        assert len(wanted) == task.rows
