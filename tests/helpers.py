@@ -72,13 +72,14 @@ def kill_job(proc: subprocess.Popen[str]) -> None:
         p.kill()
 
 
-def cluster_cli(
-    lc: LocalCluster, *args: Any, timeout: float = 300
+def run_cli(
+    *args: Any, env: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
-    """`modnet-batch ARGS` as a user runs it: its own process, the cluster's client env."""
-    env = lc.client_env()
+    """`modnet-batch ARGS` as a user runs it: its own process, this checkout, `env` (default:
+    this process's) with wide output (rich wraps at 80 columns without a terminal)."""
+    env = dict(os.environ if env is None else env)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    env["COLUMNS"] = "200"  # rich wraps at 80 columns without a terminal
+    env["COLUMNS"] = "250"
     return subprocess.run(
         [sys.executable, "-m", "modnet_batch", *map(str, args)],
         cwd=ROOT,
@@ -87,3 +88,10 @@ def cluster_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def cluster_cli(
+    lc: LocalCluster, *args: Any, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """`modnet-batch ARGS` with the cluster's client environment."""
+    return run_cli(*args, env=lc.client_env(), timeout=timeout)

@@ -7,27 +7,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import onnx
 import pytest
 
 from modnet_batch.results.listing import find_runs, list_runs
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _cli(*args: object, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "250", "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "modnet_batch", *map(str, args)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+from tests.helpers import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +41,7 @@ def runs_dir(
     job(top / "partial", tiny_model)
     (top / "partial" / "summary.json").unlink()
     src = synth_dataset.parent / "src" / "image"
-    res = _cli("matte", src, top / "matted", "--model", tiny_model, "--backend", "inline")
+    res = run_cli("matte", src, top / "matted", "--model", tiny_model, "--backend", "inline")
     assert res.returncode == 0, res.stderr
     (top / "not-a-run").mkdir()
     (top / "not-a-run" / "job.yaml").write_text("a file that looks like a job\n")
@@ -93,7 +79,7 @@ def test_a_resume_that_stopped_is_partial(runs_dir: Path, tmp_path: Path) -> Non
 
 
 def test_runs_command_prints_the_table(runs_dir: Path) -> None:
-    res = _cli("runs", runs_dir)
+    res = run_cli("runs", runs_dir)
     assert res.returncode == 0, res.stderr
     lines = {line.split("│")[1].strip(): line for line in res.stdout.splitlines() if "│" in line}
     assert "complete" in lines[str(runs_dir / "complete")]
@@ -102,9 +88,9 @@ def test_runs_command_prints_the_table(runs_dir: Path) -> None:
     assert "12 unscored" in lines[str(runs_dir / "matted")]
     assert "partial" in lines[str(runs_dir / "partial")]
     assert "no summary yet" in res.stderr
-    empty = _cli("runs", runs_dir / "not-a-run")
+    empty = run_cli("runs", runs_dir / "not-a-run")
     assert empty.returncode == 0 and "no runs under" in empty.stderr
-    missing = _cli("runs", runs_dir / "missing")
+    missing = run_cli("runs", runs_dir / "missing")
     assert missing.returncode == 1 and "is not a folder" in missing.stderr
 
 
@@ -115,14 +101,8 @@ def test_model_list_and_info(tiny_model: Path, tmp_path: Path) -> None:
     shutil.copy(tiny_model, variants / "fp32.onnx")
 
     def model(*args: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "MODNET_BATCH_CACHE": str(cache), "COLUMNS": "250"}
-        return subprocess.run(
-            [sys.executable, "-m", "modnet_batch", "model", *args],
-            env={**env, "PYTHONPATH": str(ROOT)},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        env = {**os.environ, "MODNET_BATCH_CACHE": str(cache)}
+        return run_cli("model", *args, env=env, timeout=120)
 
     res = model("list")
     assert res.returncode == 0, res.stderr
