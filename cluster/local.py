@@ -141,6 +141,8 @@ class LocalCluster:
         auth: str = "token",
         keep_logs: bool = False,
         timeout_s: float = 180.0,
+        ray_config: dict[str, str | int | float] | None = None,
+        start_parallel: int | None = None,
     ) -> None:
         if workers < 0 or cpus_per_node < 0 or gpus_per_node < 0 or head_cpus < 0:
             raise ClusterError("workers, cpus_per_node, gpus_per_node and head_cpus must be >= 0")
@@ -156,6 +158,12 @@ class LocalCluster:
         self.auth = auth
         self.keep_logs = keep_logs
         self.timeout_s = timeout_s
+        # Ray system settings for every node, as RAY_<name> variables; e.g. tests that kill a
+        # node set {"health_check_period_ms": 500, "health_check_failure_threshold": 3} so that
+        # the head marks it dead in ~2 s instead of ~15 s
+        self.ray_config = {f"RAY_{k}": str(v) for k, v in (ray_config or {}).items()}
+        # worker nodes started at once: 2 per core (at least 2)
+        self.start_parallel = max(1, start_parallel or 2 * (os.cpu_count() or 1))
         self.state: dict[str, Any] = {}
 
     # --- addresses and environment
@@ -236,14 +244,21 @@ class LocalCluster:
             head = self.nodes[0]
             head_args = ["--head", "--include-dashboard", "true", "--dashboard-host", LOOPBACK]
             self._launch(ray, head, head_ports, head_args, node_env, logs).wait_ok()
-            launches = []
-            for node in self.nodes[1:]:
-                ports = dict(zip(NODE_PORTS, free_ports(len(NODE_PORTS)), strict=True))
-                launches.append(
-                    self._launch(ray, node, ports, ["--address", self.gcs_address], node_env, logs)
-                )
-            for launch in launches:
-                launch.wait_ok()
+            # in waves: `ray start` gives its raylet 30 s to register (Ray's constant), which
+            # 16 nodes starting at once on 2 cores miss; a node that misses it on a busy
+            # machine anyway is started once more, alone
+            workers = self.nodes[1:]
+            join = ["--address", self.gcs_address]
+            for first in range(0, len(workers), self.start_parallel):
+                wave = workers[first : first + self.start_parallel]
+                launches = [self._launch(ray, n, _node_ports(), join, node_env, logs) for n in wave]
+                for node, launch in zip(wave, launches, strict=True):
+                    try:
+                        launch.wait_ok()
+                    except ClusterError:
+                        for p in self.node_processes(node.name):
+                            _signal(p, signal.SIGKILL)
+                        self._launch(ray, node, _node_ports(), join, node_env, logs).wait_ok()
             self._wait_alive()
         except BaseException:
             self.stop()
@@ -291,6 +306,39 @@ class LocalCluster:
             [tuple(x) for x in self.state.get("pids", [])],
         )
 
+    def node_processes(self, name: str) -> list[psutil.Process]:
+        """The live processes of one node ("worker2"): its raylet and agents (their command
+        line, working directory or open files lie under that node's temp dir) and every process
+        they started (its Ray workers). The marker is shared by all nodes, so it is not used."""
+        nodes = {n["name"]: n for n in self.state.get("nodes", [])}
+        if name not in nodes:
+            raise ClusterError(f"no node {name!r} in this cluster (it has: {', '.join(nodes)})")
+        prefix = nodes[name]["temp_dir"] + os.sep
+        found: dict[int, psutil.Process] = {}
+        me = os.getpid()
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            if p.pid != me and _belongs(p, "", prefix, marker=False):
+                found[p.pid] = p
+        for p in list(found.values()):
+            try:
+                for child in p.children(recursive=True):
+                    found.setdefault(child.pid, child)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        found.pop(me, None)
+        return [p for p in found.values() if _alive(p)]
+
+    def kill_node(self, name: str) -> list[int]:
+        """SIGKILL every process of one worker node at once, as a machine that vanishes; returns
+        their pids. The head cannot be killed this way (the cluster would be gone)."""
+        if name == self.nodes[0].name or name == "head":
+            raise ClusterError("kill_node kills a worker node; stop() ends the whole cluster")
+        procs = self.node_processes(name)
+        for p in procs:
+            _signal(p, signal.SIGKILL)
+        psutil.wait_procs(procs, timeout=10)
+        return sorted(p.pid for p in procs)
+
     def alive_nodes(self) -> list[dict[str, Any]]:
         """The nodes the cluster reports alive (Ray state API through the dashboard)."""
         data = self._get("/api/v0/nodes?limit=1000&detail=true")
@@ -303,6 +351,7 @@ class LocalCluster:
         env[MARKER_ENV] = cluster_id
         env.pop("RAY_ADDRESS", None)  # `ray start --head` must not join some other cluster
         env["RAY_USAGE_STATS_ENABLED"] = "0"
+        env.update(self.ray_config)
         # a job's entrypoint runs `python` from PATH on the head: make it this venv's interpreter
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         return env
@@ -329,6 +378,8 @@ class LocalCluster:
         for key, port in ports.items():
             args += [f"--{key}", str(port)]
         log = logs / f"ray-start-{node.name}.log"
+        # a node started again replaces its first record
+        self.state["nodes"] = [n for n in self.state["nodes"] if n["name"] != node.name]
         self.state["nodes"].append(
             {
                 "name": node.name,
@@ -341,7 +392,7 @@ class LocalCluster:
             }
         )
         self._save()
-        with log.open("w") as sink:
+        with log.open("a") as sink:
             # cwd in the temp dir: Ray's processes inherit it, which helps `down` find them all
             proc = subprocess.Popen(
                 args,
@@ -410,6 +461,10 @@ class _Launch:
             )
 
 
+def _node_ports() -> dict[str, int]:
+    return dict(zip(NODE_PORTS, free_ports(len(NODE_PORTS)), strict=True))
+
+
 def _pid_records(procs: list[psutil.Process]) -> list[list[float]]:
     records = []
     for p in procs:
@@ -454,11 +509,11 @@ def find_processes(
     return [p for p in found.values() if _alive(p)]
 
 
-def _belongs(p: psutil.Process, cluster_id: str, prefix: str) -> bool:
+def _belongs(p: psutil.Process, cluster_id: str, prefix: str, marker: bool = True) -> bool:
     try:
         if prefix in " ".join(p.info["cmdline"] or []) or (p.cwd() + os.sep).startswith(prefix):
             return True
-        if p.environ().get(MARKER_ENV) == cluster_id:
+        if marker and p.environ().get(MARKER_ENV) == cluster_id:
             return True
         return any(f.path.startswith(prefix) for f in p.open_files())
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):

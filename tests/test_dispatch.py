@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from ray.exceptions import ActorDiedError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, ActorUnschedulableError
 
 import modnet_batch.execution.ray_backend as rb
 from modnet_batch.execution.backend import BackendReport
@@ -29,11 +29,20 @@ class FakeActor:
         self.sent: list[Ref] = []
         self.process = types.SimpleNamespace(remote=self._process)
         self.progress = types.SimpleNamespace(remote=lambda: Ref(None, (0, self.running)))
-        self.info = types.SimpleNamespace(remote=lambda: Ref(None, {"pid": 2}))
+        self.info = types.SimpleNamespace(remote=self._info)
         self.running: str | None = None
+        self.node_gone = False  # its node died: Ray can no longer place it (pinned there)
+
+    def _info(self) -> Ref:
+        ref = Ref(None, {"pid": 2})
+        if self.node_gone:
+            ref.error = ActorUnschedulableError("the node ... doesn't exist any more")
+        return ref
 
     def _process(self, task: ShardTask) -> Ref:
         ref = Ref(self, task)
+        if self.node_gone:  # a call to an actor Ray cannot place fails at once
+            ref.ready, ref.error = True, ActorUnschedulableError("the node ... is gone")
         self.sent.append(ref)
         return ref
 
@@ -41,13 +50,15 @@ class FakeActor:
 Script = Callable[[int, list[FakeActor]], None]
 
 
-def _run(script: Script, shards: str, max_retries: int = 3) -> tuple[list[str], BackendReport]:
-    actors = [FakeActor("a0"), FakeActor("a1")]
+def _run(
+    script: Script, shards: str, max_retries: int = 3, actors: int = 2
+) -> tuple[list[str], BackendReport]:
+    fakes = [FakeActor(f"a{i}") for i in range(actors)]
     turn = [0]
 
     def wait(refs: list[Ref], num_returns: int = 1, timeout: float | None = None) -> Any:
         turn[0] += 1
-        script(turn[0], actors)
+        script(turn[0], fakes)
         ready = [r for r in refs if r.ready][:num_returns]
         return ready, [r for r in refs if r not in ready]
 
@@ -60,16 +71,16 @@ def _run(script: Script, shards: str, max_retries: int = 3) -> tuple[list[str], 
         return ref.value
 
     done: list[str] = []
-    report = BackendReport()
+    report = BackendReport(workers=[{"label": a.name} for a in fakes])
     mp = pytest.MonkeyPatch()
     mp.setattr(rb, "ray", types.SimpleNamespace(wait=wait, get=get))
     mp.setattr(rb, "POLL_S", 0.0)
     try:
         job = types.SimpleNamespace(shards_in_flight=2, max_retries=max_retries)
-        plans = [types.SimpleNamespace(spec=types.SimpleNamespace(label=a.name)) for a in actors]
+        plans = [types.SimpleNamespace(spec=types.SimpleNamespace(label=a.name)) for a in fakes]
         tasks = [ShardTask(name=n, path="", rows=1) for n in shards]
         rb._dispatch(
-            job, actors, plans, tasks, lambda r: done.append(r.shard), lambda w, n: None, report
+            job, fakes, plans, tasks, lambda r: done.append(r.shard), lambda w, n: None, report
         )  # type: ignore[arg-type]
     finally:
         mp.undo()
@@ -82,10 +93,17 @@ def _finish_all(actor: FakeActor) -> None:
             ref.ready = True
 
 
-def _die(actor: FakeActor) -> None:
+def _die(actor: FakeActor, error: Callable[[], Exception] = ActorDiedError) -> None:
     for ref in actor.sent:
         if not ref.ready:
-            ref.ready, ref.error = True, ActorDiedError()
+            ref.ready, ref.error = True, error()
+
+
+def _lose_node(actor: FakeActor) -> None:
+    """Its node is killed: the shards it holds fail at once (the connection drops), and from
+    then on Ray answers that it cannot place the actor (as Ray 2.60 does ~15 s later)."""
+    _die(actor, lambda: ActorUnavailableError("Socket closed", b"a0".ljust(16, b"0")))
+    actor.node_gone = True
 
 
 def test_only_the_running_shard_is_charged_and_the_worker_works_again() -> None:
@@ -137,3 +155,42 @@ def test_a_shard_that_kills_every_worker_fails_instead_of_looping() -> None:
     done, report = _run(script, "PABC", max_retries=1)
     assert sorted(done) == list("ABC")
     assert set(report.failed) == {"P"}
+
+
+def test_a_lost_node_loses_its_actor_and_its_shards_go_to_the_other_nodes() -> None:
+    """Ray reports an actor pinned to a dead node as ActorUnschedulableError (not a
+    RayActorError): the actor is lost, not waited for; its running shard is charged once and
+    the queued one goes back as it was, both to the actors on the other nodes."""
+
+    def script(turn: int, actors: list[FakeActor]) -> None:
+        a0, a1, a2 = actors
+        if turn == 1:
+            a0.running = a0.sent[0].value.name
+            _lose_node(a0)
+        else:
+            _finish_all(a1)
+            _finish_all(a2)
+
+    done, report = _run(script, "ABCDEFGHIJ", actors=3)
+    assert sorted(done) == list("ABCDEFGHIJ")  # every shard exactly once
+    assert report.retries == 1 and not report.failed
+    lost = [w for w in report.workers if "lost" in w]
+    assert [w["label"] for w in lost] == ["a0"] and "is gone" in lost[0]["lost"]
+    assert report.dispatch is not None and report.dispatch["shards"] == 10
+
+
+def test_when_the_last_node_is_lost_the_queue_fails_at_once() -> None:
+    """No waiting READY_TIMEOUT_S for actors that cannot come back: the shards left are
+    failed (a resume runs them) naming the loss."""
+
+    def script(turn: int, actors: list[FakeActor]) -> None:
+        (a0,) = actors
+        if turn == 2:
+            _lose_node(a0)
+        elif turn == 1:
+            _finish_all(a0)
+
+    done, report = _run(script, "ABCDEF", actors=1)
+    assert done == ["A", "B"]
+    assert sorted(report.failed) == list("CDEF")
+    assert all("lost with their nodes" in why for why in report.failed.values())

@@ -3,20 +3,23 @@
 The driver hands out unit descriptors (a shard file and its row groups), never pixels; each actor
 reads its unit itself. Dispatch
 is dynamic with a bounded number of shards in flight per actor, so faster devices take more
-shards. A dead actor's shards go back to the queue (bounded retries) and Ray restarts the actor.
+shards. A dead actor's shards go back to the queue (bounded retries) and Ray restarts the actor;
+an actor whose node is gone is lost for the job (it is pinned there), and its work goes to the
+actors on the other nodes.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import ActorUnschedulableError, RayActorError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from modnet_batch.errors import ModnetBatchError, StorageError
@@ -35,6 +38,9 @@ from modnet_batch.options import JobConfig
 from modnet_batch.results import ShardResult, ShardTask
 
 log = logging.getLogger(__name__)
+# An actor that died: RayActorError (ActorDiedError, ActorUnavailableError), or, once Ray knows
+# that the node it is pinned to is gone, ActorUnschedulableError (not a RayActorError)
+ACTOR_GONE = (RayActorError, ActorUnschedulableError)
 ACTOR_RESTARTS = 4  # Ray restarts a crashed actor process this many times
 POLL_S = 0.5
 READY_TIMEOUT_S = 300.0  # loading a model on a busy node can be slow; never wait forever
@@ -314,13 +320,17 @@ class _Slot:
 
     actor: Any
     label: str
-    state: str = "up"  # up | restarting (Ray is restarting its process) | dead
+    node: str = ""  # its node as the plan pinned it ("127.0.0.1:abcdef")
+    # up | restarting (Ray is restarting its process) | dead (gave up on it) | lost (its node is
+    # gone: pinned there with soft=False, Ray cannot place it anywhere else)
+    state: str = "up"
     # (its death count at dispatch, shard name), in dispatch order
     inflight: list[tuple[int, str]] = field(default_factory=list)
     running: str | None = None  # the shard holding its loop, as last polled
     deaths: int = 0
     seen: int = 0  # images its progress counter reported (a restarted process starts at 0)
     ping: Any = None  # an info() call while restarting: it returns once the actor is back
+    progress: tuple[Any, int] | None = None  # an outstanding progress() call, and its process
     down_since: float = 0.0
 
 
@@ -339,31 +349,60 @@ def _dispatch(
 ) -> None:
     """Hand shards to actors as they free up; on an actor's death, charge a retry only to the
     shard it was running (the others it held go back to the queue as they were), give it no work
-    while Ray restarts it, and work again once it answers."""
+    while Ray restarts it, and work again once it answers. An actor whose node is gone is lost
+    (Ray answers ActorUnschedulableError: it is pinned there): never waited for again."""
     queue: deque[ShardTask] = deque(tasks)
     # ref -> (actor, task, the actor's death count when it was sent: which process got it)
     inflight: dict[Any, tuple[int, ShardTask, int]] = {}
-    slots = [_Slot(a, p.spec.label) for a, p in zip(actors, plans, strict=True)]
+    slots = [
+        _Slot(a, p.spec.label, p.spec.label.partition("@")[2])
+        for a, p in zip(actors, plans, strict=True)
+    ]
     charged: dict[tuple[int, int], str] = {}  # (actor, process) -> the shard charged for its death
+    stats = DispatchStats(len(slots))
+    try:
+        _loop(job, slots, queue, inflight, charged, on_result, on_images, report, stats)
+    finally:
+        report.dispatch = stats.to_dict()
+
+
+def _loop(
+    job: JobConfig,
+    slots: list[_Slot],
+    queue: deque[ShardTask],
+    inflight: dict[Any, tuple[int, ShardTask, int]],
+    charged: dict[tuple[int, int], str],
+    on_result: OnResult,
+    on_images: OnImages,
+    report: BackendReport,
+    stats: DispatchStats,
+) -> None:
     while queue or inflight:
         signals.check()  # a SIGTERM or Ctrl-C stops the job here, between results
+        t = time.perf_counter()
         for i in sorted(range(len(slots)), key=lambda k: len(slots[k].inflight)):
             slot = slots[i]
             while slot.state == "up" and queue and len(slot.inflight) < job.shards_in_flight:
                 task = queue.popleft()
                 inflight[slot.actor.process.remote(task)] = (i, task, slot.deaths)
                 slot.inflight.append((slot.deaths, task.name))
+                stats.dispatched(slot)
+        t = stats.add("dispatch", t)
         if not inflight and not any(s.state == "restarting" for s in slots):
+            lost = sum(s.state == "lost" for s in slots)
+            why = f"no worker left alive ({lost} lost with their nodes)" if lost else None
             for task in queue:
-                report.failed[task.name] = "no worker left alive"
+                report.failed[task.name] = why or "no worker left alive"
             return
         if inflight:
             ready, _ = ray.wait(list(inflight), num_returns=1, timeout=POLL_S)
         else:  # every actor is restarting: wait for one to come back
             ready = []
             time.sleep(POLL_S)
-        _poll_progress(slots, on_images)
+        t = arrived = stats.add("wait_results", t)
+        stats.polled(_poll_progress(slots, on_images, stats.poll_due()))
         _check_restarts(slots, report)
+        t = stats.add("progress", t)
         for ref in ready:
             i, task, gen = inflight.pop(ref)
             slot = slots[i]
@@ -372,18 +411,20 @@ def _dispatch(
             slot.inflight.remove((gen, task.name))
             try:
                 result: ShardResult = ray.get(ref)
-            except (RayActorError, RayTaskError) as exc:
+            except (*ACTOR_GONE, RayTaskError) as exc:
                 cause = getattr(exc, "cause", None)
                 if isinstance(cause, StorageError):  # the run dir cannot take more: stop
                     raise StorageError(str(cause)) from None
                 if isinstance(cause, ShardUnreadable):
                     report.failed[task.name] = str(cause)  # deterministic: no retry
                     continue
-                if isinstance(exc, RayActorError):
+                if isinstance(exc, ACTOR_GONE):
                     if gen == slot.deaths:  # the first sign of this process's death
                         # the shard it was running: as last polled, else the oldest it held
                         charged[(i, gen)] = slot.running if slot.running in held else held[0]
                         _went_down(slot)
+                        if isinstance(exc, ActorUnschedulableError):
+                            _lost(slot, slots, report, exc)
                     if charged.get((i, gen)) != task.name and task.requeues < ACTOR_RESTARTS:
                         # it waited on the dead process, not running: back as it was (bounded,
                         # so that a shard killing every process it reaches still fails)
@@ -399,7 +440,104 @@ def _dispatch(
                     report.failed[task.name] = reason
                 continue
             on_result(result)
-    _poll_progress(slots, on_images)
+            stats.finished(slot, arrived)
+        stats.add("record", t)
+    _poll_progress(slots, on_images, False, POLL_S)  # the answers still on their way
+    _poll_progress(slots, on_images, True, POLL_S)  # and the final counts
+
+
+class DispatchStats:
+    """The driver's own cost of the shard loop, for summary.json `dispatch`: its process CPU
+    (every thread: Ray's client, the progress display, writing markers) per shard, where its
+    wall time went (dispatching, waiting for results, polling progress, recording results), and
+    the latency from a shard's result reaching the driver to the next dispatch to the actor that
+    sent it (what a fast device waits on the driver, queued shards aside). Constant memory: sums,
+    and a bounded sample of the gaps."""
+
+    SAMPLE = 4096
+    STAGES = ("dispatch", "wait_results", "progress", "record")
+
+    def __init__(self, actors: int) -> None:
+        self.actors = actors
+        self.cpu0, self.wall0 = time.process_time(), time.perf_counter()
+        self.stages = dict.fromkeys(self.STAGES, 0.0)
+        self.results = 0
+        self.dispatches = 0
+        self.polls = 0
+        self.last_poll = 0.0
+        self.gaps: list[float] = []  # seconds, a uniform sample of at most SAMPLE
+        self._rng = random.Random(0)
+        self.gap_count = 0
+        self.gap_sum = 0.0
+        self.gap_max = 0.0
+        self._freed: dict[int, float] = {}  # id(slot) -> when its last result was recorded
+
+    def add(self, stage: str, since: float) -> float:
+        now = time.perf_counter()
+        self.stages[stage] += now - since
+        return now
+
+    def poll_due(self) -> bool:
+        """Progress polls (a call to every actor) at most every POLL_S, not once per result:
+        their cost would otherwise grow with actors x shards."""
+        return time.perf_counter() - self.last_poll >= POLL_S
+
+    def polled(self, did: bool) -> None:
+        if did:
+            self.polls += 1
+            self.last_poll = time.perf_counter()
+
+    def finished(self, slot: _Slot, arrived: float) -> None:
+        """A shard's result, which reached the driver at `arrived` (perf_counter), is recorded:
+        the gap runs from then to the next dispatch to that actor."""
+        self.results += 1
+        self._freed[id(slot)] = arrived
+
+    def dispatched(self, slot: _Slot) -> None:
+        self.dispatches += 1
+        freed = self._freed.pop(id(slot), None)
+        if freed is None:
+            return
+        gap = time.perf_counter() - freed
+        self.gap_count += 1
+        self.gap_sum += gap
+        self.gap_max = max(self.gap_max, gap)
+        if len(self.gaps) < self.SAMPLE:
+            self.gaps.append(gap)
+        else:  # reservoir sampling: every gap equally likely to be kept
+            k = self._rng.randrange(self.gap_count)
+            if k < self.SAMPLE:
+                self.gaps[k] = gap
+
+    def to_dict(self) -> dict[str, Any]:
+        cpu = time.process_time() - self.cpu0
+        wall = time.perf_counter() - self.wall0
+        n = max(self.results, 1)
+        ordered = sorted(self.gaps)
+
+        def pct(q: float) -> float | None:
+            return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3 if ordered else None
+
+        busy = wall - self.stages["wait_results"]
+        return {
+            "actors": self.actors,
+            "shards": self.results,
+            "dispatches": self.dispatches,
+            "progress_polls": self.polls,
+            "wall_s": wall,
+            "driver_cpu_s": cpu,
+            "driver_cpu_per_shard_ms": cpu / n * 1e3,
+            "driver_busy_per_shard_ms": busy / n * 1e3,
+            "stages_s": {**self.stages, "other": max(0.0, wall - sum(self.stages.values()))},
+            "result_to_dispatch_ms": {
+                "count": self.gap_count,
+                "mean": self.gap_sum / self.gap_count * 1e3 if self.gap_count else None,
+                "p50": pct(0.5),
+                "p90": pct(0.9),
+                "p99": pct(0.99),
+                "max": self.gap_max * 1e3 if self.gap_count else None,
+            },
+        }
 
 
 def _went_down(slot: _Slot) -> None:
@@ -407,10 +545,30 @@ def _went_down(slot: _Slot) -> None:
     slot.deaths += 1
     slot.seen = 0
     slot.ping = None
+    slot.progress = None
     slot.running = None
     slot.down_since = time.monotonic()
     slot.state = "restarting" if slot.deaths <= ACTOR_RESTARTS else "dead"
-    log.warning("worker %s died; Ray restarts it (death %d)", slot.label, slot.deaths)
+    log.warning("worker %s died; waiting for Ray to restart it (death %d)", slot.label, slot.deaths)
+
+
+def _lost(slot: _Slot, slots: list[_Slot], report: BackendReport, exc: BaseException) -> None:
+    """The actor's node is gone (Ray says it cannot place the actor: it is pinned to that node).
+    It never comes back in this job: it gets no more work, summary.json's workers[] entry says
+    `lost`, and its shards (already back in the queue) go to the actors on the other nodes."""
+    slot.state = "lost"
+    slot.ping = None
+    reason = f"node {slot.node} is gone ({type(exc).__name__})"
+    for entry in report.workers:
+        if entry.get("label") == slot.label:
+            entry["lost"] = reason
+    left = sum(s.state in ("up", "restarting") for s in slots)
+    log.warning(
+        "worker %s is lost with its node %s; its work goes to the %d other worker(s)",
+        slot.label,
+        slot.node,
+        left,
+    )
 
 
 def _check_restarts(slots: list[_Slot], report: BackendReport) -> None:
@@ -425,6 +583,9 @@ def _check_restarts(slots: list[_Slot], report: BackendReport) -> None:
         if ready:
             try:
                 info = ray.get(slot.ping)
+            except ActorUnschedulableError as exc:  # its node is gone: no restart can come
+                _lost(slot, slots, report, exc)
+                continue
             except RayActorError:
                 info = None  # not back yet (or gone): ask again, until the timeout
             slot.ping = None
@@ -441,19 +602,34 @@ def _check_restarts(slots: list[_Slot], report: BackendReport) -> None:
             log.warning("worker %s did not come back; its work goes to the others", slot.label)
 
 
-def _poll_progress(slots: list[_Slot], on_images: OnImages) -> None:
-    """Ask every live actor how many images it finished and which shard it runs."""
-    refs = {slot.actor.progress.remote(): slot for slot in slots if slot.state == "up"}
-    if not refs:
-        return
-    ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=POLL_S)
+def _poll_progress(
+    slots: list[_Slot], on_images: OnImages, ask: bool = True, wait_s: float = 0.0
+) -> bool:
+    """Ask every live actor without a question outstanding how many images it finished and
+    which shard it runs (when `ask`), and take the answers that came (waiting up to `wait_s`):
+    the shard loop never stalls on a busy actor's answer. Returns whether it asked."""
+    asked = False
+    if ask:
+        for slot in slots:
+            if slot.state == "up" and slot.progress is None:
+                slot.progress = (slot.actor.progress.remote(), slot.deaths)
+                asked = True
+    pending = {slot.progress[0]: slot for slot in slots if slot.progress is not None}
+    if not pending:
+        return asked
+    ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=wait_s)
     for ref in ready:
-        slot = refs[ref]
+        slot = pending[ref]
+        assert slot.progress is not None
+        gen, slot.progress = slot.progress[1], None
         try:
             done, running = ray.get(ref)
-        except RayActorError:
+        except ACTOR_GONE:  # its next shard's result says how (_dispatch handles it there)
+            continue
+        if gen != slot.deaths:  # the answer of a process that died since: stale
             continue
         slot.running = running
         if done > slot.seen:
             on_images(slot.label, done - slot.seen)
             slot.seen = done
+    return asked

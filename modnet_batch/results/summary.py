@@ -71,6 +71,9 @@ class Summary:
     # loop's waits); None and [] in summaries written before they were recorded
     started: float | None = None
     timeline: list[dict[str, Any]] = field(default_factory=list)
+    # the driver's cost of handing out shards on Ray (driver CPU per shard, result-to-dispatch
+    # latency, where its time went); None inline and in summaries written before it was recorded
+    dispatch: dict[str, Any] | None = None
     schema: int = SUMMARY_SCHEMA
     extra: dict[str, Any] = field(default_factory=dict)  # keys a newer writer added
 
