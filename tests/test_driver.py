@@ -364,3 +364,21 @@ def test_compute_precision(
     else:
         with pytest.raises(ModnetBatchError, match=expected):
             compute_precision(job, model_precision)
+
+
+def test_a_model_calibrated_on_evaluated_images_is_warned_about(
+    synth_dataset: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    """The shards' ids are read only for a model with a calibration set (a resume of a large
+    run no longer reads every shard for nothing); the warning still names the overlap."""
+    from modnet_batch.execution.driver import plan_job
+
+    model = tmp_path / "calibrated.onnx"
+    shutil.copy(tiny_model, model)
+    (tmp_path / "calibrated.build.json").write_text(
+        json.dumps({"calibration": {"ids": ["synth-003", "elsewhere"]}})
+    )
+    plan = plan_job(_job(synth_dataset, tmp_path / "run", model))  # type: ignore[arg-type]
+    assert any("1 of the 12 images" in w and "synth-003" in w for w in plan.warnings)
+    plain = plan_job(_job(synth_dataset, tmp_path / "run2", tiny_model))  # type: ignore[arg-type]
+    assert not [w for w in plain.warnings if "calibrate" in w]

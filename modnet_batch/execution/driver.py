@@ -12,7 +12,7 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,12 @@ from modnet_batch.execution.backend import BackendReport, no_phase
 from modnet_batch.execution.backends import get_backend
 from modnet_batch.execution.processor import WorkerSpec
 from modnet_batch.metrics import DATASET, ImageRow, MetricAccumulator
-from modnet_batch.model.variants import calibration_overlap, resolve_model, variant_info
+from modnet_batch.model.variants import (
+    calibration_ids,
+    calibration_overlap,
+    resolve_model,
+    variant_info,
+)
 from modnet_batch.options import JobConfig, job_yaml
 from modnet_batch.pipeline import DecodeMode
 from modnet_batch.protocol import get_protocol
@@ -217,7 +222,8 @@ def plan_job(job: JobConfig) -> JobPlan:
     done = run.done_shards()
     groups = {s.name: dataset.row_group_rows(s) for s in dataset.shards}
     # a finished unit's images that failed for a reason that may pass are tried again
-    retrying = {r.shard: r for r in (run.load_results() if resumed else []) if _transient_ids(r)}
+    failed_before = run.results_with_failures() if resumed else []
+    retrying = {r.shard: r for r in failed_before if _transient_ids(r)}
     tasks = units.pending(dataset, groups, done)
     for name, result in sorted(retrying.items()):
         shard = units.parse_unit(name)[0]
@@ -278,6 +284,8 @@ def _transient_ids(result: ShardResult) -> tuple[str, ...]:
 
 
 def _overlap_warnings(plan: JobPlan) -> list[str]:
+    if not calibration_ids(plan.model_path):  # no calibration set: no shard needs reading
+        return []
     ids: list[str] = []
     for shard in plan.dataset.shards:
         try:
@@ -369,7 +377,10 @@ def run_job(
     def on_result(result: ShardResult) -> None:
         before = plan.retrying.get(result.shard)
         plan.run.write_result(result if before is None else before.with_retry(result))
-        fresh.append(result)
+        # the rows are in the marker now; kept in memory they grew the driver by about 1 KB per
+        # image (measured: +17 MiB over 18k images), and finalize reads the markers. A resume's
+        # retried rows stay: the summary counts them (and there are few)
+        fresh.append(result if result.shard in plan.retrying else replace(result, rows=[]))
         if on_shard is not None:
             on_shard(result)
 
@@ -472,6 +483,7 @@ def finalize(
         started=started,
         timeline=sorted((r.timing() for r in fresh), key=lambda t: t["started"] or 0.0),
         startup_seconds=report.startup_seconds,
+        dispatch=report.dispatch,
         workers=report.workers,
         warnings=plan.warnings,
         accumulator=acc.to_dict(),

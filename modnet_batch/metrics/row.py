@@ -11,6 +11,9 @@ from modnet_batch.metrics.matting import CONFUSION, PER_IMAGE, ImageMetrics
 # `transient` is set with `error`: True when the failure may pass (I/O, a lost worker), so that a
 # resume retries the image; False when retrying cannot help (undecodable input, wrong model output).
 COLUMNS = ("image_id", "width", "height", *PER_IMAGE, *CONFUSION, "error", "transient")
+# ImageMetrics' fields in order, looked up once: dataclasses.fields() for every row was a fifth
+# of the time a resume of a finished 100k-image run took
+_METRIC_FIELDS = tuple(f.name for f in fields(ImageMetrics))
 
 
 @dataclass(frozen=True)
@@ -32,8 +35,8 @@ class ImageRow:
         """The flat dict of COLUMNS (None where there is no value)."""
         out: dict[str, Any] = {"image_id": self.image_id, "width": self.width}
         out["height"] = self.height
-        for f in fields(ImageMetrics):
-            out[f.name] = None if self.metrics is None else getattr(self.metrics, f.name)
+        for name in _METRIC_FIELDS:
+            out[name] = None if self.metrics is None else getattr(self.metrics, name)
         out["error"] = self.error
         out["transient"] = None if self.error is None else self.transient
         return out
@@ -41,7 +44,7 @@ class ImageRow:
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> ImageRow:
         """Inverse of `to_record`; metrics are present when every metric column holds a value."""
-        values: list[Any] = [record.get(f.name) for f in fields(ImageMetrics)]
+        values: list[Any] = [record.get(name) for name in _METRIC_FIELDS]
         metrics = None if any(v is None for v in values) else ImageMetrics(*values)
         return cls(
             image_id=record["image_id"],

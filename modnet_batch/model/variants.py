@@ -88,13 +88,17 @@ def variant_info(path: str | Path) -> dict[str, Any]:
     return info
 
 
+def calibration_ids(model_path: str | Path) -> set[str]:
+    """The image ids the model was calibrated on; empty if it has no build record with them."""
+    record = read_build_record(model_path)
+    calibration = (record or {}).get("calibration") or {}
+    return set(calibration.get("ids") or [])
+
+
 def calibration_overlap(model_path: str | Path, image_ids: Iterable[str]) -> list[str]:
     """The ids among `image_ids` that the model was calibrated on (sorted); [] if none or if the
     model has no build record with calibration ids."""
-    record = read_build_record(model_path)
-    calibration = (record or {}).get("calibration") or {}
-    calibrated = set(calibration.get("ids") or [])
-    return sorted(calibrated.intersection(image_ids))
+    return sorted(calibration_ids(model_path).intersection(image_ids))
 
 
 def _graph_precision(path: Path) -> str:
