@@ -10,7 +10,7 @@ TORCH  ?= torch==2.13.0
 # Where tests find ../shared (datasets + reference numbers); tests that need it skip without it.
 export MODNET_SHARED_DIR ?= $(if $(wildcard $(SHARED)/reference),$(SHARED),)
 
-.PHONY: install demo test test-fast lint fmt typecheck bench bench-matte bench-device device-kit profile report-check clean
+.PHONY: install demo test test-fast lint fmt typecheck bench bench-matte bench-scale bench-device device-kit profile report-check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,13 @@ report-check: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m modnet_batch.bench.standard --out bench
+
+# 100,000 small images through submit with the tiny model: driver CPU per shard, memory at
+# 10k/50k/100k, resume time, run-directory costs (modnet_batch/bench/scale.py); bench/scale.json.
+# SCALE_IMAGES=2000 for a quick run.
+SCALE_IMAGES ?= 100000
+bench-scale: $(STAMP)
+	$(PY) -m modnet_batch.bench.scale --images $(SCALE_IMAGES) --out bench
 
 bench-matte: $(STAMP)
 	$(PY) -m modnet_batch.bench.matting $(SHARED)/datasets/ppm100-dev/image --out bench/matting.json
