@@ -16,6 +16,7 @@ from modnet_batch.errors import ModnetBatchError
 from modnet_batch.options import JobConfig
 from modnet_batch.options.spec import Source
 from modnet_batch.options.spec import build as build_options
+from modnet_batch.storage import location, redact
 
 app = typer.Typer(
     help="Batch, distributed evaluation and matting for the MODNet portrait-matting model.",
@@ -63,7 +64,9 @@ AddressOpt = Annotated[
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    console.print(f"[red]error:[/red] {exc}", highlight=False)
+    from rich.markup import escape
+
+    console.print(f"[red]error:[/red] {escape(redact(str(exc)))}", highlight=False)
     return typer.Exit(1)
 
 
@@ -128,7 +131,10 @@ def ingest(
         Path,
         typer.Argument(help="image/ + matte/ folder (PPM-100 layout) or a flat folder of images."),
     ],
-    dst: Annotated[Path, typer.Argument(metavar="OUT", help="New dataset directory.")],
+    dst: Annotated[
+        str,
+        typer.Argument(metavar="OUT", help="New dataset directory: a path, or a URI (s3://...)."),
+    ],
     shard_size: Annotated[int, typer.Option(min=1, help="Images per Parquet shard.")] = 64,
     strict: Annotated[
         bool, typer.Option(help="Stop at the first bad file instead of skipping it.")
@@ -183,7 +189,8 @@ def ingest(
             highlight=False,
         )
     out.print(
-        f"{dst}: {report.images} images ({report.with_matte} with matte) in {report.shards} "
+        f"{redact(dst)}: {report.images} images ({report.with_matte} with matte) in "
+        f"{report.shards} "
         f"shard(s), {len(report.skipped)} skipped, {report.seconds:.1f} s",
         highlight=False,
     )
@@ -197,7 +204,9 @@ def ingest(
 
 @app.command()
 def verify(
-    dataset: Annotated[Path, typer.Argument(help="Dataset directory (from `ingest`).")],
+    dataset: Annotated[
+        str, typer.Argument(help="Dataset directory (from `ingest`): a path or a URI.")
+    ],
 ) -> None:
     """Check a dataset fully: every shard file against the SHA-256 in dataset.json."""
     from modnet_batch.data.dataset import Dataset
@@ -466,23 +475,28 @@ def _run_images(r: Any) -> str:
 @app.command()
 def runs(
     folder: Annotated[
-        Path,
+        str,
         typer.Argument(
             metavar="DIR",
-            help="Where to look for run directories and `matte` OUT folders (3 levels down).",
+            help="Where to look for run directories and `matte` OUT folders (3 levels down): a "
+            "path or a URI.",
         ),
-    ] = Path("."),
+    ] = ".",
 ) -> None:
     """List the runs under DIR: state (complete, failed, partial) and headline metrics."""
     from rich.table import Table
 
     from modnet_batch.results.listing import list_runs
 
-    if not folder.is_dir():
-        raise _fail(ModnetBatchError(f"{folder} is not a folder; pass the folder holding runs"))
-    found = list_runs(folder)
+    top = location(folder)
+    try:
+        if not top.is_dir():
+            raise ModnetBatchError(f"{top} is not a folder; pass the folder holding runs")
+        found = list_runs(top)
+    except ModnetBatchError as exc:
+        raise _fail(exc) from None
     if not found:
-        console.print(f"no runs under {folder} (a run directory holds job.yaml and state/)")
+        console.print(f"no runs under {top} (a run directory holds job.yaml and state/)")
         return
     table = Table("run", "state", "protocol", "model", "images", "MSE", "MAD", "mIoU", "img/s")
     colour = {"complete": "green", "failed": "red", "partial": "yellow"}
@@ -573,10 +587,8 @@ def bench(*, options: dict[str, Any]) -> None:
 @app.command()
 def report(
     runs: Annotated[
-        list[Path],
-        typer.Argument(
-            exists=True, file_okay=False, help="Run directories or `matte` OUT folders."
-        ),
+        list[str],
+        typer.Argument(help="Run directories or `matte` OUT folders: paths or URIs (s3://...)."),
     ],
     worst: Annotated[int, typer.Option(help="List this many worst images (one run).")] = 10,
     metric: Annotated[
@@ -608,6 +620,13 @@ def report(
     from modnet_batch.results import RunDir
 
     try:
+        for run_path in runs:
+            found = location(run_path)
+            if not found.is_dir():
+                raise ModnetBatchError(
+                    f"{redact(run_path)} is not a folder; pass a run directory or a `matte` OUT "
+                    "folder"
+                )
         if len(runs) > 1:
             compare_runs(runs, out)
         else:

@@ -38,11 +38,15 @@ _FIXES = {
 
 def storage_error(exc: OSError, resume: bool = True) -> StorageError:
     """One line for a write that failed on the run directory's storage: the path and the fix."""
+    then = "; then run the same command again: finished work is kept" if resume else ""
+    if getattr(exc, "permanent", False):  # object storage (storage.UriStorageError): says both
+        return StorageError(f"{exc.strerror or exc}{then}")
     path = exc.filename or "the run directory"
     fix = _FIXES.get(exc.errno or 0, f"{os.strerror(exc.errno or 0)}")
-    then = "; then run the same command again: finished work is kept" if resume else ""
     return StorageError(f"cannot write {path}: {fix}{then}")
 
 
 def is_storage_error(exc: BaseException) -> TypeGuard[OSError]:
-    return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS
+    return isinstance(exc, OSError) and (
+        exc.errno in STORAGE_ERRNOS or bool(getattr(exc, "permanent", False))
+    )

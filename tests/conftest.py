@@ -177,3 +177,18 @@ def report_runs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     assert result.exit_code == 0, result.output
     runs["matte"] = base / "matte"
     return runs
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A real S3 API (moto's server) on 127.0.0.1, with os.environ pointing pyarrow at it for
+    the session; stopped at the end. Skips when moto is not installed (`make install` has it)."""
+    pytest.importorskip("moto.server")
+    from tests.s3 import S3Server, s3_environment
+
+    server = S3Server(tmp_path_factory.mktemp("moto") / "moto.log")
+    try:
+        with s3_environment(server):
+            yield server
+    finally:
+        server.stop()

@@ -387,12 +387,13 @@ def rundir_costs(run: Path) -> dict[str, Any]:
     def per_image_ms(part: list[tuple[float, float, int]]) -> float:
         return round(sum(w for _, w, _ in part) / max(1, sum(n for *_, n in part)) * 1e3, 3)
 
+    assert isinstance(rd.alpha, Path)  # the load run is local (run_dir above)
     alpha_files = [rd.alpha / n for n in os.listdir(rd.alpha)]
     return {
         "files_per_folder": dict(sorted(folders.items(), key=lambda kv: -kv[1])[:6]),
         "alpha": _listing(rd.alpha, "*.npz")
         | {"bytes": sum(p.stat().st_size for p in alpha_files)},
-        "markers": _listing(rd.shard_state, "*.json"),
+        "markers": _listing(Path(str(rd.shard_state)), "*.json"),
         "write_ms_per_image": {
             "first_tenth": per_image_ms(results[:tenth]),
             "last_tenth": per_image_ms(results[-tenth:]),

@@ -21,8 +21,15 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from modnet_batch.digest import sha256_file
 from modnet_batch.errors import ModnetBatchError
+from modnet_batch.storage import (
+    AnyPath,
+    UriPath,
+    is_inside,
+    location,
+    parquet_source,
+    sha256,
+)
 
 SCHEMA_VERSION = 1
 # Parquet metadata of a file-list shard (data.files, which writes it): its files' folder.
@@ -123,12 +130,12 @@ class ShardReader(Protocol):
     picklable, it travels with each work unit to the worker that reads it."""
 
     def records(
-        self, path: Path, shard: pq.ParquetFile, row_groups: list[int] | None, batch_rows: int
+        self, path: AnyPath, shard: pq.ParquetFile, row_groups: list[int] | None, batch_rows: int
     ) -> Iterator[Record]:
         """The records of `row_groups` (None: every row group) of the open file `shard`."""
         ...
 
-    def ids(self, path: Path, shard: pq.ParquetFile, row_groups: list[int] | None) -> list[str]:
+    def ids(self, path: AnyPath, shard: pq.ParquetFile, row_groups: list[int] | None) -> list[str]:
         """The image ids of those row groups, in row order (what their records carry)."""
         ...
 
@@ -156,7 +163,7 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}"
 
 
-def _not_a_dataset(root: Path, why: str) -> ModnetBatchError:
+def _not_a_dataset(root: AnyPath, why: str) -> ModnetBatchError:
     hint = (
         f"run `modnet-batch ingest SRC {root}` to create one, or pass Parquet files (a .parquet "
         "file or a folder of them) to read in place"
@@ -175,7 +182,7 @@ class Dataset:
 
     def __init__(
         self,
-        root: Path,
+        root: AnyPath,
         meta: dict[str, Any],
         shards: list[ShardInfo],
         reader: ShardReader | None = None,
@@ -188,9 +195,11 @@ class Dataset:
         self.identity = identity
 
     @classmethod
-    def open(cls, path: str | Path) -> Dataset:
-        """Read and check `dataset.json`; raises ModnetBatchError if `path` is not a dataset."""
-        root = Path(path).expanduser().resolve()
+    def open(cls, path: str | AnyPath) -> Dataset:
+        """Read and check `dataset.json`; raises ModnetBatchError if `path` is not a dataset.
+
+        `path` is a local folder or a URI (modnet_batch.storage): every file is read through it."""
+        root = location(path).resolve()
         if not root.exists():
             raise _not_a_dataset(root, "it does not exist")
         if not root.is_dir():
@@ -229,13 +238,13 @@ class Dataset:
                 "re-create the dataset with `modnet-batch ingest`"
             ) from exc
         for s in shards:
-            inside = (root / s.path).resolve().is_relative_to(root)
+            inside = ".." not in Path(s.path).parts and is_inside((root / s.path).resolve(), root)
             if not is_safe_name(s.name) or not inside or Path(s.path).is_absolute():
                 raise ModnetBatchError(
                     f"{meta_path} lists shard {s.name!r} at {s.path!r}, outside the dataset "
                     "directory or not a safe name; re-create the dataset with `modnet-batch ingest`"
                 )
-        missing = [s.path for s in shards if not (root / s.path).is_file()]
+        missing = _missing(root, [s.path for s in shards])
         if missing:
             raise ModnetBatchError(
                 f"dataset {root} is incomplete: missing {', '.join(missing[:5])}"
@@ -253,7 +262,7 @@ class Dataset:
         """Stored images that have a ground-truth matte."""
         return int(self.meta["counts"]["with_matte"])
 
-    def shard_path(self, shard: ShardInfo) -> Path:
+    def shard_path(self, shard: ShardInfo) -> AnyPath:
         """Absolute path of a shard file."""
         return self.root / shard.path
 
@@ -271,7 +280,7 @@ class Dataset:
     def verify(self) -> None:
         """Re-hash every shard file; raises ModnetBatchError naming the first that changed."""
         for shard in self.shards:
-            actual = sha256_file(self.shard_path(shard))
+            actual = sha256(self.shard_path(shard))
             if actual != shard.sha256:
                 raise ModnetBatchError(
                     f"{self.shard_path(shard)} has sha256 {actual}, dataset.json records "
@@ -282,7 +291,7 @@ class Dataset:
         """The rows of each row group of a shard, from its Parquet footer alone; None when the
         footer cannot be read (the worker that reads the shard names the damage)."""
         try:
-            meta = pq.ParquetFile(self.shard_path(shard)).metadata
+            meta = pq.ParquetFile(parquet_source(self.shard_path(shard))).metadata
         except (OSError, pa.ArrowException):
             return None
         return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
@@ -296,7 +305,7 @@ class Dataset:
         ids: list[str] = []
         for s in shards:
             path = self.shard_path(s)
-            with pq.ParquetFile(path) as file:
+            with pq.ParquetFile(parquet_source(path)) as file:
                 if self.reader is not None:
                     ids.extend(self.reader.ids(path, file, row_groups))
                     continue
@@ -311,7 +320,16 @@ class Dataset:
             yield from iter_records(self.shard_path(shard), reader=self.reader)
 
 
-def _prepared_meta(schema: pa.Schema, path: Path) -> dict[str, Any] | None:
+def _missing(root: AnyPath, rels: list[str]) -> list[str]:
+    """The files of `rels` (relative to `root`) that are not there (object storage: one
+    listing instead of a request per file)."""
+    if isinstance(root, UriPath):
+        present = {p.relative_to(root).as_posix() for p, _ in root.walk_files()}
+        return [r for r in rels if Path(r).as_posix() not in present]
+    return [r for r in rels if not (root / r).is_file()]
+
+
+def _prepared_meta(schema: pa.Schema, path: AnyPath) -> dict[str, Any] | None:
     raw = (schema.metadata or {}).get(PREPARED_KEY.encode())
     if raw is None:
         return None
@@ -328,7 +346,7 @@ def _prepared_meta(schema: pa.Schema, path: Path) -> dict[str, Any] | None:
 
 
 def iter_records(
-    path: str | Path,
+    path: str | AnyPath,
     *,
     batch_rows: int = 8,
     prepared_for: str | None = None,
@@ -346,9 +364,9 @@ def iter_records(
     """
     if batch_rows < 1:
         raise ModnetBatchError(f"batch_rows={batch_rows}: expected a positive row count")
-    path = Path(path)
+    path = location(path)
     try:
-        shard = pq.ParquetFile(path)
+        shard = pq.ParquetFile(parquet_source(path))
     except (OSError, pa.ArrowException) as exc:
         raise ModnetBatchError(
             f"{path} is not a readable Parquet shard ({exc}); re-create the dataset"
@@ -420,7 +438,7 @@ def _file_records(
 
 
 def _prepared_records(
-    path: Path,
+    path: AnyPath,
     batch: pa.RecordBatch,
     meta: dict[str, Any],
     ids: list[str],
@@ -444,7 +462,7 @@ def _prepared_records(
 
 
 def _raw_view(
-    data: memoryview, shape: tuple[int, ...], path: Path, image_id: str
+    data: memoryview, shape: tuple[int, ...], path: AnyPath, image_id: str
 ) -> npt.NDArray[np.uint8]:
     """Raw uint8 bytes as an array of `shape`, zero-copy (read-only)."""
     if len(data) != int(np.prod(shape)):

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections import deque
@@ -45,6 +46,7 @@ from modnet_batch.data.prepared import prepare_pair, prepared_description
 from modnet_batch.digest import sha256_file
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.protocol import Protocol, get_protocol
+from modnet_batch.storage import AnyPath, UriPath, resolved
 
 # Ids become file names (alpha/<image_id>.npz) on every OS, so only portable characters.
 UNSAFE_REASON = (
@@ -327,7 +329,9 @@ def _loaded(
                 fut.cancel()
 
 
-def _check_out(out: Path) -> None:
+def _check_out(out: AnyPath) -> None:
+    if isinstance(out, UriPath):
+        out.check_store()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         what = "a file" if not out.is_dir() else "not empty"
         raise ModnetBatchError(
@@ -336,9 +340,26 @@ def _check_out(out: Path) -> None:
         )
 
 
+def _publish(tmp: Path, out: AnyPath) -> None:
+    """The finished dataset folder `tmp` as `out`: renamed into place, or uploaded to object
+    storage with its dataset.json last (readers take a folder without it for no dataset), then
+    removed here."""
+    if isinstance(out, Path):
+        if out.exists():
+            out.rmdir()  # empty: rename onto a directory is not portable
+        os.rename(tmp, out)
+        return
+    assert isinstance(out, UriPath)
+    files = sorted(p for p in tmp.rglob("*") if p.is_file() and p.name != META_FILE)
+    for path in files:
+        (out / path.relative_to(tmp).as_posix()).upload(path)
+    (out / META_FILE).upload(tmp / META_FILE)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def ingest(
     src: Path,
-    out: Path,
+    out: str | AnyPath,
     *,
     shard_size: int = 64,
     strict: bool = False,
@@ -351,7 +372,9 @@ def ingest(
 
     Bad inputs (undecodable image or matte, matte of another size, matte without image) are
     skipped and listed, or with `strict` raise ModnetBatchError. `out` appears atomically: it is
-    built beside itself and renamed, so an interrupted ingest leaves no partial dataset.
+    built beside itself and renamed, so an interrupted ingest leaves no partial dataset. `out`
+    may be a URI (modnet_batch.storage): the dataset is built in a local temp folder and
+    uploaded, shards first, dataset.json last (a folder without it is no dataset).
     `progress(done, total)` is called after each image. `prepare` names a fixed-size protocol
     (seed-area, seed-linear) whose network inputs are stored too, so jobs with that protocol
     read them instead of decoding (same results, see data/prepared.py).
@@ -364,7 +387,7 @@ def ingest(
     ):
         if value < 1:
             raise ModnetBatchError(f"{key}={value}: expected a positive integer")
-    src, out = Path(src).expanduser().resolve(), Path(out).expanduser().resolve()
+    src, out = Path(src).expanduser().resolve(), resolved(out)
     if not src.is_dir():
         what = "does not exist" if not src.exists() else "is not a directory"
         raise ModnetBatchError(
@@ -381,8 +404,9 @@ def ingest(
             "file, or ingest without strict to skip it"
         )
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.ingest-{uuid.uuid4().hex[:12]}"
+    near = out.parent if isinstance(out, Path) else Path(tempfile.gettempdir())
+    near.mkdir(parents=True, exist_ok=True)
+    tmp = near / f".{out.name}.ingest-{uuid.uuid4().hex[:12]}"
     (tmp / SHARD_DIR).mkdir(parents=True)
     try:
         writer = _ShardWriter(tmp, shard_size, row_group_rows, prepared)
@@ -438,9 +462,7 @@ def ingest(
             }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         _check_out(out)  # someone may have written there meanwhile
-        if out.exists():
-            out.rmdir()  # empty: rename onto a directory is not portable
-        os.rename(tmp, out)
+        _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -53,6 +53,7 @@ from modnet_batch.data.dataset import (
 from modnet_batch.data.decode import DecodeError
 from modnet_batch.data.files import header_size
 from modnet_batch.errors import ModnetBatchError
+from modnet_batch.storage import AnyPath, UriPath, location, parquet_source, relative
 
 DEFAULT_IMAGE_COLUMN = "image"
 DEFAULT_MATTE_COLUMN = "matte"
@@ -160,13 +161,15 @@ class ParquetReader:
     rule: str  # "column" | "path" | "row": where ids come from (module docstring)
     duplicates: frozenset[str] = frozenset()  # lower-cased ids several rows share
 
-    def _rel(self, path: Path) -> str:
+    def _rel(self, path: AnyPath) -> str:
         """The file's path in the dataset's folder (as its ids name it); never resolved, so a
         file that is a link keeps the name it has here."""
         try:
+            if isinstance(path, UriPath):
+                return path.relative_to(UriPath(self.root)).as_posix()
             return Path(path).relative_to(self.root).as_posix()
         except ValueError:
-            return Path(path).name
+            return path.name
 
     def _ids(
         self, rel: str, rows: int, start: int, values: list[Any] | None
@@ -224,7 +227,7 @@ class ParquetReader:
         """The file's matte column: a file without the default one has no ground truth."""
         return self.matte if self.matte in schema.names else None
 
-    def ids(self, path: Path, shard: pq.ParquetFile, row_groups: list[int] | None) -> list[str]:
+    def ids(self, path: AnyPath, shard: pq.ParquetFile, row_groups: list[int] | None) -> list[str]:
         """The ids of those row groups, reading only the id column or the image paths."""
         rel, meta = self._rel(path), shard.metadata
         groups = list(range(meta.num_row_groups)) if row_groups is None else row_groups
@@ -246,7 +249,7 @@ class ParquetReader:
         return out
 
     def records(
-        self, path: Path, shard: pq.ParquetFile, row_groups: list[int] | None, batch_rows: int
+        self, path: AnyPath, shard: pq.ParquetFile, row_groups: list[int] | None, batch_rows: int
     ) -> Iterator[Record]:
         """The records of those row groups, `batch_rows` rows at a time."""
         rel, meta = self._rel(path), shard.metadata
@@ -314,7 +317,7 @@ def _starts(meta: pq.FileMetaData) -> list[int]:
     return starts
 
 
-def _footer(path: Path) -> tuple[int, str]:
+def _footer(path: AnyPath) -> tuple[int, str]:
     """(size, SHA-256 of the Parquet footer): what the identity of a file read in place is."""
     with path.open("rb") as f:
         size = f.seek(0, 2)
@@ -330,11 +333,19 @@ def _footer(path: Path) -> tuple[int, str]:
     return size, hashlib.sha256(footer + tail).hexdigest()
 
 
-def _parquet_files(path: Path) -> tuple[Path, list[Path]]:
+def _parquet_files(path: AnyPath) -> tuple[AnyPath, list[AnyPath]]:
     """(root, the Parquet files) of a file or of a folder (searched recursively, hidden
     entries left out), in path order."""
     if path.is_file():
         return path.parent, [path]
+    if isinstance(path, UriPath):  # one listing, not a request per file
+        names: list[AnyPath] = [
+            p
+            for p, _ in path.walk_files()
+            if p.suffix == PARQUET_SUFFIX
+            and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        ]
+        return path, sorted(names, key=lambda p: relative(p, path))
     found = [
         p
         for p in path.rglob(f"*{PARQUET_SUFFIX}")
@@ -343,7 +354,7 @@ def _parquet_files(path: Path) -> tuple[Path, list[Path]]:
     return path, sorted(found, key=lambda p: p.relative_to(path).as_posix())
 
 
-def is_parquet_source(path: Path) -> bool:
+def is_parquet_source(path: AnyPath) -> bool:
     """Whether `path` is a Parquet file, or a folder without dataset.json holding some."""
     if path.is_file():
         return path.suffix.lower() == PARQUET_SUFFIX
@@ -387,7 +398,7 @@ def _with_matte(meta: pq.FileMetaData, leaf: str) -> int:
     return count
 
 
-def open_parquet(path: Path, columns: ParquetColumns | None = None) -> Dataset:
+def open_parquet(path: AnyPath, columns: ParquetColumns | None = None) -> Dataset:
     """The Parquet file `path`, or the Parquet files under the folder `path`, as a Dataset read
     in place. Raises ModnetBatchError (one line, naming the columns that exist) when a column
     is missing or holds no encoded images."""
@@ -403,10 +414,10 @@ def open_parquet(path: Path, columns: ParquetColumns | None = None) -> Dataset:
     with_matte = 0
     id_values: list[tuple[str, int, int, Any]] = []  # (file, row, rows, raw id source)
     for index, file in enumerate(files):
-        rel = file.relative_to(root).as_posix()
+        rel = relative(file, root)
         try:
             size, footer = _footer(file)
-            parquet = pq.ParquetFile(file)
+            parquet = pq.ParquetFile(parquet_source(file))
         except (OSError, pa.ArrowException) as exc:
             raise ModnetBatchError(f"{file} is not a readable Parquet file ({exc})") from exc
         with parquet:
@@ -443,11 +454,12 @@ def open_parquet(path: Path, columns: ParquetColumns | None = None) -> Dataset:
         shards.append(ShardInfo(name=shard_name(index), path=rel, rows=meta.num_rows, sha256=""))
         listing.append([rel, size, footer])
     rule, note = _id_rule(columns.id, id_values)
-    reader = ParquetReader(str(root), image, matte, columns.id, rule)
+    root_arg = root.uri if isinstance(root, UriPath) else str(root)
+    reader = ParquetReader(root_arg, image, matte, columns.id, rule)
     ids = [_final_id(reader, rel, row, rows, raw) for rel, row, rows, raw in id_values]
     counts = Counter(i.lower() for i in ids if i is not None)
     duplicates = frozenset(k for k, n in counts.items() if n > 1)
-    reader = ParquetReader(str(root), image, matte, columns.id, rule, duplicates)
+    reader = ParquetReader(root_arg, image, matte, columns.id, rule, duplicates)
     chosen = {"image": image, "matte": matte, "id": columns.id, "ids": rule}
     identity = hashlib.sha256(
         json.dumps({"parquet": listing, "columns": chosen}, separators=(",", ":")).encode()
@@ -495,11 +507,11 @@ def _final_id(reader: ParquetReader, rel: str, row: int, rows: int, raw: Any) ->
     return None if raw is None else safe_id(str(raw))
 
 
-def open_dataset(path: str | Path, columns: ParquetColumns | None = None) -> Dataset:
+def open_dataset(path: str | AnyPath, columns: ParquetColumns | None = None) -> Dataset:
     """What `--dataset` names: a dataset directory (from `ingest`), or Parquet read in place (a
-    `.parquet` file, or a folder of them without dataset.json)."""
+    `.parquet` file, or a folder of them without dataset.json); a local path or a URI."""
     columns = columns or ParquetColumns()
-    root = Path(path).expanduser()
+    root = location(path)
     if is_parquet_source(root):
         return open_parquet(root, columns)
     if columns.given() and (root / META_FILE).is_file():

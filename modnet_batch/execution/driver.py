@@ -53,6 +53,7 @@ from modnet_batch.results.outputs import (
     parse_colour,
     parse_kinds,
 )
+from modnet_batch.storage import AnyPath, argument, is_inside, is_uri, location, resolved, shown
 
 ProgressHook = Callable[[str, int], None]
 
@@ -94,7 +95,7 @@ EXIT_IMAGES_FAILED = 4  # every shard finished, but some images are error rows
 @dataclass
 class JobOutcome:
     summary: Summary
-    run_dir: Path
+    run_dir: AnyPath
     complete: bool
     warnings: list[str]
 
@@ -162,8 +163,10 @@ def output_spec(job: JobConfig, scored: bool) -> OutputSpec:
 def _os_error(exc: OSError, resume: bool = True) -> ModnetBatchError:
     """A write the run directory's storage refused (full, read-only, forbidden) as its one-line
     StorageError; any other OSError (a network error, Ray's own files) as itself, one line."""
-    if is_storage_error(exc) and exc.filename:
+    if is_storage_error(exc) and (exc.filename or getattr(exc, "permanent", False)):
         return storage_error(exc, resume=resume)
+    if hasattr(exc, "permanent"):  # storage.UriError: one line naming the URI and the fix
+        return ModnetBatchError(str(exc))
     return ModnetBatchError(f"{type(exc).__name__}: {exc}")
 
 
@@ -204,7 +207,7 @@ def plan_job(job: JobConfig) -> JobPlan:
         identity["precision"] = precision
         identity["scoring"] = "device" if on_device else "cpu"
     if job.output_dir is not None:  # another folder's files are another job's
-        identity["output_dir"] = str(Path(job.output_dir).resolve())
+        identity["output_dir"] = shown(resolved(job.output_dir))
     # runs writing only npz keep resuming (every scored run made before outputs existed; an
     # unscored one now defaults to PNGs: its resume is refused, naming `outputs`)
     if outputs != OutputSpec():
@@ -216,7 +219,7 @@ def plan_job(job: JobConfig) -> JobPlan:
         }
     run = RunDir(job.out, job.output_dir)
     if job.output_dir is not None and not run.identity_file.exists():  # a fresh job
-        _check_owned(Path(job.output_dir), run)
+        _check_owned(location(job.output_dir), run)
     resumed = run.prepare(identity)
     run.write_job(job_yaml(job))
     done = run.done_shards()
@@ -265,13 +268,13 @@ def _duplicates_note(dataset: Dataset) -> str | None:
     )
 
 
-def _check_owned(folder: Path, run: RunDir) -> None:
+def _check_owned(folder: AnyPath, run: RunDir) -> None:
     """A fresh job writes into an --output-dir only when that folder holds nothing but its own
     run (as `matte`'s OUT does): it never overwrites a file it did not write."""
     if not folder.is_dir():
         return
     mine = run.root.resolve()
-    others = [p for p in folder.iterdir() if not mine.is_relative_to(p.resolve())]
+    others = [p for p in folder.iterdir() if not is_inside(mine, p.resolve())]
     if others:
         raise ModnetBatchError(
             f"--output-dir {folder} is not empty ({others[0].name} ...); pass a new or empty "
@@ -329,7 +332,8 @@ def device_scoring(job: JobConfig) -> bool:
 def worker_spec(plan: JobPlan) -> WorkerSpec:
     job = plan.job
     engine = EngineSpec(
-        model=str(plan.model_path),
+        # a URI as given: each worker fetches it into its own node's cache
+        model=job.model if job.model is not None and is_uri(job.model) else str(plan.model_path),
         provider=default_provider(job.device, job.provider),
         precision=compute_precision(job, str(plan.model_info.get("precision", "fp32"))),
         channels_last=job.channels_last,
@@ -340,13 +344,13 @@ def worker_spec(plan: JobPlan) -> WorkerSpec:
         engine=engine,
         engine_name=job.engine,
         protocol=job.protocol,
-        run_dir=str(plan.run.root.resolve()),
+        run_dir=argument(plan.run.root),
         batch_size=batch_size(job),
         tune_hw=_first_size(plan.dataset, job),
         decode_threads=job.decode_threads or 1,
         decode=plan.decode,
         outputs=plan.outputs,
-        outputs_dir=str(plan.run.outputs.resolve()),
+        outputs_dir=argument(plan.run.outputs),
         keep_existing=plan.resumed and plan.dataset.num_with_matte == 0,
     )
 
@@ -469,9 +473,9 @@ def finalize(
         ),
         complete=not report.failed and _all_covered(plan, {r.shard for r in results}),
         job=JobFacts(
-            dataset=str(Path(plan.job.dataset).resolve()),
+            dataset=shown(resolved(plan.job.dataset)),
             protocol=plan.job.protocol,
-            model=str(plan.model_path),
+            model=shown(plan.job.model) if is_uri(plan.job.model) else str(plan.model_path),
             variant=plan.model_info,
             backend=plan.job.backend,
             address=plan.job.address,

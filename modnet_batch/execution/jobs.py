@@ -17,8 +17,10 @@ from typing import Any
 import yaml
 
 import modnet_batch
+from modnet_batch import storage
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.options import JobConfig
+from modnet_batch.options.job import without_secrets
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 # `python` of the cluster's PATH, not this machine's interpreter path: a laptop's venv does not
@@ -77,12 +79,13 @@ def job_spec(job: JobConfig) -> dict[str, Any]:
     """The job as the cluster runs it: absolute paths (shared storage is assumed) and the
     address `auto`, i.e. the cluster the entrypoint runs in."""
     resolved = dict(job.to_dict())
-    resolved["dataset"] = str(Path(job.dataset).resolve())
-    resolved["out"] = str(Path(job.out).resolve())
-    if job.model and Path(job.model).exists():
+    resolved["dataset"] = str(storage.resolved(job.dataset))
+    resolved["out"] = str(storage.resolved(job.out))
+    if job.model and not storage.is_uri(job.model) and Path(job.model).exists():
         resolved["model"] = str(Path(job.model).resolve())
     resolved["address"] = "auto"
-    return resolved
+    # never a credential in the file the cluster gets: its nodes find their own
+    return dict(without_secrets(resolved))
 
 
 def submit_job(job: JobConfig) -> str:

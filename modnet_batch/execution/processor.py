@@ -23,16 +23,17 @@ import numpy as np
 import numpy.typing as npt
 
 from modnet_batch.data.dataset import Record
-from modnet_batch.digest import sha256_file
 from modnet_batch.engine import DEFAULT_ENGINE, EngineSpec, Session, open_session
 from modnet_batch.errors import ModnetBatchError, is_storage_error, storage_error
 from modnet_batch.execution import signals
 from modnet_batch.execution.batching import tune_batch
 from modnet_batch.metrics import ImageMetrics, ImageRow, MetricAccumulator, connectivity_error
+from modnet_batch.model.variants import resolve_model
 from modnet_batch.pipeline import DecodeMode, ImagePipeline, NetworkInput, error_text, is_transient
 from modnet_batch.protocol import ScoredAlpha
 from modnet_batch.results import RunDir, ShardResult, ShardTask
 from modnet_batch.results.outputs import OutputKind, OutputSize, OutputSpec
+from modnet_batch.storage import is_uri, location, sha256, shown
 
 # ShardResult.stages holds two views. The shard loop's thread, whose parts add up to
 # ShardResult.seconds: reading the shard, waiting for decoded inputs, inferring, waiting for
@@ -96,16 +97,19 @@ def _check_shard(task: ShardTask) -> None:
     if task.sha256 is None:
         return
     try:
-        actual = sha256_file(task.path)
+        actual = sha256(location(task.path))
     except FileNotFoundError:
         raise ShardUnreadable(
-            f"shard {task.name} ({task.path}) does not exist; re-create the dataset"
+            f"shard {task.name} ({shown(task.path)}) does not exist; re-create the dataset"
         ) from None
     except OSError as exc:  # the storage failed, not the shard: a retry may pass
-        raise ShardReadError(f"reading shard {task.name} ({task.path}) failed: {exc}") from None
+        raise ShardReadError(
+            f"reading shard {task.name} ({shown(task.path)}) failed: {shown(exc)}"
+        ) from None
     if actual != task.sha256:
         raise ShardUnreadable(
-            f"shard {task.name} ({task.path}) changed after ingest (SHA-256 {actual[:12]}..., "
+            f"shard {task.name} ({shown(task.path)}) changed after ingest (SHA-256 "
+            f"{actual[:12]}..., "
             f"dataset.json records {task.sha256[:12]}...); re-create the dataset"
         )
 
@@ -124,8 +128,8 @@ class _Checked:
         key = (task.path, task.sha256)
         with self._lock:  # units of one file queued together wait for one hash
             try:
-                st = os.stat(task.path)
-                stamp = (st.st_size, st.st_mtime_ns)
+                st = location(task.path).stat()
+                stamp = (st.st_size, int(st.st_mtime * 1e9))
             except OSError:
                 stamp = None
             if stamp is not None and self._seen.get(key) == stamp:
@@ -159,6 +163,8 @@ class ShardProcessor:
         t0 = time.perf_counter()
         # spinning CPU threads would take the cores from the decode/score pool
         engine = replace(spec.engine, spin=spec.engine.provider != "cpu")
+        if is_uri(engine.model):  # fetched by this worker into its own node's cache
+            engine = replace(engine, model=str(resolve_model(engine.model)))
         self.session = session or open_session(engine, spec.engine_name)
         self.session_seconds = time.perf_counter() - t0
         if spec.device_scoring and not hasattr(self.session, "run_scored"):
@@ -300,10 +306,11 @@ class ShardProcessor:
                 except Exception as exc:  # pyarrow on a damaged file: name the shard, not a trace
                     if is_transient(exc):  # the bytes were checked: the storage failed
                         raise ShardReadError(
-                            f"reading shard {task.name} ({task.path}) failed: {error_text(exc)}"
+                            f"reading shard {task.name} ({shown(task.path)}) failed: "
+                            f"{error_text(exc)}"
                         ) from None
                     raise ShardUnreadable(
-                        f"shard {task.name} ({task.path}) is unreadable: {error_text(exc)}; "
+                        f"shard {task.name} ({shown(task.path)}) is unreadable: {error_text(exc)}; "
                         "re-create the dataset (`modnet-batch verify` checks every shard)"
                     ) from None
                 if rec is None:

@@ -25,6 +25,7 @@ from dataclasses import replace
 
 from modnet_batch.data.dataset import Dataset, ShardInfo
 from modnet_batch.results import ShardTask
+from modnet_batch.storage import argument
 
 UNITS_PER_WORKER = 4
 MAX_UNIT_IMAGES = 64  # the default shard size: a unit is never bigger than a default shard
@@ -136,7 +137,7 @@ def _task(
 ) -> ShardTask:
     return ShardTask(
         name=name,
-        path=str(dataset.shard_path(shard)),
+        path=argument(dataset.shard_path(shard)),  # a URI as given: the worker opens it
         rows=rows,
         sha256=shard.sha256 or None,
         row_groups=groups,

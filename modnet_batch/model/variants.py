@@ -13,6 +13,8 @@ from typing import Any
 from modnet_batch.digest import sha256_file
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.model.fetch import cache_dir, fetch_model
+from modnet_batch.model.remote import fetch_uri_model
+from modnet_batch.storage import is_uri
 
 VARIANTS = ("fp32", "fp16", "int8")
 
@@ -48,9 +50,12 @@ def read_build_record(model_path: str | Path) -> dict[str, Any] | None:
 
 
 def resolve_model(spec: str | None) -> Path:
-    """None -> the fetched reference; fp32/fp16/int8 -> the built variant; else a path."""
+    """None -> the fetched reference; fp32/fp16/int8 -> the built variant; a URI -> its copy
+    in the local cache (model/remote.py); else a path."""
     if spec is None:
         return fetch_model()
+    if is_uri(spec):
+        return fetch_uri_model(spec)
     if spec in VARIANTS:
         path = variants_dir() / f"{spec}.onnx"
         if not path.is_file():

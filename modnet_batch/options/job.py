@@ -21,6 +21,7 @@ from modnet_batch.results.outputs import (
     parse_size,
     png_level,
 )
+from modnet_batch.storage import redact
 
 # The execution backends (execution.backends registers one runner for each name).
 BACKENDS = ("ray", "inline")
@@ -220,4 +221,16 @@ def dump_job(job: JobConfig, path: Path) -> None:
 
 
 def job_yaml(job: JobConfig) -> str:
-    return yaml.safe_dump(job.to_dict(), sort_keys=False)
+    """job.yaml's text: every URI without its credentials (storage.redact)."""
+    return yaml.safe_dump(without_secrets(job.to_dict()), sort_keys=False)
+
+
+def without_secrets(value: Any) -> Any:
+    """`value` (a job's dict) with storage.redact applied to every string in it."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: without_secrets(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [without_secrets(v) for v in value]
+    return value

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -19,6 +18,7 @@ from modnet_batch.errors import ModnetBatchError
 from modnet_batch.metrics import ImageMetrics, ImageRow, image_metrics
 from modnet_batch.pipeline.decode_mode import DecodeMode, auto_reduce
 from modnet_batch.protocol import Protocol, ScoredAlpha, get_protocol
+from modnet_batch.storage import AnyPath
 
 # Every stage an image goes through, in order; the shard loop and the naive peer time each.
 STAGES = ("read", "decode", "preprocess", "infer", "postprocess", "score", "write")
@@ -80,7 +80,7 @@ class ImagePipeline:
     # --- read ---------------------------------------------------------------------------------
     def records(
         self,
-        shard: str | Path,
+        shard: str | AnyPath,
         *,
         prepared: bool = True,
         row_groups: list[int] | None = None,

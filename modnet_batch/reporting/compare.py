@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -10,16 +10,17 @@ from rich.table import Table
 from modnet_batch.metrics import DATASET
 from modnet_batch.reporting.table import COMPARE_DIGITS, TITLES, fmt
 from modnet_batch.results import RunDir
+from modnet_batch.storage import AnyPath, location
 
 
-def compare_runs(runs: list[Path], console: Console) -> Table:
+def compare_runs(runs: Sequence[str | AnyPath], console: Console) -> Table:
     table = Table(title="runs")
     for col in ("run", "precision", "protocol", "images", *(TITLES[k] for k in DATASET), "img/s"):
         table.add_column(col, justify="right")
     for run in runs:
         s = RunDir.find(run).read_summary()
         table.add_row(
-            run.name,
+            location(run).name,
             str(s.job.variant.get("precision", "?")),
             s.job.protocol,
             str(s.images.scored),

@@ -13,6 +13,7 @@ from typing import Any
 from modnet_batch.metrics import DATASET, ImageRow
 from modnet_batch.reporting.table import DIGITS, TITLES, fmt
 from modnet_batch.results import RunDir, Summary
+from modnet_batch.storage import AnyPath, resolved
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,10 @@ class RunView:
     rows: list[ImageRow]
 
     @classmethod
-    def open(cls, path: Path) -> RunView:
+    def open(cls, path: str | AnyPath) -> RunView:
         run = RunDir.find(path)
-        name = Path(path).resolve().name or str(path)
+        where = resolved(path)
+        name = where.name or str(where)
         return cls(name, run, run.read_summary(), run.read_job(), run.read_rows())
 
     @property

@@ -30,6 +30,7 @@ from modnet_batch.reporting.facts import (
 from modnet_batch.reporting.panels import ImagePictures, pictures
 from modnet_batch.reporting.table import COMPARE_DIGITS, ROW_DIGITS, TITLES, fmt
 from modnet_batch.results import RunDir, atomic_write_bytes
+from modnet_batch.storage import AnyPath
 
 # Panels per page: the worst and the best this many images of a run (41 images would otherwise
 # make a page of ~8 MB); a comparison shows this many per direction of change.
@@ -121,7 +122,7 @@ def _write(path: Path, text: str) -> Path:
 
 
 # --- one run ----------------------------------------------------------------------------------
-def worst_images(run: Path, metric: str = "mse", count: int = 10) -> list[ImageRow]:
+def worst_images(run: AnyPath, metric: str = "mse", count: int = 10) -> list[ImageRow]:
     """The `count` scored rows with the largest `metric`, largest first."""
     _check_metric(metric)
     return _ranked(RunDir.find(run).read_rows(), metric)[:count]
@@ -550,7 +551,7 @@ def compare_page(views: Sequence[RunView], metric: str = "mse", panels: int = 3)
 
 
 def write_html(
-    runs: Sequence[Path], path: Path, metric: str = "mse", panels: int = DEFAULT_PANELS
+    runs: Sequence[str | AnyPath], path: Path, metric: str = "mse", panels: int = DEFAULT_PANELS
 ) -> Path:
     """Write the report of one run, or the comparison of several, to `path`."""
     if not runs:

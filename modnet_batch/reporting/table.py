@@ -11,6 +11,7 @@ from rich.table import Table
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.metrics import DATASET, PER_IMAGE, ImageRow
 from modnet_batch.results import RunDir, Summary
+from modnet_batch.storage import AnyPath
 
 # How each metric is titled in every table.
 TITLES = {"mse": "MSE", "mad": "MAD", "sad": "SAD", "grad": "Grad", "conn": "Conn", "miou": "mIoU"}
@@ -69,7 +70,7 @@ def device_table(summary: Summary) -> Table:
     return table
 
 
-def print_summary(summary: Summary, run_dir: Path, console: Console | None = None) -> None:
+def print_summary(summary: Summary, run_dir: AnyPath, console: Console | None = None) -> None:
     console = console or Console()
     console.print(summary_table(summary))
     if summary.throughput["per_device"]:
@@ -92,7 +93,7 @@ def print_summary(summary: Summary, run_dir: Path, console: Console | None = Non
         print_failures(summary, run_dir, console)
 
 
-def print_failures(summary: Summary, run_dir: Path, console: Console, shown: int = 5) -> None:
+def print_failures(summary: Summary, run_dir: AnyPath, console: Console, shown: int = 5) -> None:
     """How many images failed, whether a resume can help, and the first few reasons."""
     images = summary.images
     again = (

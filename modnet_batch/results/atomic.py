@@ -1,4 +1,5 @@
-"""Atomic file writes: a file is complete or absent, never half-written."""
+"""Atomic file writes: a file is complete or absent, never half-written (local: a temp file and a
+rename; object storage: one upload, storage.UriPath.write_bytes)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from modnet_batch.storage import AnyPath, UriPath
 
 
 def _umask() -> int:
@@ -24,8 +27,11 @@ FILE_MODE = 0o666 & ~_umask()
 TEMP_SUFFIX = ".tmp"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: AnyPath, data: bytes) -> None:
     """Write through a temp file in the same directory and rename: complete or absent."""
+    if isinstance(path, UriPath):
+        path.write_bytes(data)  # visible only once the whole object is uploaded
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
@@ -43,5 +49,5 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
+def atomic_write_json(path: AnyPath, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())

@@ -17,13 +17,14 @@ import yaml
 
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.results.rundir import MATTE_RUN, RunDir
+from modnet_batch.storage import AnyPath, UriPath
 
 MAX_DEPTH = 3  # folders below DIR searched for runs
 
 
 @dataclass
 class RunState:
-    path: Path  # what the user passes to `report` (a run dir, or a `matte` OUT folder)
+    path: AnyPath  # what the user passes to `report` (a run dir, or a `matte` OUT folder)
     state: str  # complete | failed | partial
     detail: str = ""
     dataset: str = ""
@@ -37,13 +38,39 @@ class RunState:
     images_per_s: float | None = None
 
 
-def _is_run(folder: Path) -> bool:
+def _is_run(folder: AnyPath) -> bool:
     return (folder / "job.yaml").is_file() and (folder / "state").is_dir()
 
 
-def find_runs(top: Path, max_depth: int = MAX_DEPTH) -> list[Path]:
+def _find_uri_runs(top: UriPath, max_depth: int) -> list[AnyPath]:
+    """find_runs in object storage: one recursive listing, a run is a folder holding job.yaml
+    and something under state/ (object stores have no empty folders)."""
+    files = {p.relative_to(top).as_posix() for p, _ in top.walk_files()}
+    folders: set[str] = set()
+    for rel in files:
+        parts = rel.split("/")
+        if parts[-1] != "job.yaml":
+            continue
+        folder = "/".join(parts[:-1])
+        inside = f"{folder}/state/" if folder else "state/"
+        if not any(f.startswith(inside) for f in files):
+            continue
+        names = folder.split("/") if folder else []
+        if names[-2:] == list(MATTE_RUN.parts):
+            names = names[:-2]  # a matte OUT folder: its outputs sit beside the run
+        if len(names) > max_depth + 1 or any(n.startswith(".") for n in names):
+            continue
+        folders.add("/".join(names))
+    # a run's own folders hold no runs
+    outer = {f for f in folders if not any(f != o and f.startswith(o + "/") for o in folders if o)}
+    return [top / f if f else top for f in sorted(outer)]
+
+
+def find_runs(top: AnyPath, max_depth: int = MAX_DEPTH) -> list[AnyPath]:
     """Run directories and `matte` OUT folders at or below `top`, in path order."""
-    found: list[Path] = []
+    if isinstance(top, UriPath):
+        return _find_uri_runs(top, max_depth)
+    found: list[AnyPath] = []
     top = Path(top)
     for root, dirs, _files in os.walk(top):
         here = Path(root)
@@ -57,12 +84,13 @@ def find_runs(top: Path, max_depth: int = MAX_DEPTH) -> list[Path]:
             dirs.clear()
             continue
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if depth < max_depth else []
-    return sorted(found)
+    return sorted(found, key=str)
 
 
-def run_state(path: Path) -> RunState:
+def run_state(path: AnyPath) -> RunState:
     """The state and headline figures of one run (unreadable files say so in `detail`)."""
-    root = path / MATTE_RUN if _is_run(path / MATTE_RUN) else path
+    matte = path / str(MATTE_RUN)
+    root = matte if _is_run(matte) else path
     run = RunDir(root)
     try:
         job = yaml.safe_load(run.job_yaml.read_text()) or {}
@@ -105,5 +133,5 @@ def run_state(path: Path) -> RunState:
     return state
 
 
-def list_runs(top: Path) -> list[RunState]:
+def list_runs(top: AnyPath) -> list[RunState]:
     return [run_state(p) for p in find_runs(top)]

@@ -3,10 +3,14 @@
 Layout: job.yaml, alpha/<image_id>.npz, outputs/ (image files, results.outputs), metrics.parquet,
 summary.json, state/identity.json,
 state/shards/<shard>.json (one per finished shard; its presence means the shard is done).
+
+The root is a local path or a URI (modnet_batch.storage): every file is read and written
+through it, complete or absent, the markers last.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 from pathlib import Path
@@ -26,6 +30,7 @@ from modnet_batch.results.outputs import OutputKind, OutputSize, OutputSpec
 from modnet_batch.results.records import ShardResult
 from modnet_batch.results.summary import Summary
 from modnet_batch.results.table import read_rows, write_rows
+from modnet_batch.storage import AnyPath, UriPath, location
 
 
 def _checked(name: str, what: str) -> str:
@@ -46,20 +51,21 @@ class RunDir:
     """Paths and state of one run directory; every read and write of a run goes through it."""
 
     @classmethod
-    def find(cls, path: str | Path) -> RunDir:
+    def find(cls, path: str | AnyPath) -> RunDir:
         """The run at `path`: a run directory, or a `matte` OUT folder (its run lives in
         OUT/.modnet-batch/run), with its outputs folder as the job recorded it."""
-        path = Path(path)
+        path = location(path)
         root = path
-        if not (path / "summary.json").is_file() and (path / MATTE_RUN / "summary.json").is_file():
-            root = path / MATTE_RUN
+        matte = path / str(MATTE_RUN)
+        if not (path / "summary.json").is_file() and (matte / "summary.json").is_file():
+            root = path / str(MATTE_RUN)
         job = cls(root).read_job()
         return cls(root, job.get("output_dir"))
 
-    def __init__(self, root: str | Path, outputs: str | Path | None = None) -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | AnyPath, outputs: str | AnyPath | None = None) -> None:
+        self.root: AnyPath = location(root)
         # per-image image files (results.outputs): in the run, or where `matte` was asked to
-        self.outputs = Path(outputs) if outputs is not None else self.root / "outputs"
+        self.outputs: AnyPath = location(outputs) if outputs is not None else self.root / "outputs"
         self.alpha = self.root / "alpha"
         self.state = self.root / "state"
         self.shard_state = self.state / "shards"
@@ -69,12 +75,12 @@ class RunDir:
         self.identity_file = self.state / "identity.json"
 
     # --- layout -------------------------------------------------------------------------------
-    def alpha_path(self, image_id: str) -> Path:
+    def alpha_path(self, image_id: str) -> AnyPath:
         return self.alpha / f"{_checked(image_id, 'image id')}.npz"
 
     def output_path(
         self, spec: OutputSpec, kind: OutputKind, image_id: str, name: str | None = None
-    ) -> Path:
+    ) -> AnyPath:
         """outputs/<id><ext> when the job writes one kind of file, outputs/<kind>/<id><ext>
         when it writes several. `name` (a file-list dataset: the source's relative path without
         extension) replaces the id and must stay inside the outputs folder."""
@@ -88,10 +94,10 @@ class RunDir:
         base = self.outputs if len(spec.files) == 1 else self.outputs / kind.value
         return base / (rel + spec.extension(kind))
 
-    def write_output(self, path: Path, data: bytes) -> None:
+    def write_output(self, path: AnyPath, data: bytes) -> None:
         atomic_write_bytes(path, data)
 
-    def marker(self, shard: str) -> Path:
+    def marker(self, shard: str) -> AnyPath:
         return self.shard_state / f"{_checked(shard, 'shard name')}.json"
 
     # --- identity and resume ------------------------------------------------------------------
@@ -101,6 +107,8 @@ class RunDir:
         Returns True when resuming. A directory made by another job (other dataset, model or
         protocol), or one that is not a run directory, is refused: nothing is overwritten.
         """
+        if isinstance(self.root, UriPath):
+            self.root.check_store()
         if self.root.exists() and not self.root.is_dir():
             raise ModnetBatchError(
                 f"--out {self.root} is a file, not a directory; pass a new directory for the run"
@@ -180,17 +188,19 @@ class RunDir:
         atomic_write_json(self.marker(result.shard), result.to_dict())
 
     def load_results(self) -> list[ShardResult]:
-        return [
-            ShardResult.from_dict(json.loads(p.read_text()))
-            for p in sorted(self.shard_state.glob("*.json"))
-        ]
+        return [ShardResult.from_dict(json.loads(p.read_text())) for p in self._markers()]
+
+    def _markers(self) -> list[AnyPath]:
+        """The completion markers, by name."""
+        found: list[AnyPath] = list(self.shard_state.glob("*.json"))
+        return sorted(found, key=lambda p: p.name)
 
     def results_with_failures(self) -> list[ShardResult]:
         """The finished shards with at least one failed image (what a resume may retry): every
         marker is read, only those are decoded into rows (on a finished 100k-image run, 0.5 s
         instead of 1.1 s for all of them)."""
         found = []
-        for p in sorted(self.shard_state.glob("*.json")):
+        for p in self._markers():
             data = json.loads(p.read_text())
             if data.get("failed", 1):  # a marker without the count: look at its rows
                 found.append(ShardResult.from_dict(data))
@@ -198,7 +208,7 @@ class RunDir:
 
     def last_result_time(self) -> float | None:
         """When the last shard result was recorded (its marker's mtime, epoch seconds)."""
-        marks = [os.stat(p).st_mtime for p in self.shard_state.glob("*.json")]
+        marks = _mtimes(self.shard_state, "*.json")
         return max(marks) if marks else None
 
     # --- per-image outputs --------------------------------------------------------------------
@@ -222,7 +232,7 @@ class RunDir:
             if kind not in spec.kinds:
                 continue
             path = self.output_path(spec, kind, image_id, name)
-            pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED) if path.is_file() else None
+            pixels = _read_image(path) if path.is_file() else None
             if pixels is None:
                 continue
             if pixels.ndim == 3:  # a cutout: BGRA, the matte is its alpha
@@ -237,7 +247,7 @@ class RunDir:
 
     def alpha_times(self) -> list[float]:
         """Epoch times at which each alpha file was written (its mtime), sorted: one per image."""
-        return sorted(os.stat(p).st_mtime for p in self.alpha.glob("*.npz"))
+        return sorted(_mtimes(self.alpha, "*.npz"))
 
     # --- the run's results --------------------------------------------------------------------
     def write_rows(self, rows: list[ImageRow]) -> None:
@@ -255,3 +265,21 @@ class RunDir:
 
     def read_summary(self) -> Summary:
         return Summary.read(self.summary)
+
+
+def _mtimes(folder: AnyPath, pattern: str) -> list[float]:
+    """The mtimes of the files in `folder` matching `pattern` (object storage: one listing)."""
+    if isinstance(folder, UriPath):
+        return [
+            st.st_mtime
+            for p, st in folder.walk_files()
+            if p.parent == folder and fnmatch.fnmatchcase(p.name, pattern)
+        ]
+    return [os.stat(p).st_mtime for p in folder.glob(pattern)]
+
+
+def _read_image(path: AnyPath) -> Any:
+    if isinstance(path, UriPath):
+        data = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+        return cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from modnet_batch.errors import ModnetBatchError
+from modnet_batch.storage import AnyPath
 
 # 2: first versioned summary (1 = the unversioned layout, the same keys without `schema`).
 SUMMARY_SCHEMA = 2
@@ -105,7 +105,7 @@ class Summary:
             ) from None
 
     @classmethod
-    def read(cls, path: Path) -> Summary:
+    def read(cls, path: AnyPath) -> Summary:
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:

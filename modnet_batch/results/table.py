@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from modnet_batch.metrics import COLUMNS, CONFUSION, PER_IMAGE, ImageRow
 from modnet_batch.results.atomic import atomic_write_bytes
+from modnet_batch.storage import AnyPath, parquet_source
 
 _TYPES: dict[str, pa.DataType] = {
     "image_id": pa.string(),
@@ -22,7 +21,7 @@ _TYPES: dict[str, pa.DataType] = {
 METRICS_SCHEMA = pa.schema([(name, _TYPES[name]) for name in COLUMNS])
 
 
-def write_rows(path: Path, rows: list[ImageRow]) -> None:
+def write_rows(path: AnyPath, rows: list[ImageRow]) -> None:
     records = [r.to_record() for r in rows]
     columns = {name: [r[name] for r in records] for name in METRICS_SCHEMA.names}
     table = pa.table(columns, schema=METRICS_SCHEMA)
@@ -31,5 +30,5 @@ def write_rows(path: Path, rows: list[ImageRow]) -> None:
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
-def read_rows(path: Path) -> list[ImageRow]:
-    return [ImageRow.from_record(r) for r in pq.read_table(path).to_pylist()]
+def read_rows(path: AnyPath) -> list[ImageRow]:
+    return [ImageRow.from_record(r) for r in pq.read_table(parquet_source(path)).to_pylist()]
