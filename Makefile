@@ -10,7 +10,7 @@ TORCH  ?= torch==2.13.0
 # Where tests find ../shared (datasets + reference numbers); tests that need it skip without it.
 export MODNET_SHARED_DIR ?= $(if $(wildcard $(SHARED)/reference),$(SHARED),)
 
-.PHONY: install demo test test-fast lint fmt typecheck bench bench-matte bench-scale bench-device device-kit profile report-check clean
+.PHONY: install demo test test-fast lint fmt typecheck bench bench-matte bench-scale bench-storage bench-device device-kit profile report-check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,11 @@ bench: $(STAMP)
 SCALE_IMAGES ?= 100000
 bench-scale: $(STAMP)
 	$(PY) -m modnet_batch.bench.scale --images $(SCALE_IMAGES) --out bench
+
+# submit on ppm100-dev from local disk vs from S3 (moto on 127.0.0.1), the real model, rounds
+# alternating (modnet_batch/bench/storage.py); bench/storage.json.
+bench-storage: $(STAMP)
+	$(PY) -m modnet_batch.bench.storage $(SHARED)/datasets/ppm100-dev --out bench/storage.json
 
 bench-matte: $(STAMP)
 	$(PY) -m modnet_batch.bench.matting $(SHARED)/datasets/ppm100-dev/image --out bench/matting.json

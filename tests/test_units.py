@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -182,13 +183,13 @@ def test_a_unit_reads_only_its_row_groups_and_a_file_is_hashed_once(
     ds = Dataset.open(grouped["big"])
     tasks = units.split(_pending(grouped["big"]), 2)
     hashed: list[str] = []
-    real = processor_module.sha256_file
+    real = processor_module.sha256
 
-    def counting(path: str | Path) -> str:
+    def counting(path: Any) -> str:
         hashed.append(str(path))
         return real(path)
 
-    monkeypatch.setattr(processor_module, "sha256_file", counting)
+    monkeypatch.setattr(processor_module, "sha256", counting)
     spec = WorkerSpec(EngineSpec(str(tiny_model)), "seed-area", str(tmp_path / "run"))
     proc = ShardProcessor(spec)
     try:
