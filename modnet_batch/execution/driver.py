@@ -375,6 +375,9 @@ def run_job(
     fresh: list[ShardResult] = []
 
     def on_result(result: ShardResult) -> None:
+        if result.files:  # a worker that cannot see the run directory: its files, then the marker
+            plan.run.write_returned(result.files)
+            result = replace(result, files=[])
         before = plan.retrying.get(result.shard)
         plan.run.write_result(result if before is None else before.with_retry(result))
         # the rows are in the marker now; kept in memory they grew the driver by about 1 KB per
