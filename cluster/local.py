@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -65,6 +66,31 @@ sys.exit(scripts.main())
 
 class ClusterError(RuntimeError):
     """The local cluster could not be started, found or stopped."""
+
+
+def private_prefix(dirs: list[Path]) -> list[str]:
+    """A command prefix that runs the rest in a new mount namespace with an empty tmpfs over
+    each of `dirs` (what the process and its children see there; the rest is shared)."""
+    mounts = " && ".join(f"mount -t tmpfs modnet-private {shlex.quote(str(d))}" for d in dirs)
+    return ["unshare", "--mount", "sh", "-c", f'{mounts} && exec "$@"', "sh"]
+
+
+def check_private_dirs(dirs: list[Path], state_dir: Path) -> None:
+    """Refuse private folders that would hide the cluster's own files, or that this machine
+    cannot make (no unshare, not root)."""
+    for d in dirs:
+        if not d.is_dir():
+            raise ClusterError(f"private dir {d} is not a directory; create it first")
+        if state_dir.is_relative_to(d) or Path(sys.executable).is_relative_to(d):
+            raise ClusterError(f"private dir {d} would hide the cluster's state or Python")
+    probe = subprocess.run(
+        [*private_prefix(dirs[:1]), "true"], capture_output=True, text=True, check=False
+    )
+    if probe.returncode != 0:
+        raise ClusterError(
+            "cannot give worker nodes private folders here (needs Linux mount namespaces: "
+            f"unshare --mount as root): {probe.stderr.strip() or probe.returncode}"
+        )
 
 
 @dataclass
@@ -143,6 +169,7 @@ class LocalCluster:
         timeout_s: float = 180.0,
         ray_config: dict[str, str | int | float] | None = None,
         start_parallel: int | None = None,
+        private_dirs: list[str | Path] | None = None,
     ) -> None:
         if workers < 0 or cpus_per_node < 0 or gpus_per_node < 0 or head_cpus < 0:
             raise ClusterError("workers, cpus_per_node, gpus_per_node and head_cpus must be >= 0")
@@ -164,6 +191,12 @@ class LocalCluster:
         self.ray_config = {f"RAY_{k}": str(v) for k, v in (ray_config or {}).items()}
         # worker nodes started at once: 2 per core (at least 2)
         self.start_parallel = max(1, start_parallel or 2 * (os.cpu_count() or 1))
+        # folders that the worker nodes do not share with the head: each worker node runs in its
+        # own mount namespace with an empty tmpfs over each (Linux, root), as machines without a
+        # shared file system would see them
+        self.private_dirs = [Path(d).resolve() for d in private_dirs or []]
+        if self.private_dirs:
+            check_private_dirs(self.private_dirs, self.state_dir)
         self.state: dict[str, Any] = {}
 
     # --- addresses and environment
@@ -369,6 +402,8 @@ class LocalCluster:
         temp_dir.mkdir(parents=True, exist_ok=True)
         head = node is self.nodes[0]
         start = [str(ray)] if head else [sys.executable, "-c", WORKER_START]
+        if not head and self.private_dirs:
+            start = [*private_prefix(self.private_dirs), *start]
         args = [*start, "start", *extra, "--node-ip-address", LOOPBACK]
         args += ["--num-cpus", str(node.num_cpus), "--num-gpus", str(node.num_gpus)]
         if node.resources:

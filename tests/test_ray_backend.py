@@ -164,3 +164,47 @@ def test_one_shard_keeps_every_worker_busy(
     assert len(per_device) == 2 and all(d["images"] > 0 for d in per_device.values())
     assert outcome.summary.shards.total == 4  # ceil(16 / (4 * 2)) = 2 images: one row group each
     _same_results(tmp_path / "inline", tmp_path / "run")
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(run)): p.read_bytes()
+        for p in sorted(run.rglob("*"))
+        if p.is_file() and p.parent.name in ("alpha", "outputs", "alpha-png", "cutout")
+    }
+
+
+def test_results_via_driver_equal_results_written_by_workers(
+    synth_dataset: Path, tiny_model: Path, inline_run: Path, tmp_path: Path
+) -> None:
+    """Workers that send their files back (no shared file system) give the same run, byte for
+    byte, as workers writing them, npz and image outputs alike."""
+    runs = {}
+    for via in ("storage", "driver"):
+        out = tmp_path / via
+        outcome = run_job(
+            _job(
+                synth_dataset,
+                out,
+                tiny_model,
+                threads=1,
+                results_via=via,
+                output="npz,alpha-png,cutout",
+            )
+        )
+        assert outcome.complete
+        assert {w["results_via"] for w in outcome.summary.workers} == {via}
+        runs[via] = out
+    _same_results(runs["storage"], runs["driver"])
+    files = _files(runs["driver"])
+    assert len([f for f in files if f.endswith(".npz")]) == 12
+    assert len([f for f in files if f.endswith(".png")]) == 24  # alpha-png and cutout
+    assert files == _files(runs["storage"])
+    assert not list((runs["driver"] / "state").glob("probe-*"))  # the probe is removed
+
+
+def test_workers_that_see_the_run_write_it_themselves(
+    synth_dataset: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    outcome = run_job(_job(synth_dataset, tmp_path / "run", tiny_model, threads=1))
+    assert {w["results_via"] for w in outcome.summary.workers} == {"storage"}  # auto, one node

@@ -332,8 +332,8 @@ def device_scoring(job: JobConfig) -> bool:
 def worker_spec(plan: JobPlan) -> WorkerSpec:
     job = plan.job
     engine = EngineSpec(
-        # a URI as given: each worker fetches it into its own node's cache
-        model=job.model if job.model is not None and is_uri(job.model) else str(plan.model_path),
+        # the local copy (a URI's is in the cache): it travels to the workers by the object store
+        model=str(plan.model_path),
         provider=default_provider(job.device, job.provider),
         precision=compute_precision(job, str(plan.model_info.get("precision", "fp32"))),
         channels_last=job.channels_last,
@@ -379,6 +379,9 @@ def run_job(
     fresh: list[ShardResult] = []
 
     def on_result(result: ShardResult) -> None:
+        if result.files:  # a worker that cannot see the run directory: its files, then the marker
+            plan.run.write_returned(result.files)
+            result = replace(result, files=[])
         before = plan.retrying.get(result.shard)
         plan.run.write_result(result if before is None else before.with_retry(result))
         # the rows are in the marker now; kept in memory they grew the driver by about 1 KB per

@@ -31,9 +31,10 @@ from modnet_batch.metrics import ImageMetrics, ImageRow, MetricAccumulator, conn
 from modnet_batch.model.variants import resolve_model
 from modnet_batch.pipeline import DecodeMode, ImagePipeline, NetworkInput, error_text, is_transient
 from modnet_batch.protocol import ScoredAlpha
-from modnet_batch.results import RunDir, ShardResult, ShardTask
+from modnet_batch.results import ReturnedFile, RunDir, ShardResult, ShardTask
+from modnet_batch.results.alpha import encode_alpha
 from modnet_batch.results.outputs import OutputKind, OutputSize, OutputSpec
-from modnet_batch.storage import is_uri, location, sha256, shown
+from modnet_batch.storage import AnyPath, is_uri, location, sha256, shown
 
 # ShardResult.stages holds two views. The shard loop's thread, whose parts add up to
 # ShardResult.seconds: reading the shard, waiting for decoded inputs, inferring, waiting for
@@ -69,6 +70,9 @@ class WorkerSpec:
     # a resumed job without ground truth: an image whose every output file exists is done (files
     # are complete or absent, and the run owns its output folder), so it is not matted again
     keep_existing: bool = False
+    # per-image files go back to the driver with the unit's result instead of being written
+    # here (a worker that cannot see the run directory: --results-via)
+    return_files: bool = False
 
 
 @dataclass
@@ -158,7 +162,8 @@ class ShardProcessor:
         self.spec = spec
         self.pipeline = ImagePipeline(spec.protocol, spec.decode, device_inputs=spec.device_scoring)
         self.run = RunDir(spec.run_dir, spec.outputs_dir)
-        self.run.alpha.mkdir(parents=True, exist_ok=True)
+        if not spec.return_files:  # else the driver's run directory may not exist here
+            self.run.alpha.mkdir(parents=True, exist_ok=True)
         cv2.setNumThreads(1)  # the pool below is the parallelism; never oversubscribe the cores
         t0 = time.perf_counter()
         # spinning CPU threads would take the cores from the decode/score pool
@@ -225,9 +230,10 @@ class ShardProcessor:
         item: _Item,
         output: npt.NDArray[np.float32],
         device: dict[str, float | int] | None = None,
-    ) -> tuple[ImageRow, dict[str, float]]:
-        """Postprocess, score and write one image; `device`: its metrics but Conn as the
-        engine's device computed them (Conn, a CPU algorithm, is computed here)."""
+    ) -> tuple[ImageRow, dict[str, float], list[ReturnedFile]]:
+        """Postprocess, score and write one image (or return its files: `return_files`);
+        `device`: its metrics but Conn as the engine's device computed them (Conn, a CPU
+        algorithm, is computed here)."""
         assert item.inputs is not None  # only images with inputs reach the network
         t0 = time.thread_time()
         metrics = None
@@ -243,24 +249,36 @@ class ShardProcessor:
             else:
                 metrics = self.pipeline.score(alpha, gt)
             t2 = time.thread_time()
-            self._write_outputs(item, output, alpha)
+            files = self._write_outputs(item, output, alpha)
             cpu = {"postprocess": t1 - t0, "score": t2 - t1, "write": time.thread_time() - t2}
-            return self.pipeline.row(item.record, metrics), cpu
+            return self.pipeline.row(item.record, metrics), cpu, files
         except Exception as exc:  # the metrics computed so far stay beside the error
             if is_storage_error(exc):  # the run dir is full or read-only: stop, not one row each
                 raise storage_error(exc) from None
-            return self.pipeline.row(item.record, metrics, exc), {}
+            return self.pipeline.row(item.record, metrics, exc), {}, []
 
     def _write_outputs(
         self, item: _Item, output: npt.NDArray[np.float32], alpha: ScoredAlpha
-    ) -> None:
+    ) -> list[ReturnedFile]:
         """The job's per-image files; npz is always at the scoring size (the evaluation
-        artefact), image files at the size the job asked for."""
+        artefact), image files at the size the job asked for. Written here, or returned for the
+        driver to write (`return_files`)."""
         spec, record = self.spec.outputs, item.record
+        files: list[tuple[AnyPath, bytes]] = []
         if OutputKind.NPZ in spec.kinds:
-            self.run.write_alpha(record.image_id, alpha.stored)
-        if not spec.files:
-            return
+            files.append((self.run.alpha_path(record.image_id), encode_alpha(alpha.stored)))
+        if spec.files:
+            files += self._image_files(item, output, alpha)
+        if self.spec.return_files:
+            return [self.run.returned(path, data) for path, data in files]
+        for path, data in files:
+            self.run.write_output(path, data)
+        return []
+
+    def _image_files(
+        self, item: _Item, output: npt.NDArray[np.float32], alpha: ScoredAlpha
+    ) -> list[tuple[AnyPath, bytes]]:
+        spec, record = self.spec.outputs, item.record
         rgb = item.rgb
         if spec.size is OutputSize.SOURCE:
             values = self.pipeline.source_alpha(output, alpha, record)
@@ -272,9 +290,13 @@ class ShardProcessor:
         # the scored alpha's 8-bit form where it is the one written (paper, or --output-size
         # scored): every protocol stores round(score * 255) or the score is exactly k/255
         alpha8 = alpha.stored if values is alpha.score else None
-        for kind in spec.files:
-            path = self.run.output_path(spec, kind, record.image_id, record.output_name)
-            self.run.write_output(path, spec.encode(kind, values, rgb, alpha8))
+        return [
+            (
+                self.run.output_path(spec, kind, record.image_id, record.output_name),
+                spec.encode(kind, values, rgb, alpha8),
+            )
+            for kind in spec.files
+        ]
 
     # --- the shard loop (one thread: reads, batches, infers) --------------------------------
     def process(
@@ -286,7 +308,8 @@ class ShardProcessor:
         rows: list[ImageRow] = []
         prefetch = max(2 * self.batch_size, 2 * self.spec.decode_threads)
         pending: deque[Future[_Item]] = deque()
-        finishing: deque[Future[tuple[ImageRow, dict[str, float]]]] = deque()
+        finishing: deque[Future[tuple[ImageRow, dict[str, float], list[ReturnedFile]]]] = deque()
+        returned: list[ReturnedFile] = []
         # outputs that need the photo read the original bytes, not stored network inputs
         records = self.pipeline.records(
             task.path,
@@ -324,7 +347,8 @@ class ShardProcessor:
         def collect(block: bool, keep: int = 0) -> None:
             while len(finishing) > keep and (block or finishing[0].done()):
                 t = time.perf_counter()
-                row, spent = finishing.popleft().result()
+                row, spent, files = finishing.popleft().result()
+                returned.extend(files)
                 clock.add("wait_write", t)
                 for k, v in spent.items():
                     cpu[k] += v
@@ -456,6 +480,7 @@ class ShardProcessor:
             attempt=task.attempt,
             started=started,
             finished=started + seconds,
+            files=returned,
         )
 
     def _count(self, on_image: Callable[[int], None] | None) -> None:

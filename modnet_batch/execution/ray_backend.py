@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -34,8 +35,10 @@ from modnet_batch.execution.backend import (
 )
 from modnet_batch.execution.processor import ShardProcessor, ShardUnreadable, WorkerSpec
 from modnet_batch.execution.resources import cpu_split, device_cpu_share
+from modnet_batch.model.shipped import ShippedModel, materialize
 from modnet_batch.options import JobConfig
-from modnet_batch.results import ShardResult, ShardTask
+from modnet_batch.results import RunDir, ShardResult, ShardTask, atomic_write_bytes
+from modnet_batch.storage import AnyPath, argument, location
 
 log = logging.getLogger(__name__)
 # An actor that died: RayActorError (ActorDiedError, ActorUnavailableError), or, once Ray knows
@@ -46,15 +49,41 @@ POLL_S = 0.5
 READY_TIMEOUT_S = 300.0  # loading a model on a busy node can be slow; never wait forever
 
 
-class ShardWorker:
-    """A Ray actor holding one inference session on one device; processes whole shards."""
+@dataclass(frozen=True)
+class Setup:
+    """What every worker of a job checks on its own node before it opens the model."""
 
-    def __init__(self, spec: WorkerSpec) -> None:
-        self.spec = spec
-        self.processor = ShardProcessor(spec)
+    probe: str  # a file in the run directory that only a node seeing that directory sees
+    results_via: str  # auto | storage | driver (JobConfig.results_via)
+
+
+class ShardWorker:
+    """A Ray actor holding one inference session on one device; processes whole shards.
+
+    The model comes with the job (`shipped`, through the object store: no shared model cache
+    needed). Its per-image files are written into the run directory when this node sees it, else
+    (or with `--results-via driver`) sent back with each unit's result for the driver to write.
+    """
+
+    def __init__(self, spec: WorkerSpec, setup: Setup, shipped: ShippedModel) -> None:
         ctx = ray.get_runtime_context()
         # hostnames repeat when several nodes share a machine; the node id does not
         self.node = f"{ray.util.get_node_ip_address()}:{ctx.get_node_id()[:6]}"  # type: ignore[no-untyped-call]
+        sees = location(setup.probe).is_file()
+        if setup.results_via == "storage" and not sees:
+            raise ModnetBatchError(
+                f"worker {spec.label} on node {self.node} cannot see the run directory "
+                f"{spec.run_dir} (no shared file system there); use --results-via driver or "
+                "auto, or an --out that every node mounts"
+            )
+        self.results_via = "storage" if sees and setup.results_via != "driver" else "driver"
+        model = str(materialize(shipped, spec.engine.model))
+        self.spec = replace(
+            spec,
+            engine=replace(spec.engine, model=model),
+            return_files=self.results_via == "driver",
+        )
+        self.processor = ShardProcessor(self.spec)
 
     def info(self) -> dict[str, Any]:
         ctx = ray.get_runtime_context()
@@ -74,6 +103,8 @@ class ShardWorker:
             "engine": self.spec.engine_name,
             "precision": self.spec.engine.precision,
             "session_seconds": self.processor.session_seconds,
+            "results_via": self.results_via,
+            "model": self.spec.engine.model,  # the file it opened: the job's, or a shipped copy
         }
 
     def process(self, task: ShardTask) -> ShardResult:
@@ -235,11 +266,17 @@ class RayBackend:
             on_phase(f"joining Ray at {job.address}" if job.address else "starting Ray")
             init_ray(job)
             signals.rearm()  # ray.init took SIGTERM over: a stop must still unwind through here
+        probe: AnyPath | None = None
         try:
             report = BackendReport()
             plans = plan_actors(job, base)
             nodes = len({p.options["scheduling_strategy"].node_id for p in plans})
             on_phase(f"starting {len(plans)} workers on {nodes} node(s)")
+            # the model once into the object store; each node fetches it once
+            shipped = ray.put(ShippedModel.read(base.engine.model))
+            probe = RunDir(base.run_dir).probe(uuid.uuid4().hex)
+            atomic_write_bytes(probe, b"")
+            setup = Setup(argument(probe), job.results_via)  # a URI as given
             remote_cls: Any = ray.remote(ShardWorker)
             actors = [
                 remote_cls.options(
@@ -248,7 +285,7 @@ class RayBackend:
                     # every queued shard gets a thread, plus one so progress polls never wait
                     max_concurrency=job.shards_in_flight + 1,
                     **p.options,
-                ).remote(p.spec)
+                ).remote(p.spec, setup, shipped)
                 for p in plans
             ]
             infos = _wait_ready(actors, plans, on_phase)
@@ -261,6 +298,8 @@ class RayBackend:
                 ray.kill(actor)
             return report
         finally:
+            if probe is not None:
+                probe.unlink(missing_ok=True)
             if owns_ray:
                 ray.shutdown()
 
@@ -285,7 +324,25 @@ def _wait_ready(
             f"{len(pending)} worker(s) did not start within {READY_TIMEOUT_S:.0f} s ({late}); "
             "the cluster may lack the resources they need (check `ray status`)"
         )
-    return list(ray.get(refs))
+    infos = []
+    for plan, ref in zip(plans, refs, strict=True):
+        try:
+            infos.append(ray.get(ref))
+        except RayActorError as exc:
+            raise ModnetBatchError(
+                f"worker {plan.spec.label} could not start: {_last_error_line(exc)}"
+            ) from None
+    return infos
+
+
+def _last_error_line(exc: BaseException) -> str:
+    """The exception a worker's constructor raised, as its one line (Ray wraps it in a
+    traceback), without the exception's module path."""
+    lines = [ln.strip() for ln in str(getattr(exc, "error_msg", "") or exc).splitlines()]
+    found = [ln for ln in lines if ln and not ln.startswith(("File ", "^", "(", "Traceback"))]
+    last = found[-1] if found else type(exc).__name__
+    kind, sep, text = last.partition(": ")
+    return text if sep and kind.rsplit(".", 1)[-1] == "ModnetBatchError" else last
 
 
 def init_ray(job: JobConfig) -> None:

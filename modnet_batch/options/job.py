@@ -181,6 +181,14 @@ class JobConfig:
         2, "Work units queued per actor: one running, one waiting.", min=1
     )
     max_retries: int = option(3, "Retries of a work unit whose worker died.", min=0)
+    results_via: str = option(
+        "auto",
+        "How per-image files reach the run directory: storage (each worker writes them; every "
+        "node must see --out), driver (workers send them back with their results and the driver "
+        "writes them: no shared file system needed), auto = driver for the workers that cannot "
+        "see --out.",
+        choices=lambda: ("auto", "storage", "driver"),
+    )
     dashboard: bool = option(False, "Start the Ray dashboard (embedded Ray).")
     runtime_env: dict[str, Any] = option({}, "Extra Ray runtime_env for --address.", cli=False)
 

@@ -17,10 +17,13 @@ ALPHA_COMPRESSLEVEL = 1
 
 
 def write_alpha(path: AnyPath, alpha: npt.NDArray[np.uint8]) -> None:
-    """Compressed, key `alpha`, uint8 HxW, loads with allow_pickle=False; written atomically.
+    """Compressed, key `alpha`, uint8 HxW, loads with allow_pickle=False; written atomically."""
+    atomic_write_bytes(path, encode_alpha(alpha))
 
-    The same container as np.savez_compressed (a zip of `alpha.npy`), at a faster zlib level.
-    """
+
+def encode_alpha(alpha: npt.NDArray[np.uint8]) -> bytes:
+    """The bytes of an alpha file: the same container as np.savez_compressed (a zip of
+    `alpha.npy`), at a faster zlib level."""
     buf = io.BytesIO()
     level = ALPHA_COMPRESSLEVEL
     with (
@@ -28,7 +31,7 @@ def write_alpha(path: AnyPath, alpha: npt.NDArray[np.uint8]) -> None:
         zf.open("alpha.npy", "w", force_zip64=True) as fh,
     ):
         np.lib.format.write_array(fh, np.ascontiguousarray(alpha), allow_pickle=False)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def read_alpha(path: AnyPath) -> npt.NDArray[np.uint8]:

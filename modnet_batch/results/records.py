@@ -3,8 +3,8 @@ result, the unit's completion marker)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from modnet_batch.data.dataset import ShardReader
 from modnet_batch.metrics import ImageRow, MetricAccumulator
@@ -35,6 +35,16 @@ class ShardTask:
     reader: ShardReader | None = None  # Parquet that modnet-batch did not write
 
 
+class ReturnedFile(NamedTuple):
+    """A per-image file that a worker sends back for the driver to write (`--results-via
+    driver`): `base` is `run` (the run directory) or `outputs` (its outputs folder), `rel` the
+    path inside it."""
+
+    base: str
+    rel: str
+    data: bytes
+
+
 @dataclass
 class ShardResult:
     """One shard's per-image rows, exact partial sums (MetricAccumulator.to_dict) and timings.
@@ -59,10 +69,14 @@ class ShardResult:
     attempt: int = 0
     started: float | None = None
     finished: float | None = None
+    # the unit's per-image files when its worker cannot write the run directory (the driver
+    # writes them before the marker); never part of the marker
+    files: list[ReturnedFile] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form of the shard's completion marker (rows flat, as in metrics.parquet)."""
         data = dict(self.__dict__)
+        data.pop("files")
         data["rows"] = [r.to_record() for r in self.rows]
         return data
 

@@ -27,10 +27,10 @@ from modnet_batch.metrics import ImageRow
 from modnet_batch.results.alpha import read_alpha, write_alpha
 from modnet_batch.results.atomic import TEMP_SUFFIX, atomic_write_bytes, atomic_write_json
 from modnet_batch.results.outputs import OutputKind, OutputSize, OutputSpec
-from modnet_batch.results.records import ShardResult
+from modnet_batch.results.records import ReturnedFile, ShardResult
 from modnet_batch.results.summary import Summary
 from modnet_batch.results.table import read_rows, write_rows
-from modnet_batch.storage import AnyPath, UriPath, location
+from modnet_batch.storage import AnyPath, UriPath, is_inside, location, relative
 
 
 def _checked(name: str, what: str) -> str:
@@ -96,6 +96,29 @@ class RunDir:
 
     def write_output(self, path: AnyPath, data: bytes) -> None:
         atomic_write_bytes(path, data)
+
+    # --- files a worker sends back (--results-via driver) --------------------------------------
+    def returned(self, path: AnyPath, data: bytes) -> ReturnedFile:
+        """`path` (an alpha or output path of this run) as a file for the driver to write."""
+        for base, top in (("outputs", self.outputs), ("run", self.root)):
+            if is_inside(path, top):
+                return ReturnedFile(base, relative(path, top), data)
+        raise ModnetBatchError(f"{path} is outside run {self.root} and its outputs folder")
+
+    def write_returned(self, files: list[ReturnedFile]) -> None:
+        """Write the files a worker sent back, each atomically, where it would have written them
+        (their paths were checked there; checked again: nothing may leave the run's folders)."""
+        for f in files:
+            top = {"run": self.root, "outputs": self.outputs}.get(f.base)
+            parts = Path(f.rel).parts
+            if top is None or not parts or Path(f.rel).is_absolute() or ".." in parts:
+                raise ModnetBatchError(f"a worker sent back {f.base}:{f.rel!r}, not a run file")
+            atomic_write_bytes(top / f.rel, f.data)
+
+    def probe(self, token: str) -> AnyPath:
+        """A file the driver writes so that each worker can tell whether it sees this run
+        directory (the same path may exist, empty or another's, on a node that does not)."""
+        return self.state / f"probe-{_checked(token, 'probe token')}"
 
     def marker(self, shard: str) -> AnyPath:
         return self.shard_state / f"{_checked(shard, 'shard name')}.json"
