@@ -392,7 +392,7 @@ def test_resume_refuses_another_source_or_options_and_restart_discards(tmp_path:
         ingest(src, out, shard_size=2, on_shard=_stop_after(1))
     work = work_dir(out.resolve())
     before = (work / "state.json").read_text()
-    with pytest.raises(ModnetBatchError, match=r"another --shard-size .*--restart") as info:
+    with pytest.raises(ModnetBatchError, match=r"another --shard-size;.*--restart") as info:
         ingest(src, out, shard_size=3)
     assert "\n" not in str(info.value)
     with pytest.raises(ModnetBatchError, match=r"another --prepare"):

@@ -608,10 +608,12 @@ def _open_work(out: Path, identity: dict[str, Any], restart: bool) -> tuple[Path
         differ = [name for key, name in _IDENTITY_NAMES.items() if old.get(key) != identity[key]]
         if differ:
             (work / LOCK_FILE).unlink(missing_ok=True)
+            was = old.get("source")
+            of = f" (it ingested {was})" if was != identity["source"] else ""
             raise ModnetBatchError(
                 f"{work} holds an unfinished ingest into {out} with another "
-                f"{', '.join(differ)} (it ingested {old.get('source')}); run the command that "
-                "started it to finish it, or add --restart to discard it and start over"
+                f"{', '.join(differ)}{of}; run the command that started it to finish it, or "
+                "add --restart to discard it and start over"
             )
         progress = _Progress.from_json(saved["progress"])
         for entry in progress.shards:
