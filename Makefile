@@ -54,6 +54,11 @@ report-check: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m modnet_batch.bench.standard --out bench
 
+# ingest's decode checks as Ray tasks at 1 and 2 workers (and local threads), ~2 MP synthetic
+# portraits, medians of 3 rounds (modnet_batch/bench/ingest.py); bench/ingest.json.
+bench-ingest: $(STAMP)
+	$(PY) -m modnet_batch.bench.ingest --out bench/ingest.json
+
 bench-matte: $(STAMP)
 	$(PY) -m modnet_batch.bench.matting $(SHARED)/datasets/ppm100-dev/image --out bench/matting.json
 
