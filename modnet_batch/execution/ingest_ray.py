@@ -40,7 +40,8 @@ def check_address(address: str) -> None:
         raise ModnetBatchError(
             f"--address {address} is a Jobs API URL; ingest runs its driver here and joins the "
             "cluster directly: give the cluster's GCS address HOST:PORT (as `ray start "
-            "--address` takes), ray://HEAD:10001, or `auto` on a node of the cluster"
+            "--address` takes), ray://HEAD:10001, or `auto` on a node of the cluster; or "
+            "--backend local to check the files on this machine"
         )
 
 
