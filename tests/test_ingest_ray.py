@@ -255,3 +255,40 @@ def test_multi_node_cluster_ingest_equals_local(source: Path, tmp_path: Path) ->
     assert "on 2 worker(s)" in res.stderr
     ingest(source, tmp_path / "local", shard_size=4)
     _same_dataset(tmp_path / "local", tmp_path / "ds")
+
+
+@pytest.mark.ray
+def test_ctrl_c_keeps_the_finished_shards_and_says_how_to_continue(tmp_path: Path) -> None:
+    """SIGINT to the whole process group (a terminal's Ctrl-C reaches Ray's processes too): exit
+    130, one line naming the work folder, and the same command continues after its shards."""
+    import os
+    import signal
+
+    src = _big_flat_source(tmp_path / "src", 40)
+    out = tmp_path / "ds"
+    args = ["ingest", src, out, "--shard-size", "2", "--backend", "ray", "--task-files", "1"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modnet_batch", *map(str, args)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own group: the signal reaches no process of the tests
+    )
+    state = work_dir(out.resolve()) / "state.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if state.exists() and len(json.loads(state.read_text())["progress"]["shards"]) >= 1:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the ingest ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output
+    assert f"the finished shards are kept in {work_dir(out.resolve())}" in output
+    kept = len(json.loads(state.read_text())["progress"]["shards"])
+    res = run_cli("ingest", src, out, "--shard-size", "2")
+    assert res.returncode == 0, res.stderr
+    assert f"{kept} shard(s) kept from before" in res.stdout
+    ingest(src, tmp_path / "clean", shard_size=2)
+    _same_dataset(tmp_path / "clean", out)
