@@ -10,7 +10,7 @@ TORCH  ?= torch==2.13.0
 # Where tests find ../shared (datasets + reference numbers); tests that need it skip without it.
 export MODNET_SHARED_DIR ?= $(if $(wildcard $(SHARED)/reference),$(SHARED),)
 
-.PHONY: install demo test test-fast lint fmt typecheck bench bench-matte bench-scale bench-storage bench-device device-kit profile report-check clean
+.PHONY: install demo test test-fast lint fmt typecheck bench bench-matte bench-scale bench-ingest bench-storage bench-device device-kit profile report-check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -65,6 +65,11 @@ bench-scale: $(STAMP)
 # alternating (modnet_batch/bench/storage.py); bench/storage.json.
 bench-storage: $(STAMP)
 	$(PY) -m modnet_batch.bench.storage $(SHARED)/datasets/ppm100-dev --out bench/storage.json
+
+# ingest's decode checks as Ray tasks at 1 and 2 workers (and local threads), ~2 MP synthetic
+# portraits, medians of 3 rounds (modnet_batch/bench/ingest.py); bench/ingest.json.
+bench-ingest: $(STAMP)
+	$(PY) -m modnet_batch.bench.ingest --out bench/ingest.json
 
 bench-matte: $(STAMP)
 	$(PY) -m modnet_batch.bench.matting $(SHARED)/datasets/ppm100-dev/image --out bench/matting.json

@@ -139,7 +139,14 @@ def ingest(
     strict: Annotated[
         bool, typer.Option(help="Stop at the first bad file instead of skipping it.")
     ] = False,
-    workers: Annotated[int, typer.Option(min=1, help="Decode threads used for validation.")] = 2,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Decode threads (local), or Ray tasks at a time (ray). (default: 2 threads; "
+            "with Ray, every CPU of the local machine or of the cluster)",
+        ),
+    ] = None,
     prepare: Annotated[
         str | None,
         typer.Option(
@@ -148,37 +155,107 @@ def ingest(
             "with it decode nothing, with the same results. (default: none)",
         ),
     ] = None,
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="Where the decode checks run: local threads, or Ray tasks (`ray`: on the "
+            "cluster at --address, else an embedded local Ray); auto = ray when a cluster is "
+            "named, else local.",
+        ),
+    ] = "auto",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            envvar="RAY_ADDRESS",
+            metavar="ADDR",
+            help="Ray cluster to check the files on: its GCS HOST:PORT, ray://HEAD:10001, or "
+            "auto on a node (SRC must be readable there). (default: $RAY_ADDRESS)",
+        ),
+    ] = None,
+    task_files: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Files per Ray task. (default: up to 16, at least 4 tasks per worker)"
+        ),
+    ] = None,
+    restart: Annotated[
+        bool,
+        typer.Option(
+            help="Discard what an interrupted ingest into OUT finished, instead of continuing it."
+        ),
+    ] = False,
 ) -> None:
-    """Turn an image folder into a dataset of Parquet shards."""
+    """Turn an image folder into a dataset of Parquet shards.
+
+    An interrupted ingest (Ctrl-C, a killed process) keeps its finished shards beside OUT; the
+    same command continues after them.
+    """
     from modnet_batch.data.decode import IMAGE_EXTENSIONS
-    from modnet_batch.data.ingest import ingest as run_ingest
+    from modnet_batch.data.ingest import Loader, thread_loader, work_dir
+    from modnet_batch.data.ingest import ingest_to as run_ingest
+    from modnet_batch.execution.ingest_ray import RayLoader, choose_backend
     from modnet_batch.reporting.live import LiveProgress
 
     live = LiveProgress(console, "ingest")
+    try:
+        chosen = choose_backend(backend, address)
+        loader: Loader
+        if chosen == "ray":
+            loader = RayLoader(
+                address=address, workers=workers, files_per_task=task_files, on_phase=live.phase
+            )
+            how = "Ray tasks"
+        else:
+            loader = thread_loader(workers or 2)
+            how = f"{workers or 2} decode threads"
+    except ModnetBatchError as exc:
+        live.close()
+        raise _fail(exc) from None
     live.phase(f"listing {src}")
     seen = [0]
 
     def progress(done: int, total: int) -> None:
         if live.total is None:
             live.begin(total)
-            live.phase(f"checking {total} files with {workers} decode threads")
+            if chosen == "local":
+                live.phase(f"checking {total} files with {how}")
         live.images("ingest", done - seen[0])
         seen[0] = done
 
+    def resume_hint() -> str:
+        target = location(dst)
+        if not isinstance(target, Path):  # a URI: its dataset is built in a local temp folder
+            return ""
+        work = work_dir(target.expanduser().resolve())
+        if not work.is_dir():
+            return ""
+        return f"; the finished shards are kept in {work}: run the same command to continue"
+
     try:
-        report = run_ingest(
-            src,
-            dst,
-            shard_size=shard_size,
-            strict=strict,
-            workers=workers,
-            progress=progress,
-            prepare=prepare,
-        )
+        try:
+            report = run_ingest(
+                src,
+                dst,
+                shard_size=shard_size,
+                strict=strict,
+                workers=workers or 2,
+                progress=progress,
+                prepare=prepare,
+                loader=loader,
+                restart=restart,
+                on_phase=live.phase,
+            )
+        finally:
+            live.close()
     except ModnetBatchError as exc:
         raise _fail(exc) from None
-    finally:
-        live.close()
+    except KeyboardInterrupt:
+        console.print(f"[red]interrupted[/red]{resume_hint()}", highlight=False)
+        raise typer.Exit(130) from None
+    except Exception as exc:  # Ray, the file system: one line, and how to go on
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise _fail(ModnetBatchError(f"{type(exc).__name__}: {first}{resume_hint()}")) from None
     for name, reason in report.skipped:
         console.print(f"[yellow]skipped[/yellow] {name}: {reason}", highlight=False)
     if report.ignored:
@@ -188,10 +265,12 @@ def ingest(
             f"({', '.join(sorted(IMAGE_EXTENSIONS))}): {shown}",
             highlight=False,
         )
+    resumed = (
+        f", {report.resumed_shards} shard(s) kept from before" if report.resumed_shards else ""
+    )
     out.print(
         f"{redact(dst)}: {report.images} images ({report.with_matte} with matte) in "
-        f"{report.shards} "
-        f"shard(s), {len(report.skipped)} skipped, {report.seconds:.1f} s",
+        f"{report.shards} shard(s), {len(report.skipped)} skipped, {report.seconds:.1f} s{resumed}",
         highlight=False,
     )
     if report.prepared:

@@ -6,15 +6,19 @@ import io
 import json
 import os
 import re
+import socket
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
 from modnet_batch.data.dataset import Dataset, iter_records
-from modnet_batch.data.ingest import ingest
+from modnet_batch.data.ingest import ingest, work_dir
 from modnet_batch.errors import ModnetBatchError
 
 
@@ -283,3 +287,150 @@ def test_ingest_shared_datasets(tmp_path: Path, name: str, count: int) -> None:
     first = next(ds.records())
     source_file = next((src / "image").glob(f"{first.image_id}.*"))
     assert bytes(first.image) == source_file.read_bytes()
+
+
+# --- resume (issue 14.5): an interrupted ingest continues after its finished shards
+
+
+class _Stop(Exception):
+    """Stands in for Ctrl-C or a lost driver after some shards."""
+
+
+def _stop_after(k: int) -> Callable[[int], None]:
+    def on_shard(n: int) -> None:
+        if n == k:
+            raise _Stop(f"stopped after {n} shards")
+
+    return on_shard
+
+
+def _same_dataset(a: Path, b: Path) -> None:
+    """Identical datasets: dataset.json but for its creation time, every shard byte for byte."""
+    ma, mb = (json.loads((d / "dataset.json").read_text()) for d in (a, b))
+    ma.pop("created"), mb.pop("created")
+    assert ma == mb
+    for shard in ma["shards"]:
+        assert (a / shard["path"]).read_bytes() == (b / shard["path"]).read_bytes()
+    assert sorted(p.name for p in a.rglob("*")) == sorted(p.name for p in b.rglob("*"))
+
+
+def _bad_many(root: Path, n: int = 23) -> Path:
+    """n pairs with a few bad files among them: bad image, bad matte, wrong size, orphan."""
+    src = _make_ppm(root, [f"p{i:03d}" for i in range(n)])
+    (src / "image" / "p003.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (src / "matte" / "p008.png").write_bytes(b"nope")
+    _write(src / "matte" / "p013.png", np.zeros((5, 5), np.uint8))
+    _write(src / "matte" / "zz.png", np.zeros((5, 5), np.uint8))
+    return src
+
+
+def test_interrupted_ingest_resumes_to_the_same_dataset(tmp_path: Path) -> None:
+    src = _bad_many(tmp_path / "src")
+    ingest(src, tmp_path / "clean", shard_size=4, row_group_rows=2)
+    out = tmp_path / "ds"
+    with pytest.raises(_Stop):
+        ingest(src, out, shard_size=4, row_group_rows=2, on_shard=_stop_after(2))
+    assert not out.exists()  # no partial dataset where the dataset goes
+    work = work_dir(out.resolve())
+    state = json.loads((work / "state.json").read_text())
+    assert [s["name"] for s in state["progress"]["shards"]] == ["shard-00000", "shard-00001"]
+    kept = {p: p.read_bytes() for p in (work / "dataset" / "shards").glob("shard-0000[01]*")}
+    phases: list[str] = []
+    seen: list[tuple[int, int]] = []
+    report = ingest(
+        src,
+        out,
+        shard_size=4,
+        row_group_rows=2,
+        on_phase=phases.append,
+        progress=lambda d, t: seen.append((d, t)),
+    )
+    assert report.resumed_shards == 2
+    # the 8 images of the kept shards (and the bad file among their items) are not decoded again
+    assert report.decoded == 23 - state["progress"]["consumed"] and report.decoded < 23 - 8
+    assert seen[-1] == (report.decoded, report.decoded)
+    assert any("resuming: 2 shard(s) of 8 images" in p for p in phases), phases
+    assert all((out / "shards" / p.name).read_bytes() == b for p, b in kept.items())
+    _same_dataset(tmp_path / "clean", out)
+    assert not work.exists()
+    assert sorted(dict(report.skipped)) == [
+        "image/p003.jpg",
+        "matte/p008.png",
+        "matte/p013.png",
+        "matte/zz.png",
+    ]
+
+
+def test_resume_after_every_shard_and_with_prepare(tmp_path: Path) -> None:
+    src = _bad_many(tmp_path / "src", n=9)
+    opts: dict[str, Any] = {"shard_size": 2, "row_group_rows": 1, "prepare": "seed-area"}
+    ingest(src, tmp_path / "clean", **opts)
+    out = tmp_path / "ds"
+    stops = 0
+    while True:  # stopped after each new shard, until one run gets through
+        try:
+            ingest(src, out, on_shard=_stop_after(stops + 1), **opts)
+            break
+        except _Stop:
+            stops += 1
+    assert (
+        stops == json.loads((tmp_path / "clean" / "dataset.json").read_text())["counts"]["shards"]
+    )
+    clean = json.loads((tmp_path / "clean" / "dataset.json").read_text())
+    resumed = json.loads((out / "dataset.json").read_text())
+    # the prepare CPU time is measured, not a content: the rest must be equal
+    clean["prepared"].pop("cpu_seconds"), resumed["prepared"].pop("cpu_seconds")
+    (out / "dataset.json").write_text(json.dumps(resumed))
+    (tmp_path / "clean" / "dataset.json").write_text(json.dumps(clean))
+    _same_dataset(tmp_path / "clean", out)
+
+
+def test_resume_refuses_another_source_or_options_and_restart_discards(tmp_path: Path) -> None:
+    src = _make_ppm(tmp_path / "src", [f"i{i}" for i in range(6)])
+    out = tmp_path / "ds"
+    with pytest.raises(_Stop):
+        ingest(src, out, shard_size=2, on_shard=_stop_after(1))
+    work = work_dir(out.resolve())
+    before = (work / "state.json").read_text()
+    with pytest.raises(ModnetBatchError, match=r"another --shard-size;.*--restart") as info:
+        ingest(src, out, shard_size=3)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ModnetBatchError, match=r"another --prepare"):
+        ingest(src, out, shard_size=2, prepare="seed-area")
+    other = _make_ppm(tmp_path / "other", [f"i{i}" for i in range(6)], seed=5)
+    with pytest.raises(ModnetBatchError, match=r"another source folder"):
+        ingest(other, out, shard_size=2)
+    _write(src / "image" / "i9.jpg", np.zeros((8, 8, 3), np.uint8))  # the source changed
+    with pytest.raises(ModnetBatchError, match=r"source files \(added, removed or changed"):
+        ingest(src, out, shard_size=2)
+    assert (work / "state.json").read_text() == before  # refusals keep what was finished
+    report = ingest(src, out, shard_size=3, restart=True)
+    assert report.resumed_shards == 0 and report.images == 7 and not work.exists()
+
+
+def test_resume_refuses_while_another_ingest_holds_the_work_folder(tmp_path: Path) -> None:
+    src = _make_ppm(tmp_path / "src", ["a", "b", "c"])
+    out = tmp_path / "ds"
+    with pytest.raises(_Stop):
+        ingest(src, out, shard_size=1, on_shard=_stop_after(1))
+    lock = work_dir(out.resolve()) / "lock"
+    assert not lock.exists()  # a stop releases it; a killed driver leaves it (next test)
+    # a live process (this one) holding it: refused
+    lock.write_text(f"{socket.gethostname()}:{os.getpid()}:{psutil.Process().create_time():.2f}")
+    with pytest.raises(ModnetBatchError, match=rf"another ingest \(pid {os.getpid()}\) is writing"):
+        ingest(src, out, shard_size=1)
+    # a dead one's (a killed driver): taken over
+    lock.write_text(f"{socket.gethostname()}:{os.getpid()}:1.00")
+    assert ingest(src, out, shard_size=1).resumed_shards == 1
+
+
+def test_a_damaged_kept_shard_is_refused_with_the_fix(tmp_path: Path) -> None:
+    src = _make_ppm(tmp_path / "src", ["a", "b", "c"])
+    out = tmp_path / "ds"
+    with pytest.raises(_Stop):
+        ingest(src, out, shard_size=1, on_shard=_stop_after(2))
+    shard = work_dir(out.resolve()) / "dataset" / "shards" / "shard-00001.parquet"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(ModnetBatchError, match=r"shard-00001.parquet is missing or not the size"):
+        ingest(src, out, shard_size=1)
+    assert ingest(src, out, shard_size=1, restart=True).images == 3

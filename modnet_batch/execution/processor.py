@@ -264,13 +264,16 @@ class ShardProcessor:
         artefact), image files at the size the job asked for. Written here, or returned for the
         driver to write (`return_files`)."""
         spec, record = self.spec.outputs, item.record
-        files: list[tuple[AnyPath, bytes]] = []
-        if OutputKind.NPZ in spec.kinds:
-            files.append((self.run.alpha_path(record.image_id), encode_alpha(alpha.stored)))
-        if spec.files:
-            files += self._image_files(item, output, alpha)
+        files: list[tuple[AnyPath, bytes]] = (
+            self._image_files(item, output, alpha) if spec.files else []
+        )
         if self.spec.return_files:
+            if OutputKind.NPZ in spec.kinds:
+                npz = encode_alpha(alpha.stored)
+                files.insert(0, (self.run.alpha_path(record.image_id), npz))
             return [self.run.returned(path, data) for path, data in files]
+        if OutputKind.NPZ in spec.kinds:
+            self.run.write_alpha(record.image_id, alpha.stored)
         for path, data in files:
             self.run.write_output(path, data)
         return []

@@ -1,0 +1,61 @@
+"""Which encoded images a device's JPEG decoder can take (issue 15's device decode), from the
+header alone: baseline or extended-sequential Huffman JPEGs with 1 or 3 components. Everything
+else (progressive, lossless or arithmetic-coded JPEGs, CMYK, other formats) falls back to the
+exact CPU decode, and the reason is what a job counts.
+
+Pure bytes parsing: no decode, no torch.
+"""
+
+from __future__ import annotations
+
+from modnet_batch.data.decode import EncodedBytes, sniff_format
+
+# Start-of-frame markers (ITU T.81 table B.1) and what they mean for a device decoder.
+_SOF_SEQUENTIAL = {0xC0, 0xC1}  # baseline, extended sequential (Huffman)
+_SOF_OTHER = {
+    0xC2: "progressive JPEG",
+    0xC3: "lossless JPEG",
+    0xC5: "differential JPEG",
+    0xC6: "progressive differential JPEG",
+    0xC7: "lossless differential JPEG",
+    0xC9: "arithmetic-coded JPEG",
+    0xCA: "progressive arithmetic-coded JPEG",
+    0xCB: "lossless arithmetic-coded JPEG",
+    0xCD: "differential arithmetic-coded JPEG",
+    0xCE: "progressive differential arithmetic-coded JPEG",
+    0xCF: "lossless differential arithmetic-coded JPEG",
+}
+_NO_LENGTH = {0x01, *range(0xD0, 0xD8)}  # TEM, RSTn: markers without a length field
+
+
+def device_fallback_reason(data: EncodedBytes) -> str | None:
+    """None when a hardware JPEG decoder can decode `data`; else why it goes to the CPU."""
+    buf = bytes(data.reshape(-1)) if hasattr(data, "reshape") else bytes(data)
+    fmt = sniff_format(buf)
+    if fmt != "jpeg":
+        return f"{fmt} image" if fmt != "unknown" else "not a JPEG"
+    i = 2
+    while i + 4 <= len(buf):
+        if buf[i] != 0xFF:
+            return "corrupt JPEG header"
+        marker = buf[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _NO_LENGTH:
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image, or scan data before any frame header
+            return "JPEG without a frame header"
+        length = int.from_bytes(buf[i + 2 : i + 4], "big")
+        if marker in _SOF_OTHER:
+            return _SOF_OTHER[marker]
+        if marker in _SOF_SEQUENTIAL:
+            if i + 10 > len(buf):
+                return "truncated JPEG header"
+            components = buf[i + 9]
+            if components not in (1, 3):
+                return f"JPEG with {components} components (CMYK or other)"
+            return None
+        i += 2 + length
+    return "truncated JPEG header"

@@ -1,0 +1,62 @@
+"""Parts of issue 15's device decode built so far: which images a hardware JPEG decoder takes
+(the rest fall back to the CPU decode, with a reason) and batches sized by pixels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from modnet_batch.data.jpeg_header import device_fallback_reason
+from modnet_batch.errors import ModnetBatchError
+from modnet_batch.execution.pixel_batches import pixel_batches
+
+
+def _encode(ext: str, img: np.ndarray, params: list[int] | None = None) -> bytes:
+    ok, buf = cv2.imencode(ext, img, params or [])
+    assert ok
+    return buf.tobytes()
+
+
+def test_baseline_jpegs_go_to_the_device_others_fall_back_with_a_reason() -> None:
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    assert device_fallback_reason(_encode(".jpg", img)) is None
+    assert device_fallback_reason(_encode(".jpg", img[..., 0])) is None  # grayscale
+    progressive = _encode(".jpg", img, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    assert device_fallback_reason(progressive) == "progressive JPEG"
+    assert device_fallback_reason(_encode(".png", img)) == "png image"
+    assert device_fallback_reason(b"not an image at all") == "not a JPEG"
+    assert device_fallback_reason(_encode(".jpg", img)[:6]) == "truncated JPEG header"
+    # a memoryview or a uint8 array (how records and Parquet rows hold bytes) reads the same
+    data = _encode(".jpg", img, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    assert device_fallback_reason(memoryview(data)) == "progressive JPEG"
+    assert device_fallback_reason(np.frombuffer(data, np.uint8)) == "progressive JPEG"
+
+
+def test_real_photos_are_baseline(shared: Path) -> None:
+    from PIL import Image
+
+    folder = shared / "datasets" / "ppm100-dev" / "image"
+    paths = sorted(folder.iterdir())
+    reasons = {p.name: device_fallback_reason(p.read_bytes()) for p in paths}
+    # measured: all 41 ppm100-dev photos are baseline JPEGs (none would fall back)
+    assert len(reasons) == 41 and all(r is None for r in reasons.values()), reasons
+    for p in paths:  # Pillow's own reading of the frame type agrees
+        with Image.open(p) as img:
+            assert img.format == "JPEG" and not img.info.get("progressive"), p.name
+
+
+def test_batches_are_cut_by_pixels_and_count() -> None:
+    mp24, mp8, small = (4000, 6000), (2400, 3500), (480, 288)
+    sizes = [mp24, mp24, mp24, mp8, mp8, small, small, small]
+    batches = list(pixel_batches(sizes, budget_pixels=50_000_000, max_images=4))
+    assert batches == [[0, 1], [2, 3, 4, 5], [6, 7]]  # 48 MP; 41 MP and the 4-image cap
+    for b in batches:  # every batch within the budget, or a single image
+        assert len(b) == 1 or sum(sizes[i][0] * sizes[i][1] for i in b) <= 50_000_000
+    assert list(pixel_batches([(9000, 9000), small], 10_000_000, 8)) == [[0], [1]]
+    assert list(pixel_batches([small] * 5, 10**9, 2)) == [[0, 1], [2, 3], [4]]
+    with pytest.raises(ModnetBatchError, match="budget >= 1 pixel"):
+        list(pixel_batches(sizes, 0, 4))
