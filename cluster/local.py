@@ -352,14 +352,7 @@ class LocalCluster:
         for p in psutil.process_iter(["pid", "cmdline"]):
             if p.pid != me and _belongs(p, "", prefix, marker=False):
                 found[p.pid] = p
-        for p in list(found.values()):
-            try:
-                for child in p.children(recursive=True):
-                    found.setdefault(child.pid, child)
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-        found.pop(me, None)
-        return [p for p in found.values() if _alive(p)]
+        return _with_children(found, me)
 
     def kill_node(self, name: str) -> list[int]:
         """SIGKILL every process of one worker node at once, as a machine that vanishes; returns
@@ -534,6 +527,11 @@ def find_processes(
                 found.setdefault(p.pid, p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
+    return _with_children(found, me)
+
+
+def _with_children(found: dict[int, psutil.Process], me: int) -> list[psutil.Process]:
+    """The live processes of `found` and all their descendants, this process (`me`) aside."""
     for p in list(found.values()):
         try:
             for child in p.children(recursive=True):
