@@ -1,7 +1,8 @@
 """Which encoded images a device's JPEG decoder can take (issue 15's device decode), from the
-header alone: baseline or extended-sequential Huffman JPEGs with 1 or 3 components. Everything
-else (progressive, lossless or arithmetic-coded JPEGs, CMYK, other formats) falls back to the
-exact CPU decode, and the reason is what a job counts.
+header alone: baseline or extended-sequential Huffman JPEGs with 1 or 3 components and no EXIF
+rotation. Everything else (progressive, lossless or arithmetic-coded JPEGs, CMYK, photos whose
+EXIF Orientation tag asks for a rotation or flip, which the CPU decode applies, other formats)
+falls back to the exact CPU decode, and the reason is what a job counts.
 
 Pure bytes parsing: no decode, no torch.
 """
@@ -48,6 +49,8 @@ def device_fallback_reason(data: EncodedBytes) -> str | None:
         if marker in (0xD9, 0xDA):  # end of image, or scan data before any frame header
             return "JPEG without a frame header"
         length = int.from_bytes(buf[i + 2 : i + 4], "big")
+        if marker == 0xE1 and _exif_orientation(buf[i + 4 : i + 2 + length]) not in (None, 1):
+            return "EXIF-rotated JPEG"
         if marker in _SOF_OTHER:
             return _SOF_OTHER[marker]
         if marker in _SOF_SEQUENTIAL:
@@ -59,3 +62,29 @@ def device_fallback_reason(data: EncodedBytes) -> str | None:
             return None
         i += 2 + length
     return "truncated JPEG header"
+
+
+def _exif_orientation(segment: bytes) -> int | None:
+    """The Orientation tag (0x0112) of IFD0 in an APP1 segment's payload, if it is Exif."""
+    if not segment.startswith(b"Exif\x00\x00") or len(segment) < 14:
+        return None
+    tiff = segment[6:]
+    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
+    if order is None:
+        return None
+    big = order == "big"
+
+    def num(at: int, size: int) -> int | None:
+        if at < 0 or at + size > len(tiff):
+            return None
+        return int.from_bytes(tiff[at : at + size], "big" if big else "little")
+
+    ifd = num(4, 4)
+    count = None if ifd is None else num(ifd, 2)
+    if ifd is None or count is None:
+        return None
+    for k in range(count):
+        entry = ifd + 2 + 12 * k
+        if num(entry, 2) == 0x0112:
+            return num(entry + 8, 2)  # type SHORT, count 1: the value's first two bytes
+    return None

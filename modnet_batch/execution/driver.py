@@ -172,6 +172,7 @@ def _os_error(exc: OSError, resume: bool = True) -> ModnetBatchError:
 
 def plan_job(job: JobConfig) -> JobPlan:
     """Resolve the dataset, model and run dir; list the shards still to do."""
+    check_decoding(job)
     dataset = open_dataset(job.dataset, job_columns(job))
     protocol = get_protocol(job.protocol)
     model_path = resolve_model(job.model)
@@ -206,6 +207,8 @@ def plan_job(job: JobConfig) -> JobPlan:
         identity["engine"] = job.engine
         identity["precision"] = precision
         identity["scoring"] = "device" if on_device else "cpu"
+    if job.decoding != "cpu":  # decoded and resized on a device: other (approximate) outputs
+        identity["decoding"] = job.decoding
     if job.output_dir is not None:  # another folder's files are another job's
         identity["output_dir"] = shown(resolved(job.output_dir))
     # runs writing only npz keep resuming (every scored run made before outputs existed; an
@@ -244,6 +247,12 @@ def plan_job(job: JobConfig) -> JobPlan:
     for note in (dataset.meta.get("ids_note"), _duplicates_note(dataset)):
         if note:
             plan.warnings.append(f"{job.dataset}: {note}")
+    if scored and job.decoding == "device":
+        plan.warnings.append(
+            "--decoding device: JPEGs are decoded by the device's decoder (not bit-identical "
+            "to libjpeg) and resized there, so the metrics are approximate; --decoding cpu (the "
+            "default) decodes exactly"
+        )
     if scored and decode is not DecodeMode.EXACT:
         plan.warnings.append(
             f"--decode-reduce {decode.value}: JPEGs are decoded reduced, so the metrics are "
@@ -319,7 +328,14 @@ def _first_size(dataset: Dataset, job: JobConfig) -> tuple[int, int]:
 
 def device_scoring(job: JobConfig) -> bool:
     """Whether the job's workers normalise and score on the engine's device: the torch engine
-    under a protocol whose input is a uint8 image at network size (the seed protocols)."""
+    under a protocol whose input is a uint8 image at network size (the seed protocols), unless
+    the photos are decoded there (`--decoding device` scores on the CPU threads)."""
+    if job.decoding == "device":
+        if job.scoring == "device":
+            raise ModnetBatchError(
+                "--decoding device scores on the CPU threads: use --scoring auto or cpu with it"
+            )
+        return False
     can = job.engine == "torch" and get_protocol(job.protocol).pixels_on_device
     if job.scoring == "device" and not can:
         raise ModnetBatchError(
@@ -327,6 +343,23 @@ def device_scoring(job: JobConfig) -> bool:
             f"{job.engine}, protocol {job.protocol}); use --scoring auto or cpu"
         )
     return can and job.scoring != "cpu"
+
+
+def check_decoding(job: JobConfig) -> None:
+    """`--decoding device` needs the torch engine and a protocol a device can preprocess."""
+    if job.decoding != "device":
+        return
+    if job.engine != "torch":
+        raise ModnetBatchError(
+            f"--decoding device needs --engine torch (this job: {job.engine}); use --engine "
+            "torch or --decoding cpu"
+        )
+    protocol = get_protocol(job.protocol)
+    if protocol.input_plan is None:
+        raise ModnetBatchError(
+            f"--decoding device cannot preprocess protocol {job.protocol} on the device; use "
+            "--decoding cpu"
+        )
 
 
 def worker_spec(plan: JobPlan) -> WorkerSpec:
@@ -352,6 +385,8 @@ def worker_spec(plan: JobPlan) -> WorkerSpec:
         outputs=plan.outputs,
         outputs_dir=argument(plan.run.outputs),
         keep_existing=plan.resumed and plan.dataset.num_with_matte == 0,
+        decoding=job.decoding,
+        decode_pixels=job.decode_megapixels * 1_000_000,
     )
 
 
@@ -482,11 +517,16 @@ def finalize(
             variant=plan.model_info,
             backend=plan.job.backend,
             address=plan.job.address,
-            decode=plan.decode.describe(scored=plan.dataset.num_with_matte > 0, check=check),
+            decode=plan.decode.describe(
+                scored=plan.dataset.num_with_matte > 0,
+                check=check,
+                device=plan.job.decoding == "device",
+            ),
             batch_size=batch_size(plan.job),
             engine=plan.job.engine,
         ),
         decode_check=check,
+        decoding=_decoding(plan, results, report),
         started=started,
         timeline=sorted((r.timing() for r in fresh), key=lambda t: t["started"] or 0.0),
         startup_seconds=report.startup_seconds,
@@ -502,6 +542,28 @@ def finalize(
     return summary
 
 
+def _decoding(
+    plan: JobPlan, results: list[ShardResult], report: BackendReport
+) -> dict[str, Any] | None:
+    """`--decoding device`: what decoded the finished units' images (the device, or the CPU
+    and why; a resumed job's earlier attempts included), and this attempt's workers' decoders."""
+    if plan.job.decoding != "device":
+        return None
+    counts: dict[str, int] = {}
+    for result in results:
+        for key, n in result.decoded.items():
+            counts[key] = counts.get(key, 0) + n
+    fallback = {k.removeprefix("cpu: "): n for k, n in sorted(counts.items()) if k != "device"}
+    return {
+        "on": "device",
+        "decoders": sorted({str(w["decoder"]) for w in report.workers if w.get("decoder")}),
+        "device": counts.get("device", 0),
+        "cpu": sum(fallback.values()),
+        "fallback": fallback,
+        "approximate": plan.dataset.num_with_matte > 0,
+    }
+
+
 def _all_covered(plan: JobPlan, done: set[str]) -> bool:
     """Whether the finished units `done` cover every row group of every shard."""
     cover = units.covered(done, plan.groups)
@@ -514,7 +576,7 @@ def _decode_check(
     """A scored job with a reduced decode measures how far that moved its metrics (on a sample,
     again after each attempt that did work; a no-op resume keeps the last measurement)."""
     if (
-        plan.decode is DecodeMode.EXACT
+        (plan.decode is DecodeMode.EXACT and plan.job.decoding != "device")
         or not plan.dataset.num_with_matte
         or not plan.job.decode_check
     ):

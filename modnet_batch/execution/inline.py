@@ -57,6 +57,7 @@ class InlineBackend:
             "engine": spec.engine_name,
             "precision": engine.precision,
             "session_seconds": processor.session_seconds,
+            "decoder": processor.decoder_name,
         }
         report = BackendReport(startup_seconds=time.perf_counter() - t0, workers=[info])
         try:

@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from modnet_batch.data.dataset import Record
+from modnet_batch.data.jpeg_header import device_fallback_reason
 from modnet_batch.engine import DEFAULT_ENGINE, EngineSpec, Session, open_session
 from modnet_batch.errors import ModnetBatchError, is_storage_error, storage_error
 from modnet_batch.execution import signals
@@ -37,13 +38,14 @@ from modnet_batch.results.outputs import OutputKind, OutputSize, OutputSpec
 from modnet_batch.storage import AnyPath, is_uri, location, sha256, shown
 
 # ShardResult.stages holds two views. The shard loop's thread, whose parts add up to
-# ShardResult.seconds: reading the shard, waiting for decoded inputs, inferring, waiting for
+# ShardResult.seconds: reading the shard, waiting for decoded inputs, decoding and resizing on
+# the engine's device (`--decoding device`; 0 otherwise), inferring, waiting for
 # scoring/writing to catch up, and the rest (batching, bookkeeping). And, as `cpu_<stage>`, the
 # CPU seconds the pool threads spent per pipeline stage (time.thread_time: work, not waiting for
 # a core). When shards queue in one actor, `read_ahead` (reading before the loop was free) and
 # `drain_overlapped` (waiting for the last scores after handing the loop over) overlap another
 # shard's seconds, so they are reported but not part of this shard's.
-LOOP_STAGES = ("read", "wait_decode", "infer", "wait_write", "other")
+LOOP_STAGES = ("read", "wait_decode", "device_decode", "infer", "wait_write", "other")
 POOL_STAGES = ("decode", "preprocess", "postprocess", "score", "write")
 
 
@@ -73,6 +75,10 @@ class WorkerSpec:
     # per-image files go back to the driver with the unit's result instead of being written
     # here (a worker that cannot see the run directory: --results-via)
     return_files: bool = False
+    # where photos are decoded and resized: "cpu" (the pool threads), or "device" (the torch
+    # engine's device: engine/device_decode.py), in groups of at most `decode_pixels` pixels
+    decoding: str = "cpu"
+    decode_pixels: int = 128_000_000
 
 
 @dataclass
@@ -85,6 +91,11 @@ class _Item:
     kept: bool = False  # done by an earlier attempt (WorkerSpec.keep_existing)
     error: BaseException | None = None
     cpu: dict[str, float] = field(default_factory=dict)
+    # `--decoding device`: the photo's bytes, for the shard loop to decode on the device (its
+    # ground truth, if any, is already decoded here: `gt`), or why it was decoded on the CPU
+    encoded: Any = None
+    gt: npt.NDArray[np.float64] | None = None
+    decoded_by: str = "cpu"
 
 
 class ShardUnreadable(ModnetBatchError):
@@ -177,6 +188,7 @@ class ShardProcessor:
                 f"engine {spec.engine_name} cannot score on its device; run without device "
                 "scoring (only the torch engine has it)"
             )
+        self.decoder = self._open_decoder() if spec.decoding == "device" else None
         self.batch_size = spec.batch_size
         self.batch_tuning: dict[str, Any] | None = None
         if not self.batch_size:
@@ -196,15 +208,55 @@ class ShardProcessor:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 
+    def _open_decoder(self) -> Any:
+        """The device's JPEG decoder (engine.device_decode), checked against the job."""
+        if self.spec.decoding != "device":
+            return None
+        device = getattr(self.session, "device", None)
+        if device is None or not hasattr(self.session, "infer_tensor"):
+            raise ModnetBatchError(
+                f"--decoding device needs the torch engine (this job: {self.spec.engine_name}); "
+                "use --engine torch or --decoding cpu"
+            )
+        if self.spec.device_scoring:
+            raise ModnetBatchError(
+                "--decoding device scores on the CPU threads; use --scoring cpu with it"
+            )
+        from modnet_batch.engine import device_decode
+
+        decoder = device_decode.open_decoder(device)
+        self._group_pixels = device_decode.group_pixels(device, self.spec.decode_pixels)
+        return decoder
+
+    @property
+    def decoder_name(self) -> str | None:
+        """What decodes photos on the device (None: the CPU threads decode)."""
+        return None if self.decoder is None else str(self.decoder.name)
+
     # --- stages run in the pool -------------------------------------------------------------
-    def _prepare(self, record: Record) -> _Item:
+    def _prepare(self, record: Record, cpu_only: str | None = None) -> _Item:
+        """Decode and preprocess one image on a pool thread (under `--decoding device`, only
+        its matte, unless the device cannot decode it or `cpu_only` says why it must not)."""
         item = _Item(record=record)
+        if cpu_only is not None:
+            item.decoded_by = f"cpu: {cpu_only}"
         try:
             self.run.alpha_path(record.image_id)  # an id from a shard is checked before any use
             if self.spec.keep_existing and self._outputs_exist(record):
                 item.kept = True  # a resumed job without metrics: this image is already done
                 return item
             t0 = time.thread_time()
+            if self.decoder is not None and cpu_only is None and record.prepared is None:
+                if record.read_error is not None:  # its file or its row could not be read
+                    raise record.read_error
+                reason = device_fallback_reason(record.image)
+                if reason is None:  # the shard loop decodes it on the device; its matte here
+                    item.encoded = record.image
+                    matte = self.pipeline.decode_matte(record)
+                    item.gt = None if matte is None else self.pipeline.ground_truth(matte)
+                    item.cpu = {"decode": time.thread_time() - t0}
+                    return item
+                item.decoded_by = f"cpu: {reason}"
             decoded = self.pipeline.decode(record)
             if self.spec.outputs.needs_pixels:
                 item.rgb = decoded.rgb
@@ -230,15 +282,17 @@ class ShardProcessor:
         item: _Item,
         output: npt.NDArray[np.float32],
         device: dict[str, float | int] | None = None,
+        resized: npt.NDArray[np.float32] | None = None,
     ) -> tuple[ImageRow, dict[str, float], list[ReturnedFile]]:
         """Postprocess, score and write one image (or return its files: `return_files`);
         `device`: its metrics but Conn as the engine's device computed them (Conn, a CPU
-        algorithm, is computed here)."""
+        algorithm, is computed here); `resized`: the output at the photo's size, resized on
+        the device (`--decoding device`)."""
         assert item.inputs is not None  # only images with inputs reach the network
         t0 = time.thread_time()
         metrics = None
         try:
-            alpha = self.pipeline.postprocess(output, item.record)
+            alpha = self.pipeline.postprocess(output, item.record, resized)
             t1 = time.thread_time()
             gt = item.inputs.gt
             if gt is None:
@@ -249,7 +303,7 @@ class ShardProcessor:
             else:
                 metrics = self.pipeline.score(alpha, gt)
             t2 = time.thread_time()
-            files = self._write_outputs(item, output, alpha)
+            files = self._write_outputs(item, output, alpha, resized)
             cpu = {"postprocess": t1 - t0, "score": t2 - t1, "write": time.thread_time() - t2}
             return self.pipeline.row(item.record, metrics), cpu, files
         except Exception as exc:  # the metrics computed so far stay beside the error
@@ -258,14 +312,18 @@ class ShardProcessor:
             return self.pipeline.row(item.record, metrics, exc), {}, []
 
     def _write_outputs(
-        self, item: _Item, output: npt.NDArray[np.float32], alpha: ScoredAlpha
+        self,
+        item: _Item,
+        output: npt.NDArray[np.float32],
+        alpha: ScoredAlpha,
+        resized: npt.NDArray[np.float32] | None = None,
     ) -> list[ReturnedFile]:
         """The job's per-image files; npz is always at the scoring size (the evaluation
         artefact), image files at the size the job asked for. Written here, or returned for the
         driver to write (`return_files`)."""
         spec, record = self.spec.outputs, item.record
         files: list[tuple[AnyPath, bytes]] = (
-            self._image_files(item, output, alpha) if spec.files else []
+            self._image_files(item, output, alpha, resized) if spec.files else []
         )
         if self.spec.return_files:
             if OutputKind.NPZ in spec.kinds:
@@ -279,12 +337,16 @@ class ShardProcessor:
         return []
 
     def _image_files(
-        self, item: _Item, output: npt.NDArray[np.float32], alpha: ScoredAlpha
+        self,
+        item: _Item,
+        output: npt.NDArray[np.float32],
+        alpha: ScoredAlpha,
+        resized: npt.NDArray[np.float32] | None = None,
     ) -> list[tuple[AnyPath, bytes]]:
         spec, record = self.spec.outputs, item.record
         rgb = item.rgb
         if spec.size is OutputSize.SOURCE:
-            values = self.pipeline.source_alpha(output, alpha, record)
+            values = self.pipeline.source_alpha(output, alpha, record, resized)
         else:
             values = alpha.score
             if rgb is not None and rgb.shape[:2] != values.shape:
@@ -300,6 +362,85 @@ class ShardProcessor:
             )
             for kind in spec.files
         ]
+
+    # --- on the device (`--decoding device`; called by the shard loop's thread) -------------
+    def _decode_on_device(self, items: list[_Item], cpu: dict[str, float]) -> list[_Item]:
+        """Decode a group of photos on the device and make their network inputs there; a photo
+        the device decoder refuses (or decodes at another size than its header's) is decoded
+        on the CPU here instead, its reason counted."""
+        import torch
+
+        from modnet_batch.engine import device_decode
+
+        assert self.decoder is not None
+        out: list[_Item] = []
+        with torch.inference_mode():
+            decoded = self.decoder.decode([item.encoded for item in items])
+            for item, rgb in zip(items, decoded, strict=True):
+                record = item.record
+                item.encoded = None
+                if isinstance(rgb, Exception):
+                    reason = f"the device decoder failed ({error_text(rgb)})"
+                elif tuple(rgb.shape[1:]) != (record.height, record.width):
+                    reason = f"the device decoded {rgb.shape[2]}x{rgb.shape[1]}"
+                else:
+                    reason = None
+                if reason is not None:
+                    fallback = self._prepare(record, cpu_only=reason)
+                    for k, v in fallback.cpu.items():
+                        cpu[k] += v
+                    out.append(fallback)
+                    continue
+                try:
+                    x = device_decode.network_input(self.pipeline.protocol, rgb)
+                    if self.spec.outputs.needs_pixels:
+                        item.rgb = device_decode.host_rgb(rgb)
+                except Exception as exc:  # an error row for this image; the group goes on
+                    if is_storage_error(exc) or isinstance(exc, MemoryError):
+                        raise
+                    item.error = exc
+                else:
+                    item.inputs = NetworkInput(None, item.gt, on_device=x)
+                item.decoded_by = "device"
+                out.append(item)
+            del decoded  # the group's full-size pixels: freed before the next group
+        return out
+
+    def _infer_on_device(
+        self, batch: list[_Item], clock: _Clock
+    ) -> tuple[npt.NDArray[np.float32], tuple[int, ...], list[npt.NDArray[np.float32] | None]]:
+        """Infer a batch whose inputs are on the device (or, fallbacks, on the host) and resize
+        each output back to its photo's size there where that size is written or scored."""
+        import torch
+
+        from modnet_batch.engine import device_decode
+
+        session: Any = self.session
+        t = time.perf_counter()
+        with torch.inference_mode():
+            xs = [
+                b.inputs.on_device
+                if b.inputs.on_device is not None
+                else torch.from_numpy(b.inputs.tensor).to(session.device)
+                for b in batch
+                if b.inputs is not None
+            ]
+            x = torch.stack(xs)
+            out_t = session.infer_tensor(x)
+            out = np.ascontiguousarray(out_t.cpu().numpy())
+            t = clock.add("infer", t)
+            resized: list[npt.NDArray[np.float32] | None] = [None] * len(batch)
+            if tuple(out_t.shape[-2:]) == tuple(x.shape[-2:]):
+                source = bool(self.spec.outputs.files) and (
+                    self.spec.outputs.size is OutputSize.SOURCE
+                )
+                for i, item in enumerate(batch):
+                    size = (item.record.height, item.record.width)
+                    at_source = self.pipeline.protocol.scoring_size(*size) == size
+                    if size != tuple(out_t.shape[-2:]) and (source or at_source):
+                        resized[i] = device_decode.to_source(out_t[i, 0], *size)
+            clock.add("device_decode", t)
+        return out, tuple(x.shape[-2:]), resized
 
     # --- the shard loop (one thread: reads, batches, infers) --------------------------------
     def process(
@@ -361,8 +502,11 @@ class ShardProcessor:
         def flush(batch: list[_Item]) -> None:
             inputs = [b.inputs for b in batch if b.inputs is not None]
             device: list[dict[str, float | int]] | None = None
+            resized: list[npt.NDArray[np.float32] | None] = [None] * len(batch)
             t = time.perf_counter()
-            if self.spec.device_scoring:
+            if self.decoder is not None:  # inputs on the device; outputs resized back there
+                out, x_shape, resized = self._infer_on_device(batch, clock)
+            elif self.spec.device_scoring:
                 pixels = np.stack([i.pixels for i in inputs if i.pixels is not None])
                 gts = [i.gt_pixels for i in inputs if i.gt_pixels is not None]
                 # a batch where every image has ground truth is scored on the device
@@ -375,7 +519,8 @@ class ShardProcessor:
                 x = tensors[0][None] if len(tensors) == 1 else np.stack(tensors)  # no copy
                 out = self.session.run(x)
                 x_shape = x.shape[-2:]
-            clock.add("infer", t)
+            if self.decoder is None:
+                clock.add("infer", t)
             if out.shape[-2:] != x_shape:  # not MODNet: each image says so, named
                 (h, w), (ih, iw) = out.shape[-2:], x_shape
                 wrong = ModnetBatchError(
@@ -388,7 +533,7 @@ class ShardProcessor:
                 return
             for i, (item, o) in enumerate(zip(batch, out, strict=True)):
                 on_device = None if device is None else device[i]
-                finishing.append(self._pool.submit(self._finish, item, o[0], on_device))
+                finishing.append(self._pool.submit(self._finish, item, o[0], on_device, resized[i]))
             collect(block=False)
             collect(block=True, keep=prefetch)  # bounded memory when scoring lags inference
 
@@ -410,9 +555,46 @@ class ShardProcessor:
             start, started = time.perf_counter(), time.time()
         held = True
         self.running = task.name
+        decoded: dict[str, int] = {}  # images per decoder (`--decoding device`)
+        group: list[_Item] = []  # to decode on the device together, by pixels
+        group_held = 0
+        group_max = max(self.batch_size, 16)
+        batch: list[_Item] = []
+        shape: tuple[int, ...] = ()
+
+        def settle(item: _Item) -> None:
+            """An image out of decoding: kept, an error row, or into the inference batch."""
+            nonlocal kept, batch, shape
+            if item.kept:  # its files were written by an earlier attempt of this job
+                rows.append(self.pipeline.row(item.record))
+                kept += 1
+                self._count(on_image)
+                return
+            if self.decoder is not None:
+                decoded[item.decoded_by] = decoded.get(item.decoded_by, 0) + 1
+            if item.inputs is None:
+                rows.append(self.pipeline.row(item.record, error=item.error))
+                self._count(on_image)
+                return
+            if batch and item.inputs.shape != shape:  # sizes differ (paper): one batch each
+                flush(batch)
+                batch = []
+            shape = item.inputs.shape
+            batch.append(item)
+            if len(batch) >= self.batch_size:
+                flush(batch)
+                batch = []
+
+        def decode_group() -> None:
+            nonlocal group, group_held
+            todo, group, group_held = group, [], 0
+            t = time.perf_counter()
+            ready = self._decode_on_device(todo, cpu)
+            clock.add("device_decode", t)
+            for item in ready:
+                settle(item)
+
         try:
-            batch: list[_Item] = []
-            shape: tuple[int, ...] = ()
             while True:
                 signals.check()  # inline: a SIGTERM or Ctrl-C stops between images
                 fill()
@@ -423,23 +605,18 @@ class ShardProcessor:
                 clock.add("wait_decode", t)
                 for k, v in item.cpu.items():
                     cpu[k] += v
-                if item.kept:  # its files were written by an earlier attempt of this job
-                    rows.append(self.pipeline.row(item.record))
-                    kept += 1
-                    self._count(on_image)
+                if item.encoded is not None:  # decoded on the device, a group at a time
+                    pixels = item.record.height * item.record.width
+                    if group and (
+                        group_held + pixels > self._group_pixels or len(group) >= group_max
+                    ):
+                        decode_group()
+                    group.append(item)
+                    group_held += pixels
                     continue
-                if item.inputs is None:
-                    rows.append(self.pipeline.row(item.record, error=item.error))
-                    self._count(on_image)
-                    continue
-                if batch and item.inputs.shape != shape:  # sizes differ (paper): one batch each
-                    flush(batch)
-                    batch = []
-                shape = item.inputs.shape
-                batch.append(item)
-                if len(batch) >= self.batch_size:
-                    flush(batch)
-                    batch = []
+                settle(item)
+            if group:
+                decode_group()
             if batch:
                 flush(batch)
             if self._waiting:
@@ -470,6 +647,7 @@ class ShardProcessor:
         stages.update({f"cpu_{k}": v for k, v in cpu.items()})
         stages.update(extra)
         return ShardResult(
+            decoded=decoded,
             shard=task.name,
             rows=rows,
             accumulator=acc.to_dict(),

@@ -104,6 +104,7 @@ class ShardWorker:
             "precision": self.spec.engine.precision,
             "session_seconds": self.processor.session_seconds,
             "results_via": self.results_via,
+            "decoder": self.processor.decoder_name,
             "model": self.spec.engine.model,  # the file it opened: the job's, or a shipped copy
         }
 

@@ -138,6 +138,20 @@ class JobConfig:
         parse=DecodeMode.parse,
         metavar="off|auto|2|4|8",
     )
+    decoding: str = option(
+        "cpu",
+        "Where photos are decoded and resized: cpu (the pool threads, exact), or device (torch "
+        "engine: baseline JPEGs decoded by the GPU's JPEG decoder and resized there, the rest "
+        "on the CPU; metrics approximate; needs torchvision).",
+        choices=lambda: ("cpu", "device"),
+    )
+    decode_megapixels: int = option(
+        128,
+        "--decoding device: megapixels decoded on the device at once (fewer where its free "
+        "memory is short).",
+        min=1,
+        metavar="MP",
+    )
     decode_check: int = option(
         8,
         "A scored job with a reduced decode runs this many of its images again with an exact "

@@ -68,16 +68,27 @@ class DecodeMode(StrEnum):
         """The fixed image reduce factor (1 for exact and for auto, which picks per image)."""
         return int(self.value) if self.value.isdigit() else 1
 
-    def describe(self, scored: bool = False, check: dict[str, Any] | None = None) -> str:
-        """How a job decodes, for its summary; a scored job's reduced decode says that its
-        metrics are approximate, and by how much where `check` (decode_check) measured it."""
-        if self is DecodeMode.EXACT:
+    def describe(
+        self, scored: bool = False, check: dict[str, Any] | None = None, device: bool = False
+    ) -> str:
+        """How a job decodes, for its summary; a scored job's reduced (or `device`: on the
+        engine's device, `--decoding device`) decode says that its metrics are approximate, and
+        by how much where `check` (decode_check) measured it."""
+        if self is DecodeMode.EXACT and not device:
             return "exact"
-        text = (
-            "auto: JPEG images and mattes at 1/2..1/8, >= 2x the protocol's size"
-            if self is DecodeMode.AUTO
-            else f"JPEG images at 1/{self.factor}"
-        )
+        if self is DecodeMode.EXACT:
+            text = ""
+        elif self is DecodeMode.AUTO:
+            text = "auto: JPEG images and mattes at 1/2..1/8, >= 2x the protocol's size"
+        else:
+            text = f"JPEG images at 1/{self.factor}"
+        exact_flag = "--decode-reduce off"
+        if device:
+            text = (
+                "device: baseline JPEGs decoded and resized on the engine's device, other "
+                f"images on the CPU ({text or 'exact'})"
+            )
+            exact_flag = "--decoding cpu"
         if not scored:
             return text
         if not check:
@@ -86,7 +97,7 @@ class DecodeMode(StrEnum):
         return (
             f"{text}; metrics approximate: on {len(check['images'])} of its images re-run with "
             f"an exact decode they moved by {moved} (MSE by up to {check['max_abs_mse']:.2g} "
-            "on one image); --decode-reduce off is exact"
+            f"on one image); {exact_flag} is exact"
         )
 
 

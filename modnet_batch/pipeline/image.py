@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -45,13 +46,17 @@ class NetworkInput:
     gt: npt.NDArray[np.float64] | None
     pixels: npt.NDArray[np.uint8] | None = None
     gt_pixels: npt.NDArray[np.uint8] | None = None
+    # `--decoding device`: the 3xhxw float32 input as a tensor on the engine's device (torch;
+    # typed loosely so that this layer does not import it)
+    on_device: Any = None
 
     @property
     def shape(self) -> tuple[int, ...]:
         """What batches group by: the input's shape, whichever form it has."""
-        data = self.tensor if self.tensor is not None else self.pixels
-        assert data is not None
-        return tuple(data.shape)
+        for data in (self.tensor, self.pixels, self.on_device):
+            if data is not None:
+                return tuple(data.shape)
+        raise AssertionError("a network input without data")
 
 
 class ImagePipeline:
@@ -125,16 +130,21 @@ class ImagePipeline:
                 f"{rgb.shape[1] * r}x{rgb.shape[0] * r} (an orientation tag the decoder does not "
                 "apply?); re-save the photo upright"
             )
-        matte = None
-        if with_matte and record.matte is not None:
-            r = self.reduce_for(record, matte=True)
-            matte = decode_matte(record.matte, name=f"{record.image_id} (matte)", reduce=r)
-            if matte.shape != (-(-record.height // r), -(-record.width // r)):
-                raise ModnetBatchError(
-                    f"matte of {record.image_id} is {matte.shape[1]}x{matte.shape[0]}, "
-                    f"image is {record.width}x{record.height}"
-                )
+        matte = self.decode_matte(record) if with_matte else None
         return Decoded(rgb, matte)
+
+    def decode_matte(self, record: Record) -> npt.NDArray[np.uint8] | None:
+        """The record's matte decoded (None without one), checked against the image's size."""
+        if record.matte is None:
+            return None
+        r = self.reduce_for(record, matte=True)
+        matte = decode_matte(record.matte, name=f"{record.image_id} (matte)", reduce=r)
+        if matte.shape != (-(-record.height // r), -(-record.width // r)):
+            raise ModnetBatchError(
+                f"matte of {record.image_id} is {matte.shape[1]}x{matte.shape[0]}, "
+                f"image is {record.width}x{record.height}"
+            )
+        return matte
 
     # --- preprocess ---------------------------------------------------------------------------
     def preprocess(self, decoded: Decoded) -> NetworkInput:
@@ -157,18 +167,31 @@ class ImagePipeline:
         return self.protocol.preprocess(self.decode(record, with_matte=False).rgb)
 
     # --- after the network --------------------------------------------------------------------
-    def postprocess(self, output: npt.NDArray[np.float32], record: Record) -> ScoredAlpha:
-        """Network output hxw float32 in [0, 1] -> the alpha at the scoring resolution."""
-        return self.protocol.postprocess(output, record.height, record.width)
+    def postprocess(
+        self,
+        output: npt.NDArray[np.float32],
+        record: Record,
+        resized: npt.NDArray[np.float32] | None = None,
+    ) -> ScoredAlpha:
+        """Network output hxw float32 in [0, 1] -> the alpha at the scoring resolution;
+        `resized`: the output already resized to the photo's size (on a device)."""
+        return self.protocol.postprocess(output, record.height, record.width, resized)
 
     def source_alpha(
-        self, output: npt.NDArray[np.float32], alpha: ScoredAlpha, record: Record
+        self,
+        output: npt.NDArray[np.float32],
+        alpha: ScoredAlpha,
+        record: Record,
+        resized: npt.NDArray[np.float32] | None = None,
     ) -> npt.NDArray[np.float32] | npt.NDArray[np.float64]:
         """The alpha at the photo's own size, in [0, 1]: the network output resized back with
-        INTER_AREA as MODNet's inference_onnx.py does (float, no 8-bit step before it); the
-        scored alpha itself where the protocol scores at the source size (paper)."""
+        INTER_AREA as MODNet's inference_onnx.py does (float, no 8-bit step before it), or as
+        a device resized it (`resized`); the scored alpha itself where the protocol scores at
+        the source size (paper)."""
         if alpha.score.shape == (record.height, record.width):
             return alpha.score
+        if resized is not None:
+            return resized
         size = (record.width, record.height)
         return np.asarray(cv2.resize(output, size, interpolation=cv2.INTER_AREA), np.float32)
 

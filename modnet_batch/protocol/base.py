@@ -21,6 +21,16 @@ class ScoredAlpha:
     stored: npt.NDArray[np.uint8]
 
 
+@dataclass(frozen=True)
+class InputPlan:
+    """How a protocol makes its network input from uint8 RGB, for a device that repeats it:
+    normalise to [-1, 1] then resize in float32 (`normalise_first`), or resize the uint8 image
+    then normalise; `interpolation` is the cv2 flag of the resize."""
+
+    normalise_first: bool
+    interpolation: int
+
+
 class Protocol(ABC):
     """Preprocess, postprocess and ground-truth transform of one evaluation protocol.
 
@@ -38,8 +48,17 @@ class Protocol(ABC):
         """HxWx3 uint8 RGB -> 3xhxw float32 in [-1, 1], h x w = `network_size(H, W)`."""
 
     @abstractmethod
-    def postprocess(self, output: npt.NDArray[np.float32], height: int, width: int) -> ScoredAlpha:
-        """Network output hxw float32 in [0, 1] -> the alpha at the scoring resolution."""
+    def postprocess(
+        self,
+        output: npt.NDArray[np.float32],
+        height: int,
+        width: int,
+        resized: npt.NDArray[np.float32] | None = None,
+    ) -> ScoredAlpha:
+        """Network output hxw float32 in [0, 1] -> the alpha at the scoring resolution.
+
+        `resized`: the output already resized to height x width with INTER_AREA (on a device,
+        `--decoding device`), used where the protocol scores at the photo's size."""
 
     @abstractmethod
     def ground_truth(self, matte: npt.NDArray[np.uint8]) -> npt.NDArray[np.float64]:
@@ -65,6 +84,11 @@ class Protocol(ABC):
         whole (`network_pixels`), and scored at that size: an engine may then normalise and
         score on its device. Not where the input is normalised before a float resize (paper)."""
         return False
+
+    @property
+    def input_plan(self) -> InputPlan | None:
+        """How `preprocess` resizes and normalises, for a device to repeat (None: it cannot)."""
+        return None
 
     def network_pixels(self, rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
         """HxWx3 uint8 RGB -> hxwx3 uint8 at the network size (where `pixels_on_device`)."""

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from modnet_batch.protocol.base import Protocol, ScoredAlpha
+from modnet_batch.protocol.base import InputPlan, Protocol, ScoredAlpha
 
 REF_SIZE = 512
 
@@ -41,14 +41,30 @@ class PaperProtocol(Protocol):
             rh, rw = height, width
         return rh - rh % 32, rw - rw % 32
 
+    @property
+    def input_plan(self) -> InputPlan:
+        return InputPlan(normalise_first=True, interpolation=cv2.INTER_AREA)
+
     def preprocess(self, rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         h, w = self.network_size(rgb.shape[0], rgb.shape[1])
         x = (rgb.astype(np.float32) - np.float32(127.5)) / np.float32(127.5)
         small = cv2.resize(x, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32, copy=False)
         return np.ascontiguousarray(small.transpose(2, 0, 1))
 
-    def postprocess(self, output: npt.NDArray[np.float32], height: int, width: int) -> ScoredAlpha:
-        full = cv2.resize(output, (width, height), interpolation=cv2.INTER_AREA)
+    def postprocess(
+        self,
+        output: npt.NDArray[np.float32],
+        height: int,
+        width: int,
+        resized: npt.NDArray[np.float32] | None = None,
+    ) -> ScoredAlpha:
+        if resized is not None and resized.shape != (height, width):
+            raise ValueError(f"resized output is {resized.shape}, not {(height, width)}")
+        full = (
+            cv2.resize(output, (width, height), interpolation=cv2.INTER_AREA)
+            if resized is None
+            else resized
+        )
         score = full.astype(np.float64)
         stored = np.clip(np.rint(score * 255.0), 0, 255).astype(np.uint8)
         return ScoredAlpha(score=score, stored=stored)

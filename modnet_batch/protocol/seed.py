@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from modnet_batch.protocol.base import Protocol, ScoredAlpha
+from modnet_batch.protocol.base import InputPlan, Protocol, ScoredAlpha
 
 INPUT_HEIGHT = 480
 INPUT_WIDTH = 288
@@ -42,6 +42,10 @@ class SeedProtocol(Protocol):
     def pixels_on_device(self) -> bool:
         return True
 
+    @property
+    def input_plan(self) -> InputPlan:
+        return InputPlan(normalise_first=False, interpolation=self.interpolation)
+
     def network_pixels(self, rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
         small = cv2.resize(rgb, (INPUT_WIDTH, INPUT_HEIGHT), interpolation=self.interpolation)
         return np.asarray(small, dtype=np.uint8)
@@ -55,7 +59,13 @@ class SeedProtocol(Protocol):
         x = (small.astype(np.float32) - np.float32(127.5)) / np.float32(127.5)
         return np.ascontiguousarray(x.transpose(2, 0, 1))
 
-    def postprocess(self, output: npt.NDArray[np.float32], height: int, width: int) -> ScoredAlpha:
+    def postprocess(
+        self,
+        output: npt.NDArray[np.float32],
+        height: int,
+        width: int,
+        resized: npt.NDArray[np.float32] | None = None,
+    ) -> ScoredAlpha:
         stored = (output * np.float32(255)).astype(np.uint8)  # truncation, as the seed does
         return ScoredAlpha(score=stored.astype(np.float64) / 255.0, stored=stored)
 

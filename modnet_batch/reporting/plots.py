@@ -29,6 +29,7 @@ ERROR_CMAP = "inferno"  # the error maps' colours, 0 (black) .. 1 (pale yellow)
 _STAGE_COLOURS = {
     "infer": "#2b7bba",
     "wait_decode": "#f0a030",
+    "device_decode": "#e6c229",
     "read": "#8fbc8f",
     "wait_write": "#c77dba",
     "other": "#b0b0b0",

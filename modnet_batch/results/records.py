@@ -10,7 +10,7 @@ from modnet_batch.data.dataset import ShardReader
 from modnet_batch.metrics import ImageRow, MetricAccumulator
 
 # The shard loop's stages a timeline entry keeps (processor.LOOP_STAGES).
-TIMELINE_STAGES = ("read", "wait_decode", "infer", "wait_write", "other")
+TIMELINE_STAGES = ("read", "wait_decode", "device_decode", "infer", "wait_write", "other")
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,8 @@ class ShardResult:
     # the unit's per-image files when its worker cannot write the run directory (the driver
     # writes them before the marker); never part of the marker
     files: list[ReturnedFile] = field(default_factory=list, repr=False)
+    # `--decoding device`: images per decoder, "device" or "cpu: <why it fell back>"
+    decoded: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form of the shard's completion marker (rows flat, as in metrics.parquet)."""
@@ -100,6 +102,9 @@ class ShardResult:
         stages = dict(self.stages)
         for k, v in retry.stages.items():
             stages[k] = stages.get(k, 0.0) + v
+        decoded = dict(self.decoded)  # decodes, not images: a retried image counts twice
+        for k, n in retry.decoded.items():
+            decoded[k] = decoded.get(k, 0) + n
         return ShardResult(
             shard=self.shard,
             rows=rows,
@@ -114,6 +119,7 @@ class ShardResult:
             attempt=retry.attempt,
             started=retry.started,
             finished=retry.finished,
+            decoded=decoded,
         )
 
     def timing(self) -> dict[str, Any]:

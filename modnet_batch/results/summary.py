@@ -66,6 +66,9 @@ class Summary:
     # a scored job with a reduced decode: its metrics over a sample, as measured and with an
     # exact decode (execution.decode_check.DecodeCheck.to_dict); None otherwise
     decode_check: dict[str, Any] | None = None
+    # `--decoding device`: images decoded on the device and on the CPU (by reason), and the
+    # workers' decoders (execution.driver._decoding); None when every image is decoded on the CPU
+    decoding: dict[str, Any] | None = None
     # when this attempt started (epoch seconds, the driver's clock, before start-up) and one
     # entry per shard it ran (ShardResult.timing: worker, node, started, finished, images, the
     # loop's waits); None and [] in summaries written before they were recorded
