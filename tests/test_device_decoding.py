@@ -152,7 +152,7 @@ def test_fallbacks_are_counted_and_every_output_has_its_photos_size(
     ingest(mixed_folder, tmp_path / "dataset")
     kw = {"output": "alpha-png,cutout", "protocol": "seed-area"}
     dev = _run(tmp_path / "dataset", tmp_path / "dev", tiny_model, decoding="device", **kw)
-    cpu = _run(tmp_path / "dataset", tmp_path / "cpu", tiny_model, **kw)
+    _run(tmp_path / "dataset", tmp_path / "cpu", tiny_model, **kw)  # cutouts to compare
     decoding = dev["summary"]["decoding"]
     assert decoding["device"] == 2  # the baseline colour and grayscale JPEGs
     assert decoding["fallback"] == {
@@ -282,7 +282,7 @@ def test_cuda_without_torchvision_names_the_fix() -> None:
         pass
     else:
         pytest.skip("torchvision imports here: the missing-torchvision error cannot be seen")
-    with pytest.raises(ModnetBatchError, match="needs torchvision.*--decoding cpu") as err:
+    with pytest.raises(ModnetBatchError, match=r"needs torchvision.*--decoding cpu") as err:
         open_decoder(torch.device("cuda"))
     assert "\n" not in str(err.value)
 

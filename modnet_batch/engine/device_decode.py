@@ -33,8 +33,9 @@ _OFFSET = 127.5  # every protocol's normalisation, (x - 127.5) / 127.5 in float3
 _BYTES_PER_PIXEL = 16
 _FREE_SHARE = 0.5  # of the device's free memory, at most, for one group
 INSTALL_HINT = (
-    "install torchvision built for this torch with CUDA (pip install 'modnet-batch[torch]' "
-    "torchvision from the same index as torch), or use --decoding cpu"
+    "install torchvision built for this torch with CUDA (pip install "
+    "'modnet-batch[device-decode]', or torchvision from the index this torch came from), or use "
+    "--decoding cpu"
 )
 
 Decoded = torch.Tensor | Exception  # [3,H,W] uint8 on the device, or why it failed

@@ -28,6 +28,7 @@ from modnet_batch.engine import DEFAULT_ENGINE, EngineSpec, Session, open_sessio
 from modnet_batch.errors import ModnetBatchError, is_storage_error, storage_error
 from modnet_batch.execution import signals
 from modnet_batch.execution.batching import tune_batch
+from modnet_batch.execution.pixel_batches import PixelBudget
 from modnet_batch.metrics import ImageMetrics, ImageRow, MetricAccumulator, connectivity_error
 from modnet_batch.model.variants import resolve_model
 from modnet_batch.pipeline import DecodeMode, ImagePipeline, NetworkInput, error_text, is_transient
@@ -188,6 +189,7 @@ class ShardProcessor:
                 f"engine {spec.engine_name} cannot score on its device; run without device "
                 "scoring (only the torch engine has it)"
             )
+        self._group_pixels = 1  # of a device decode group: set where the decoder opens
         self.decoder = self._open_decoder() if spec.decoding == "device" else None
         self.batch_size = spec.batch_size
         self.batch_tuning: dict[str, Any] | None = None
@@ -395,6 +397,12 @@ class ShardProcessor:
                     x = device_decode.network_input(self.pipeline.protocol, rgb)
                     if self.spec.outputs.needs_pixels:
                         item.rgb = device_decode.host_rgb(rgb)
+                except torch.cuda.OutOfMemoryError:  # a photo too large for what is free
+                    fallback = self._prepare(record, cpu_only="the device ran out of memory")
+                    for k, v in fallback.cpu.items():
+                        cpu[k] += v
+                    out.append(fallback)
+                    continue
                 except Exception as exc:  # an error row for this image; the group goes on
                     if is_storage_error(exc) or isinstance(exc, MemoryError):
                         raise
@@ -556,9 +564,8 @@ class ShardProcessor:
         held = True
         self.running = task.name
         decoded: dict[str, int] = {}  # images per decoder (`--decoding device`)
-        group: list[_Item] = []  # to decode on the device together, by pixels
-        group_held = 0
-        group_max = max(self.batch_size, 16)
+        group: list[_Item] = []  # to decode on the device together, bounded by pixels
+        budget = PixelBudget(self._group_pixels, max(self.batch_size, 16))
         batch: list[_Item] = []
         shape: tuple[int, ...] = ()
 
@@ -586,8 +593,9 @@ class ShardProcessor:
                 batch = []
 
         def decode_group() -> None:
-            nonlocal group, group_held
-            todo, group, group_held = group, [], 0
+            nonlocal group
+            todo, group = group, []
+            budget.clear()
             t = time.perf_counter()
             ready = self._decode_on_device(todo, cpu)
             clock.add("device_decode", t)
@@ -607,12 +615,10 @@ class ShardProcessor:
                     cpu[k] += v
                 if item.encoded is not None:  # decoded on the device, a group at a time
                     pixels = item.record.height * item.record.width
-                    if group and (
-                        group_held + pixels > self._group_pixels or len(group) >= group_max
-                    ):
+                    if budget.full_for(pixels):
                         decode_group()
                     group.append(item)
-                    group_held += pixels
+                    budget.add(pixels)
                     continue
                 settle(item)
             if group:
