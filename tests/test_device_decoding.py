@@ -293,8 +293,8 @@ def test_real_model_on_ppm100_with_device_decoding(
 ) -> None:
     """The real model on ppm100-dev, seed-area, decoded and resized "on the device" (the CPU
     stand-in: libjpeg's exact pixels, so what moves the metrics is torch_resize alone) against
-    the reference numbers: within 1e-4 in MSE and MAD (the exact CPU path meets them within
-    1e-6; measured here: see the README's "Decoding on the device")."""
+    the reference numbers: within 1e-5 in MSE and MAD (measured: +8.7e-8 and +7.1e-8; the
+    exact CPU path meets them within 1e-6)."""
     dev = _run(
         ppm_dataset, tmp_path / "dev", real_model, decoding="device", decode_check=0, batch_size=4
     )
@@ -303,4 +303,4 @@ def test_real_model_on_ppm100_with_device_decoding(
     assert dev["summary"]["images"]["scored"] == 41
     got = dev["summary"]["metrics"]
     for k in ("mse", "mad"):
-        assert abs(got[k] - ref["seed-area"][k]) <= 1e-4, (k, got[k], ref["seed-area"][k])
+        assert abs(got[k] - ref["seed-area"][k]) <= 1e-5, (k, got[k], ref["seed-area"][k])

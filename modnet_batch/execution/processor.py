@@ -259,6 +259,8 @@ class ShardProcessor:
                     item.cpu = {"decode": time.thread_time() - t0}
                     return item
                 item.decoded_by = f"cpu: {reason}"
+            elif self.decoder is not None and record.prepared is not None:
+                item.decoded_by = "cpu: prepared by ingest --prepare (nothing to decode)"
             decoded = self.pipeline.decode(record)
             if self.spec.outputs.needs_pixels:
                 item.rgb = decoded.rgb
