@@ -24,6 +24,7 @@ def device_doc(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> di
         seconds=0.1,
         images=5,
         e2e_images=9,
+        decode_rounds=1,
     )
     doc = run(cfg)
     assert json.loads((base / "out" / "device.json").read_text()) == json.loads(
@@ -90,6 +91,36 @@ def test_feed_and_end_to_end(device_doc: dict) -> None:
         e2e[("onnxruntime", "prepared")]["stages_s"]["cpu_decode"]
         < (e2e[("onnxruntime", "original")]["stages_s"]["cpu_decode"])
     )
+
+
+def test_decoding_section_compares_cpu_and_device_decoding(device_doc: dict) -> None:
+    """Section 6 on the CPU (torch's CPU, the OpenCV stand-in decoder): both decodings matted
+    the same 9 photos, the device run counts every photo as device-decoded (synthetic JPEGs are
+    baseline), and the scored comparison reports a delta per metric."""
+    section = device_doc["decoding"]
+    if "skipped" in section:
+        assert "torch" not in {r["engine"] for r in device_doc["model_only"] if "images_per_s" in r}
+        return
+    runs = {r["decoding"]: r for r in section["runs"]}
+    assert set(runs) == {"cpu", "device"}
+    for how, r in runs.items():
+        assert r["images"] == 9 and r["failed"] == 0 and r["images_per_s"] > 0, how
+        assert "torch_memory_peak_mib" in r and "device_decode" in r["stages_s"]
+    assert runs["cpu"]["decoded"] is None
+    assert runs["device"]["decoded"]["device"] == 9 and runs["device"]["decoded"]["cpu"] == 0
+    assert (
+        runs["device"]["stages_s"]["device_decode"] > 0 == runs["cpu"]["stages_s"]["device_decode"]
+    )
+    medians = section["median_images_per_s"]
+    assert section["device_over_cpu"] == pytest.approx(medians["device"] / medians["cpu"], rel=1e-2)
+    deltas = section["metric_deltas"]
+    assert deltas["images"] == 5 and deltas["decoded"]["device"] == 5
+    assert set(deltas["delta"]) == {"mse", "mad", "sad", "grad", "conn", "miou"}
+    assert all(v is not None for v in deltas["delta"].values())
+    assert deltas["max_abs_image_mse_delta"] >= abs(deltas["delta"]["mse"])
+    assert "metrics approximate" in deltas["job_decode"]
+    assert deltas["decode_check"] is not None and len(deltas["decode_check"]["images"]) == 5
+    assert "approximate by design" in section["note"]
 
 
 def test_best_batch_prefers_the_smallest_within_five_percent() -> None:

@@ -13,7 +13,12 @@ measures, in this order and within a time budget:
 4. `feed`: how fast the node's CPUs alone decode and preprocess the original photos (threads of
    one process, 1..all cores, and as many processes as cores): the bound end to end can reach;
 5. `end_to_end`: real jobs (`run_job`, `--backend inline`, all cores decoding) from prepared
-   inputs and from original JPEGs, with the stage breakdown of their summary.
+   inputs and from original JPEGs, with the stage breakdown of their summary;
+6. `decoding`: matting only (no ground truth, source-size PNG alphas) from the original JPEGs
+   with the torch engine, `--decoding cpu` (every core decodes) against `--decoding device`
+   (the device's JPEG decoder), alternated over rounds with medians and their ratio, each run's
+   fallback counts, device memory peak and utilisation; then a scored job of the real images
+   both ways and the metric deltas of device decoding (approximate by design).
 
 It runs on the CPU too (tests, with the tiny model, in seconds); on a GPU machine `--device cuda`.
 """
@@ -68,6 +73,7 @@ class Config:
     # torch engine variants: eager, channels_last, cudagraphs (CUDA), compile (torch.compile)
     torch_modes: tuple[str, ...] = ("eager",)
     budget_s: float = 420.0  # stop starting new configurations after this
+    decode_rounds: int = 3  # alternated cpu/device rounds of the `decoding` section (0: none)
 
 
 def log(msg: str) -> None:
@@ -436,11 +442,12 @@ def feed(cfg: Config, seconds: float) -> dict[str, Any]:
 
 
 # --- 5. end to end ----------------------------------------------------------------------------
-def _replicated_source(cfg: Config, dest: Path, n: int) -> Path:
-    """A PPM-layout folder of `n` images: the real ones repeated under new ids (links)."""
+def _replicated_source(cfg: Config, dest: Path, n: int, mattes: bool = True) -> Path:
+    """A PPM-layout folder of `n` images: the real ones repeated under new ids (links); without
+    `mattes`, the photos alone (a matting job)."""
     pairs = _pairs(Path(cfg.src), cfg.images)
     (dest / "image").mkdir(parents=True)
-    if all(m is not None for _, m in pairs):
+    if mattes and all(m is not None for _, m in pairs):
         (dest / "matte").mkdir()
     for i in range(n):
         image, matte = pairs[i % len(pairs)]
@@ -528,6 +535,149 @@ def end_to_end(
     return records
 
 
+# --- 6. decoding on the device ---------------------------------------------------------------
+def _decoding_job(
+    cfg: Config, dataset: Path, out: Path, decoding: str, spec: EngineSpec, batch: int, **kw: Any
+) -> Any:
+    from modnet_batch.execution.driver import run_job
+    from modnet_batch.options import load_job
+
+    job = load_job(
+        None,
+        {
+            "dataset": str(dataset),
+            "model": spec.model,
+            "protocol": PROTOCOL,
+            "out": str(out),
+            "backend": "inline",
+            "engine": "torch",
+            "device": "gpu" if cfg.device == "cuda" else "cpu",
+            "precision": spec.precision,
+            "channels_last": spec.channels_last,
+            "torch_compile": spec.compile,
+            "batch_size": batch,
+            "decode_threads": available_cpus(),  # every core decodes (cpu) or encodes PNGs
+            "decoding": decoding,
+            **kw,
+        },
+    )
+    return run_job(job)
+
+
+def decoding(
+    cfg: Config,
+    precision: str,
+    mode: str,
+    batch: int,
+    work: Path,
+    monitor: GpuMonitor,
+    deadline: float,
+) -> dict[str, Any]:
+    """Section 6: matting throughput from original JPEGs, CPU decoding against device decoding
+    in the same run, and the metric deltas of device decoding on the real images."""
+    import pyarrow.parquet as pq
+
+    from modnet_batch.data.ingest import ingest
+
+    planned = _spec(cfg, "torch", precision, mode)
+    if isinstance(planned, str):
+        return {"skipped": planned}
+    spec, _ = planned
+    section: dict[str, Any] = {
+        "engine": "torch",
+        "precision": precision,
+        "mode": mode,
+        "batch_size": batch,
+        "protocol": PROTOCOL,
+        "output": "alpha-png at each photo's size",
+        "note": "device decoding is approximate by design (GPU JPEG decoding is not "
+        "bit-identical to libjpeg); scored jobs decode on the CPU by default",
+    }
+    src = _replicated_source(cfg, work / "src", cfg.e2e_images, mattes=False)
+    dataset = work / "dataset"
+    ingest(src, dataset, shard_size=64, workers=available_cpus())
+    runs: list[dict[str, Any]] = []
+    for round_ in range(cfg.decode_rounds):
+        for how in ("cpu", "device"):
+            if time.monotonic() > deadline:
+                section["stopped"] = "time budget spent"
+                break
+            out = work / f"run-{how}-{round_}"
+            _torch_memory_reset(cfg.device)
+            try:
+                with monitor.watch() as util:
+                    outcome = _decoding_job(cfg, dataset, out, how, spec, batch, output="alpha-png")
+            except ModnetBatchError as exc:  # no torchvision, no device decoder: say why
+                return {**section, "skipped": str(exc), "runs": runs}
+            thr = outcome.summary.throughput
+            runs.append(
+                {
+                    "decoding": how,
+                    "round": round_,
+                    "images": int(thr["images"]),
+                    "failed": outcome.summary.images.failed,
+                    "images_per_s": thr.get("images_per_s"),
+                    "wall_s": thr.get("wall_s"),
+                    "startup_s": outcome.summary.startup_seconds,
+                    "stages_s": thr.get("stages_s"),
+                    "decoded": outcome.summary.decoding,
+                    "torch_memory_peak_mib": _torch_memory_peak(cfg.device),
+                    **util,
+                }
+            )
+            log(f"decoding {how} round {round_}: {runs[-1]['images_per_s']} img/s")
+            shutil.rmtree(out, ignore_errors=True)
+    section["runs"] = runs
+    medians: dict[str, float] = {}
+    for how in ("cpu", "device"):
+        rates = [r["images_per_s"] for r in runs if r["decoding"] == how and r["images_per_s"]]
+        if rates:
+            medians[how] = float(np.median(rates))
+    section["median_images_per_s"] = medians
+    if "cpu" in medians and "device" in medians and medians["cpu"] > 0:
+        section["device_over_cpu"] = round(medians["device"] / medians["cpu"], 3)
+    if time.monotonic() > deadline:
+        section["metric_deltas"] = {"skipped": "time budget spent"}
+        return section
+    # the metric deltas: a scored job of the real images, decoded both ways
+    scored_src = _replicated_source(cfg, work / "scored-src", cfg.images)
+    if not (scored_src / "matte").is_dir():
+        section["metric_deltas"] = {"skipped": f"{cfg.src} has no mattes to score against"}
+        return section
+    scored = work / "scored"
+    ingest(scored_src, scored, shard_size=64, workers=available_cpus())
+    results: dict[str, Any] = {}
+    rows: dict[str, dict[str, dict[str, Any]]] = {}
+    for how in ("cpu", "device"):
+        out = work / f"scored-{how}"
+        outcome = _decoding_job(
+            cfg, scored, out, how, spec, batch, decode_check=8 if how == "device" else 0
+        )
+        results[how] = outcome.summary
+        table = pq.read_table(out / "metrics.parquet").to_pylist()
+        rows[how] = {r["image_id"]: r for r in table}
+    cpu_m, dev_m = results["cpu"].metrics, results["device"].metrics
+    moved = [
+        abs(rows["device"][i]["mse"] - r["mse"])
+        for i, r in rows["cpu"].items()
+        if r["mse"] is not None and rows["device"].get(i, {}).get("mse") is not None
+    ]
+    section["metric_deltas"] = {
+        "images": len(rows["cpu"]),
+        "cpu": cpu_m,
+        "device": dev_m,
+        "delta": {
+            k: None if cpu_m.get(k) is None or dev_m.get(k) is None else dev_m[k] - cpu_m[k]
+            for k in METRICS
+        },
+        "max_abs_image_mse_delta": max(moved) if moved else None,
+        "decoded": results["device"].decoding,
+        "decode_check": results["device"].decode_check,
+        "job_decode": results["device"].job.decode,
+    }
+    return section
+
+
 # --- main -------------------------------------------------------------------------------------
 def run(
     cfg: Config, on_section: Callable[[str, dict[str, Any]], None] | None = None
@@ -587,8 +737,24 @@ def run(
         e2e.extend(end_to_end(cfg, engine, precision, best["chosen_batch"], folder, monitor, mode))
     shutil.rmtree(work, ignore_errors=True)
     doc["end_to_end"] = e2e
-    doc["seconds"] = round(time.monotonic() - started, 1)
     save("end_to_end")
+    if cfg.decode_rounds and "torch" in cfg.engines:
+        # the fastest torch configuration the model-only section found (fp32 on the CPU)
+        chosen, rate = ("fp32", "eager", 4), -1.0
+        for (engine, precision), (mode, best) in fastest.items():
+            if engine != "torch" or (cfg.device == "cpu" and precision != "fp32"):
+                continue
+            if float(best["chosen_images_per_s"] or 0.0) > rate:
+                rate = float(best["chosen_images_per_s"] or 0.0)
+                chosen = (precision, mode, int(best["chosen_batch"]))
+        if time.monotonic() > deadline:
+            doc["decoding"] = {"skipped": "time budget spent"}
+        else:
+            doc["decoding"] = decoding(cfg, *chosen, work / "decoding", monitor, deadline)
+        shutil.rmtree(work, ignore_errors=True)
+        save("decoding")
+    doc["seconds"] = round(time.monotonic() - started, 1)
+    save("done")
     log(f"done in {doc['seconds']} s: {out / 'device.json'}")
     return doc
 
@@ -619,6 +785,12 @@ def main(argv: list[str] | None = None) -> None:
         "CPU; eager,channels_last,cudagraphs on CUDA)",
     )
     ap.add_argument("--budget-s", type=float, default=420.0, help="stop new measurements after")
+    ap.add_argument(
+        "--decode-rounds",
+        type=int,
+        default=3,
+        help="alternated --decoding cpu/device rounds of the decoding section (0: skip it)",
+    )
     a = ap.parse_args(argv)
     device = a.device
     if device == "auto":
@@ -640,6 +812,7 @@ def main(argv: list[str] | None = None) -> None:
         e2e_images=a.e2e_images,
         fp16_model=a.fp16_model,
         budget_s=a.budget_s,
+        decode_rounds=a.decode_rounds,
         torch_modes=_csv(a.torch_modes)
         if a.torch_modes
         else (("eager", "channels_last", "cudagraphs") if device == "cuda" else ("eager",)),
