@@ -33,7 +33,7 @@ from modnet_batch.options import load_job
 torch = pytest.importorskip("torch", reason="the torch engine needs PyTorch (make install has it)")
 
 
-def _run(dataset: Path, out: Path, model: Path, **kw: Any) -> dict[str, Any]:
+def _run(dataset: Path, out: Path, model: Path, status: int = 0, **kw: Any) -> dict[str, Any]:
     job = load_job(
         None,
         {
@@ -46,7 +46,7 @@ def _run(dataset: Path, out: Path, model: Path, **kw: Any) -> dict[str, Any]:
         },
     )
     outcome = run_job(job)
-    assert outcome.exit_status == 0
+    assert outcome.exit_status == status  # 0, or 4 where some images failed
     return {
         "summary": json.loads((out / "summary.json").read_text()),
         "rows": {r["image_id"]: r for r in pq.read_table(out / "metrics.parquet").to_pylist()},
@@ -201,9 +201,16 @@ def test_groups_are_bounded_by_pixels_and_a_refused_photo_falls_back(
         return device_decode.DeviceDecoder(real.name, real.device, decode)
 
     monkeypatch.setattr(device_decode, "open_decoder", spying_open)
-    # 161x117 = 18,837 pixels a photo: a 1 MP budget holds 53, so the count cap (16) and the
-    # shard (4 photos) cut the groups
-    dev = _run(odd_dataset, tmp_path / "dev", tiny_model, decoding="device", batch_size=3)
+    # 161x117 = 18,837 pixels a photo: a 1 MP budget holds 53, so the shard (4 photos) cuts
+    # the groups here (the pixel bound: the next test)
+    dev = _run(
+        odd_dataset,
+        tmp_path / "dev",
+        tiny_model,
+        decoding="device",
+        batch_size=3,
+        decode_megapixels=1,
+    )
     assert groups == [4, 4, 4]
     counts = dev["summary"]["decoding"]
     assert counts["device"] == 11 and counts["cpu"] == 1
@@ -304,3 +311,126 @@ def test_real_model_on_ppm100_with_device_decoding(
     got = dev["summary"]["metrics"]
     for k in ("mse", "mad"):
         assert abs(got[k] - ref["seed-area"][k]) <= 1e-5, (k, got[k], ref["seed-area"][k])
+
+
+def _processor_run(dataset: Path, model: Path, run: Path, decoding: str, protocol: str) -> Any:
+    from modnet_batch.data.dataset import Dataset
+    from modnet_batch.engine import EngineSpec
+    from modnet_batch.execution.processor import ShardProcessor, WorkerSpec
+    from modnet_batch.results import ShardTask
+
+    spec = WorkerSpec(
+        EngineSpec(str(model)),
+        protocol,
+        str(run),
+        engine_name="torch",
+        decoding=decoding,
+        batch_size=4,
+    )
+    proc = ShardProcessor(spec)
+    try:
+        ds = Dataset.open(dataset)
+        return [proc.process(ShardTask(s.name, str(ds.shard_path(s)), s.rows)) for s in ds.shards]
+    finally:
+        proc.close()
+
+
+def test_a_bad_matte_is_an_error_row_as_with_cpu_decoding(
+    odd_dataset: Path, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The matte is decoded on the pool threads before the photo goes to the device: a matte
+    that fails makes the image's error row (never an unscored image without an error)."""
+    from modnet_batch.pipeline import ImagePipeline
+
+    real = ImagePipeline.decode_matte
+
+    def bad(self: ImagePipeline, record: Any) -> Any:
+        if record.image_id.endswith("3"):
+            raise ModnetBatchError(f"matte of {record.image_id} is corrupt")
+        return real(self, record)
+
+    monkeypatch.setattr(ImagePipeline, "decode_matte", bad)
+    runs = {
+        how: _processor_run(odd_dataset, tiny_model, tmp_path / how, how, "seed-area")
+        for how in ("cpu", "device")
+    }
+    for how, results in runs.items():
+        rows = {r.image_id: r for res in results for r in res.rows}
+        bad_ids = [i for i, r in rows.items() if r.error is not None]
+        assert bad_ids == [i for i in sorted(rows) if i.endswith("3")] and bad_ids, how
+        assert all("is corrupt" in (rows[i].error or "") for i in bad_ids)
+        assert all(r.scored for i, r in rows.items() if i not in bad_ids), how
+    decoded = [res.decoded for res in runs["device"]]
+    # the failed images were not decoded at all: the device decoded the others
+    assert sum(d.get("device", 0) for d in decoded) == 12 - len(bad_ids)
+
+
+@pytest.mark.parametrize("protocol", ["paper", "seed-area"])
+def test_photos_of_many_sizes_small_and_large(
+    tiny_model: Path, tmp_path: Path, protocol: str
+) -> None:
+    """Photos below and above the network size in one job (the paper enlarges a 300x220 photo
+    to 672x512 and back; seed-area enlarges photos smaller than 480x288): every source-size
+    alpha within 2 levels of --decoding cpu's."""
+    rng = np.random.default_rng(11)
+    folder = tmp_path / "src" / "image"
+    folder.mkdir(parents=True)
+    for h, w in [(220, 300), (150, 200), (44, 50), (520, 700), (613, 389), (97, 1201)]:
+        img = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (0, 0), 4)
+        (folder / f"p{h}x{w}.jpg").write_bytes(_jpeg(img))
+    ingest(folder.parent, tmp_path / "dataset", shard_size=3)
+    kw = {"protocol": protocol, "output": "alpha-png"}
+    _run(tmp_path / "dataset", tmp_path / "cpu", tiny_model, **kw)
+    dev = _run(tmp_path / "dataset", tmp_path / "dev", tiny_model, decoding="device", **kw)
+    assert dev["summary"]["decoding"]["device"] == 6
+    png = _max_level_difference(
+        tmp_path / "cpu" / "outputs",
+        tmp_path / "dev" / "outputs",
+        lambda p: cv2.imread(str(p), cv2.IMREAD_UNCHANGED),
+    )
+    assert png <= 2, png
+
+
+def test_what_the_device_decodes_wrongly_is_decoded_on_the_cpu(
+    odd_dataset: Path, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decoded photo of another size than its header's, or not 3-channel uint8, is decoded
+    again on the CPU with its reason counted; a photo whose network input fails on the device
+    is its own error row, and the job goes on."""
+    from modnet_batch.engine import device_decode
+
+    real_open, real_input = device_decode.open_decoder, device_decode.network_input
+    calls = {"n": 0}
+
+    def spying_open(device: Any) -> device_decode.DeviceDecoder:
+        real = real_open(device)
+
+        def decode(images: Any) -> list[Any]:
+            out = real.decode(images)
+            out[0] = out[0][:, :-1]  # a row short
+            if len(out) > 1:
+                out[1] = out[1][:1]  # one channel
+            return out
+
+        return device_decode.DeviceDecoder(real.name, real.device, decode)
+
+    def failing_input(protocol: Any, rgb: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ValueError("the resize failed")
+        return real_input(protocol, rgb)
+
+    monkeypatch.setattr(device_decode, "open_decoder", spying_open)
+    monkeypatch.setattr(device_decode, "network_input", failing_input)
+    dev = _run(
+        odd_dataset, tmp_path / "dev", tiny_model, status=4, decoding="device", decode_check=0
+    )
+    counts = dev["summary"]["decoding"]
+    assert counts["fallback"] == {
+        "the device decoded 117x160": 3,
+        "the device decoded torch.uint8 [1, 161, 117], not RGB": 3,
+    }
+    assert counts["device"] == 6 and counts["cpu"] == 6
+    errors = [r for r in dev["rows"].values() if r["error"] is not None]
+    assert len(errors) == 1 and "the resize failed" in errors[0]["error"]
+    assert sum(r["mse"] is not None for r in dev["rows"].values()) == 11

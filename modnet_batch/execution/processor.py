@@ -96,7 +96,8 @@ class _Item:
     # ground truth, if any, is already decoded here: `gt`), or why it was decoded on the CPU
     encoded: Any = None
     gt: npt.NDArray[np.float64] | None = None
-    decoded_by: str = "cpu"
+    # "device", or "cpu: <why>"; empty for an image that was not decoded (unreadable, kept)
+    decoded_by: str = ""
 
 
 class ShardUnreadable(ModnetBatchError):
@@ -190,13 +191,15 @@ class ShardProcessor:
                 "scoring (only the torch engine has it)"
             )
         self._group_pixels = 1  # of a device decode group: set where the decoder opens
-        self.decoder = self._open_decoder() if spec.decoding == "device" else None
+        self.decoder: Any = None
         self.batch_size = spec.batch_size
         self.batch_tuning: dict[str, Any] | None = None
         if not self.batch_size:
             h, w = self.pipeline.protocol.network_size(*spec.tune_hw)
             choice = tune_batch(self.session.run, (3, h, w))
             self.batch_size, self.batch_tuning = choice.batch_size, choice.to_dict()
+        # after the batch is measured: the group budget reads the device's free memory
+        self.decoder = self._open_decoder() if spec.decoding == "device" else None
         self._pool = ThreadPoolExecutor(spec.decode_threads, thread_name_prefix="pipeline")
         self.images_done = 0  # read by progress polls from another thread
         self.running: str | None = None  # the shard holding the loop (progress polls read it)
@@ -253,10 +256,10 @@ class ShardProcessor:
                     raise record.read_error
                 reason = device_fallback_reason(record.image)
                 if reason is None:  # the shard loop decodes it on the device; its matte here
-                    item.encoded = record.image
                     matte = self.pipeline.decode_matte(record)
                     item.gt = None if matte is None else self.pipeline.ground_truth(matte)
                     item.cpu = {"decode": time.thread_time() - t0}
+                    item.encoded = record.image  # only once its matte is decoded
                     return item
                 item.decoded_by = f"cpu: {reason}"
             elif self.decoder is not None and record.prepared is not None:
@@ -385,6 +388,8 @@ class ShardProcessor:
                 item.encoded = None
                 if isinstance(rgb, Exception):
                     reason = f"the device decoder failed ({error_text(rgb)})"
+                elif rgb.dim() != 3 or rgb.shape[0] != 3 or rgb.dtype != torch.uint8:
+                    reason = f"the device decoded {rgb.dtype} {list(rgb.shape)}, not RGB"
                 elif tuple(rgb.shape[1:]) != (record.height, record.width):
                     reason = f"the device decoded {rgb.shape[2]}x{rgb.shape[1]}"
                 else:
@@ -448,7 +453,10 @@ class ShardProcessor:
                     size = (item.record.height, item.record.width)
                     at_source = self.pipeline.protocol.scoring_size(*size) == size
                     if size != tuple(out_t.shape[-2:]) and (source or at_source):
-                        resized[i] = device_decode.to_source(out_t[i, 0], *size)
+                        try:
+                            resized[i] = device_decode.to_source(out_t[i, 0], *size)
+                        except torch.cuda.OutOfMemoryError:  # _finish resizes it on the CPU
+                            resized[i] = None
             clock.add("device_decode", t)
         return out, tuple(x.shape[-2:]), resized
 
@@ -542,6 +550,8 @@ class ShardProcessor:
                     self._count(on_image)
                 return
             for i, (item, o) in enumerate(zip(batch, out, strict=True)):
+                if item.inputs is not None and item.inputs.on_device is not None:
+                    item.inputs = replace(item.inputs, on_device=None)  # device memory freed
                 on_device = None if device is None else device[i]
                 finishing.append(self._pool.submit(self._finish, item, o[0], on_device, resized[i]))
             collect(block=False)
@@ -579,7 +589,7 @@ class ShardProcessor:
                 kept += 1
                 self._count(on_image)
                 return
-            if self.decoder is not None:
+            if self.decoder is not None and item.decoded_by:
                 decoded[item.decoded_by] = decoded.get(item.decoded_by, 0) + 1
             if item.inputs is None:
                 rows.append(self.pipeline.row(item.record, error=item.error))
