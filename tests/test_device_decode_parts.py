@@ -60,3 +60,48 @@ def test_batches_are_cut_by_pixels_and_count() -> None:
     assert list(pixel_batches([small] * 5, 10**9, 2)) == [[0, 1], [2, 3], [4]]
     with pytest.raises(ModnetBatchError, match="budget >= 1 pixel"):
         list(pixel_batches(sizes, 0, 4))
+
+
+def test_exif_orientation_decides_the_fallback() -> None:
+    """The CPU decode applies EXIF orientation; a device decoder does not, so a photo whose tag
+    asks for a rotation or a flip falls back (an upright tag, or none, does not)."""
+    import struct
+
+    img = np.random.default_rng(1).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    jpeg = _encode(".jpg", img)
+
+    def with_exif(orientation: int, order: str) -> bytes:
+        e = "<" if order == "II" else ">"
+        entry = struct.pack(f"{e}HHIHH", 0x0112, 3, 1, orientation, 0)
+        tiff = order.encode() + struct.pack(f"{e}HIH", 42, 8, 1) + entry + b"\x00" * 4
+        payload = b"Exif\x00\x00" + tiff
+        return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
+
+    for order in ("II", "MM"):
+        assert device_fallback_reason(with_exif(1, order)) is None
+        for orientation in (2, 3, 6, 8):
+            rotated = with_exif(orientation, order)
+            assert device_fallback_reason(rotated) == "EXIF-rotated JPEG"
+            h, w = cv2.imdecode(np.frombuffer(rotated, np.uint8), cv2.IMREAD_COLOR).shape[:2]
+            # what the CPU decode makes of it: turned for 6 and 8 (so, not the header's size)
+            assert (h, w) == ((30, 40) if orientation in (6, 8) else (40, 30))
+
+
+def test_rgb_coded_adobe_jpegs_fall_back() -> None:
+    """An Adobe APP14 segment with transform 0 marks 3-component samples as RGB, not YCbCr:
+    the CPU decoder honours it, a GPU decoder may not, so such a JPEG falls back."""
+    import struct
+
+    img = np.random.default_rng(2).integers(0, 256, (24, 16, 3), dtype=np.uint8)
+    jpeg = _encode(".jpg", img)
+
+    def with_adobe(transform: int) -> bytes:
+        payload = b"Adobe" + struct.pack(">HHHB", 100, 0, 0, transform)
+        return jpeg[:2] + b"\xff\xee" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
+
+    assert device_fallback_reason(with_adobe(0)) == "RGB-coded JPEG (Adobe, no YCbCr)"
+    assert device_fallback_reason(with_adobe(1)) is None  # YCbCr, as usual
+    gray = _encode(".jpg", img[..., 0])
+    payload = b"Adobe" + struct.pack(">HHHB", 100, 0, 0, 0)
+    adobe_gray = gray[:2] + b"\xff\xee" + struct.pack(">H", len(payload) + 2) + payload + gray[2:]
+    assert device_fallback_reason(adobe_gray) is None  # one component: no colour to get wrong

@@ -208,3 +208,23 @@ def test_workers_that_see_the_run_write_it_themselves(
 ) -> None:
     outcome = run_job(_job(synth_dataset, tmp_path / "run", tiny_model, threads=1))
     assert {w["results_via"] for w in outcome.summary.workers} == {"storage"}  # auto, one node
+
+
+def test_device_decoding_on_ray_workers(
+    synth_dataset: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    """`--decoding device` on Ray actors (torch on the CPU: the OpenCV stand-in decoder): every
+    worker reports its decoder, the counts add up over workers, and the metrics are those of
+    the same job inline (torch's CPU kernels may sum in another order with other thread
+    counts: within 1e-6 relative)."""
+    pytest.importorskip("torch", reason="the torch engine needs PyTorch (make install has it)")
+    kw: dict[str, object] = {"engine": "torch", "decoding": "device", "decode_check": 0}
+    ray_run = run_job(_job(synth_dataset, tmp_path / "ray", tiny_model, threads=1, **kw))
+    inline = run_job(_job(synth_dataset, tmp_path / "inline", tiny_model, backend="inline", **kw))
+    assert ray_run.complete and inline.complete
+    assert len(ray_run.summary.workers) == 2
+    assert {w["decoder"] for w in ray_run.summary.workers} == {"opencv (cpu stand-in)"}
+    assert ray_run.summary.decoding is not None and inline.summary.decoding is not None
+    assert ray_run.summary.decoding["device"] == inline.summary.decoding["device"] == 12
+    for k, v in inline.summary.metrics.items():
+        assert ray_run.summary.metrics[k] == pytest.approx(v, rel=1e-6), k

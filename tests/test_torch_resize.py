@@ -122,3 +122,21 @@ def test_real_photos_as_the_protocols_resize_them(shared: Path) -> None:
     assert max(figures["seed-linear"][0::2]) <= 1 and max(figures["seed-linear"][1::2]) <= 0.01
     assert max(figures["paper-input"][0::2]) <= 5e-7  # measured 1.8e-7 to 3.6e-7 (sums of ~100)
     assert max(figures["output-back"][0::2]) <= 2.5e-7
+
+
+def test_area_upscales_take_opencvs_float_rounded_fractions() -> None:
+    """INTER_AREA enlarging: OpenCV rounds each tap's fraction to float32 before testing it
+    for <= 0, so a fraction just below a whole number is 0, not ~1 (computed in double it read
+    the next source row: 44 -> 50 row 25, 300 -> 672 row 504, 0.96 off). Every enlargement of
+    sources up to 64 pixels (to 1.1x..8x) and the photo sizes the paper enlarges are checked."""
+    rng = np.random.default_rng(3)
+    pairs = [(s, d) for s in range(2, 65) for d in range(s + 1, 8 * s + 1, max(1, s // 7))]
+    pairs += [(44, 50), (300, 672), (220, 512), (383, 512), (479, 480)]
+    for src, dst in pairs:
+        img = rng.uniform(0, 1, (src, 2, 3)).astype(np.float32)
+        ref = np.asarray(cv2.resize(img, (2, dst), interpolation=cv2.INTER_AREA))
+        got = _torch_resize(img, (dst, 2), cv2.INTER_AREA)
+        assert float(_diff(got, ref).max()) <= 2.5e-6, (src, dst)
+        wide = np.ascontiguousarray(img.transpose(1, 0, 2))  # the same along the other axis
+        ref = np.asarray(cv2.resize(wide, (dst, 2), interpolation=cv2.INTER_AREA))
+        assert float(_diff(_torch_resize(wide, (2, dst), cv2.INTER_AREA), ref).max()) <= 2.5e-6

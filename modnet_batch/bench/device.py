@@ -14,13 +14,11 @@ measures, in this order and within a time budget:
    one process, 1..all cores, and as many processes as cores): the bound end to end can reach;
 5. `end_to_end`: real jobs (`run_job`, `--backend inline`, all cores decoding) from prepared
    inputs and from original JPEGs, with the stage breakdown of their summary;
-6. `decoding`: `--decoding cpu` (all cores decoding) against `--decoding device` (JPEGs decoded
-   and resized on the torch engine's device) on the same unscored original JPEGs, alpha-png at
-   the photos' size, runs alternated over rounds: each run's images/s, stage breakdown, fallback
-   counts, device memory peak and utilisation, the median of each and device/cpu; then a scored
-   job on the real images both ways: the metric deltas device - cpu (device decoding is
-   approximate by design), the largest per-image |delta MSE| and the job's own decode_check.
-   `--decoding-rounds 0` leaves it out.
+6. `decoding`: matting only (no ground truth, source-size PNG alphas) from the original JPEGs
+   with the torch engine, `--decoding cpu` (every core decodes) against `--decoding device`
+   (the device's JPEG decoder), alternated over rounds with medians and their ratio, each run's
+   fallback counts, device memory peak and utilisation; then a scored job of the real images
+   both ways and the metric deltas of device decoding (approximate by design).
 
 It runs on the CPU too (tests, with the tiny model, in seconds); on a GPU machine `--device cuda`.
 """
@@ -75,11 +73,7 @@ class Config:
     # torch engine variants: eager, channels_last, cudagraphs (CUDA), compile (torch.compile)
     torch_modes: tuple[str, ...] = ("eager",)
     budget_s: float = 420.0  # stop starting new configurations after this
-    decoding_rounds: int = 3  # cpu/device pairs of the decoding section (0: no section)
-    decoding_images: int | None = None  # images of each of its runs; None: e2e_images
-    # the CPU runs' decode_reduce: off decodes at full size as the device does (like for like);
-    # auto is what an unscored job does by default
-    decoding_cpu_reduce: str = "off"
+    decode_rounds: int = 3  # alternated cpu/device rounds of the `decoding` section (0: none)
 
 
 def log(msg: str) -> None:
@@ -450,7 +444,7 @@ def feed(cfg: Config, seconds: float) -> dict[str, Any]:
 # --- 5. end to end ----------------------------------------------------------------------------
 def _replicated_source(cfg: Config, dest: Path, n: int, mattes: bool = True) -> Path:
     """A PPM-layout folder of `n` images: the real ones repeated under new ids (links); without
-    `mattes`, image/ only (an unscored dataset)."""
+    `mattes`, the photos alone (a matting job)."""
     pairs = _pairs(Path(cfg.src), cfg.images)
     (dest / "image").mkdir(parents=True)
     if mattes and all(m is not None for _, m in pairs):
@@ -541,102 +535,36 @@ def end_to_end(
     return records
 
 
-# --- 6. decoding on the device ----------------------------------------------------------------
-APPROXIMATE = (
-    "--decoding device is approximate by design: the device's JPEG decoder is not bit-identical "
-    "to libjpeg and the resizes run there (engine.torch_resize), so outputs and metrics differ "
-    "slightly from --decoding cpu, which is exact"
-)
-
-
-def _decoding_skip(cfg: Config) -> str | None:
-    """Why the decoding section cannot run here (None: it can)."""
-    import importlib.util
-
-    if importlib.util.find_spec("torch") is None:
-        return "torch is not installed (--decoding device runs on the torch engine)"
-    import torch
-
-    from modnet_batch.engine.device_decode import open_decoder
-
-    try:
-        open_decoder(torch.device(cfg.device))
-    except ModnetBatchError as exc:
-        return str(exc)
-    return None
-
-
+# --- 6. decoding on the device ---------------------------------------------------------------
 def _decoding_job(
-    cfg: Config, spec: EngineSpec, batch: int, dataset: Path, out: Path, decoding: str, scored: bool
-) -> dict[str, Any]:
-    return {
-        "dataset": str(dataset),
-        "model": spec.model,
-        "protocol": PROTOCOL,
-        "out": str(out),
-        "backend": "inline",
-        "engine": "torch",
-        "device": "gpu" if cfg.device == "cuda" else "cpu",
-        "provider": spec.provider,
-        "batch_size": batch,
-        "decode_threads": available_cpus(),
-        "decoding": decoding,
-        # scored: exact either way but the device's; unscored: like for like at full size
-        "decode_reduce": "off" if scored or decoding == "device" else cfg.decoding_cpu_reduce,
-        "decode_check": min(8, cfg.images) if scored and decoding == "device" else 0,
-        "output": "none" if scored else "alpha-png",
-        "output_size": "source",
-        "precision": spec.precision,
-        "channels_last": spec.channels_last,
-        "torch_compile": spec.compile,
-    }
-
-
-def _decoding_run(
-    cfg: Config, job_fields: dict[str, Any], monitor: GpuMonitor
-) -> tuple[dict[str, Any], Any]:
-    """One job of the section: its figures, and its outcome (None when it failed)."""
+    cfg: Config, dataset: Path, out: Path, decoding: str, spec: EngineSpec, batch: int, **kw: Any
+) -> Any:
     from modnet_batch.execution.driver import run_job
     from modnet_batch.options import load_job
 
-    record: dict[str, Any] = {"decoding": job_fields["decoding"]}
-    _torch_memory_reset(cfg.device)
-    try:
-        with monitor.watch() as util:
-            outcome = run_job(load_job(None, job_fields))
-    except Exception as exc:  # the section records it; the bench's JSON keeps what it has
-        record["error"] = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return record, None
-    thr = outcome.summary.throughput
-    record.update(
+    job = load_job(
+        None,
         {
-            "complete": outcome.complete,
-            "images": int(thr["images"]),
-            "failed": outcome.summary.images.failed,
-            "images_per_s": thr.get("images_per_s"),
-            "wall_s": thr.get("wall_s"),
-            "startup_s": outcome.summary.startup_seconds,
-            "stages_s": thr.get("stages_s"),
-            "decoded": outcome.summary.decoding,  # None for --decoding cpu: all on the CPU
-            "device_memory_peak_mib": _torch_memory_peak(cfg.device),
-            **util,
-        }
+            "dataset": str(dataset),
+            "model": spec.model,
+            "protocol": PROTOCOL,
+            "out": str(out),
+            "backend": "inline",
+            "engine": "torch",
+            "device": "gpu" if cfg.device == "cuda" else "cpu",
+            "precision": spec.precision,
+            "channels_last": spec.channels_last,
+            "torch_compile": spec.compile,
+            "batch_size": batch,
+            "decode_threads": available_cpus(),  # every core decodes (cpu) or encodes PNGs
+            "decoding": decoding,
+            **kw,
+        },
     )
-    return record, outcome
+    return run_job(job)
 
 
-def _per_image_mse(run_dir: Path) -> dict[str, float]:
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(run_dir / "metrics.parquet", columns=["image_id", "mse"]).to_pylist()
-    return {str(r["image_id"]): float(r["mse"]) for r in table if r["mse"] is not None}
-
-
-def _median(values: Sequence[float]) -> float | None:
-    return round(float(np.median(values)), 2) if values else None
-
-
-def decoding_section(
+def decoding(
     cfg: Config,
     precision: str,
     mode: str,
@@ -645,106 +573,109 @@ def decoding_section(
     monitor: GpuMonitor,
     deadline: float,
 ) -> dict[str, Any]:
-    """`--decoding cpu` against `--decoding device`: throughput (alternated rounds) on unscored
-    JPEGs, then metric deltas on the real images with their mattes."""
+    """Section 6: matting throughput from original JPEGs, CPU decoding against device decoding
+    in the same run, and the metric deltas of device decoding on the real images."""
+    import pyarrow.parquet as pq
+
     from modnet_batch.data.ingest import ingest
 
-    n = cfg.decoding_images or cfg.e2e_images
+    planned = _spec(cfg, "torch", precision, mode)
+    if isinstance(planned, str):
+        return {"skipped": planned}
+    spec, _ = planned
     section: dict[str, Any] = {
         "engine": "torch",
         "precision": precision,
         "mode": mode,
-        "device": cfg.device,
         "batch_size": batch,
-        "decode_threads": available_cpus(),
-        "images": n,
-        "output": "alpha-png",
-        "output_size": "source",
-        "cpu_decode_reduce": cfg.decoding_cpu_reduce,
-        "approximate": APPROXIMATE,
+        "protocol": PROTOCOL,
+        "output": "alpha-png at each photo's size",
+        "note": "device decoding is approximate by design (GPU JPEG decoding is not "
+        "bit-identical to libjpeg); scored jobs decode on the CPU by default",
     }
-    skip = _decoding_skip(cfg)
-    planned = _spec(cfg, "torch", precision, mode)
-    if skip is None and isinstance(planned, str):
-        skip = planned
-    if skip is not None:
-        log(f"decoding: skipped ({skip})")
-        return {**section, "skipped": skip}
-    assert not isinstance(planned, str)
-    spec, _ = planned
-    src = _replicated_source(cfg, work / "src", n, mattes=False)
-    ingest(src, work / "dataset", shard_size=64, workers=available_cpus())
+    src = _replicated_source(cfg, work / "src", cfg.e2e_images, mattes=False)
+    dataset = work / "dataset"
+    ingest(src, dataset, shard_size=64, workers=available_cpus())
     runs: list[dict[str, Any]] = []
-    for round_ in range(cfg.decoding_rounds):
-        if time.monotonic() > deadline:
-            section["rounds_skipped"] = f"time budget spent after {round_} round(s)"
-            break
-        for decoding in ("cpu", "device"):
-            out = work / f"run-{decoding}-{round_}"
-            fields = _decoding_job(cfg, spec, batch, work / "dataset", out, decoding, False)
-            record, _ = _decoding_run(cfg, fields, monitor)
-            runs.append({"round": round_, **record})
-            shutil.rmtree(out, ignore_errors=True)  # the alpha PNGs: only their time counts
-            rate = record.get("images_per_s")
-            told = f"{rate:.1f} img/s" if rate is not None else f"error: {record.get('error')}"
-            log(f"decoding {decoding} round {round_}: {told}")
+    for round_ in range(cfg.decode_rounds):
+        for how in ("cpu", "device"):
+            if time.monotonic() > deadline:
+                section["stopped"] = "time budget spent"
+                break
+            out = work / f"run-{how}-{round_}"
+            _torch_memory_reset(cfg.device)
+            try:
+                with monitor.watch() as util:
+                    outcome = _decoding_job(cfg, dataset, out, how, spec, batch, output="alpha-png")
+            except ModnetBatchError as exc:  # no torchvision, no device decoder: say why
+                return {**section, "skipped": str(exc), "runs": runs}
+            thr = outcome.summary.throughput
+            runs.append(
+                {
+                    "decoding": how,
+                    "round": round_,
+                    "images": int(thr["images"]),
+                    "failed": outcome.summary.images.failed,
+                    "images_per_s": thr.get("images_per_s"),
+                    "wall_s": thr.get("wall_s"),
+                    "startup_s": outcome.summary.startup_seconds,
+                    "stages_s": thr.get("stages_s"),
+                    "decoded": outcome.summary.decoding,
+                    "torch_memory_peak_mib": _torch_memory_peak(cfg.device),
+                    **util,
+                }
+            )
+            log(f"decoding {how} round {round_}: {runs[-1]['images_per_s']} img/s")
+            shutil.rmtree(out, ignore_errors=True)
     section["runs"] = runs
-    medians = {
-        d: _median([r["images_per_s"] for r in runs if r["decoding"] == d and "images_per_s" in r])
-        for d in ("cpu", "device")
-    }
+    medians: dict[str, float] = {}
+    for how in ("cpu", "device"):
+        rates = [r["images_per_s"] for r in runs if r["decoding"] == how and r["images_per_s"]]
+        if rates:
+            medians[how] = float(np.median(rates))
     section["median_images_per_s"] = medians
-    cpu_rate, device_rate = medians["cpu"], medians["device"]
-    section["device_vs_cpu"] = (
-        round(device_rate / cpu_rate, 3) if cpu_rate and device_rate else None
-    )
-    section["metric_deltas"] = _decoding_deltas(
-        cfg, spec, batch, work / "scored", monitor, deadline
-    )
-    return section
-
-
-def _decoding_deltas(
-    cfg: Config, spec: EngineSpec, batch: int, work: Path, monitor: GpuMonitor, deadline: float
-) -> dict[str, Any]:
-    """A scored job on the real images decoded on the device and on the CPU: its dataset-level
-    metrics device - cpu and the largest per-image |delta MSE| (metrics.parquet of both)."""
-    from modnet_batch.data.ingest import ingest
-
-    pairs = _pairs(Path(cfg.src), cfg.images)
-    if any(m is None for _, m in pairs):
-        return {"skipped": f"{cfg.src} has images without mattes: nothing to score"}
+    if "cpu" in medians and "device" in medians and medians["cpu"] > 0:
+        section["device_over_cpu"] = round(medians["device"] / medians["cpu"], 3)
     if time.monotonic() > deadline:
-        return {"skipped": "time budget spent"}
-    src = _replicated_source(cfg, work / "src", len(pairs))
-    ingest(src, work / "dataset", shard_size=64, workers=available_cpus())
-    runs: dict[str, dict[str, Any]] = {}
-    outcomes: dict[str, Any] = {}
-    for decoding in ("cpu", "device"):
-        fields = _decoding_job(cfg, spec, batch, work / "dataset", work / decoding, decoding, True)
-        runs[decoding], outcomes[decoding] = _decoding_run(cfg, fields, monitor)
-    if outcomes["cpu"] is None or outcomes["device"] is None:
-        return {"images": len(pairs), "runs": runs, "error": "a scored run failed"}
-    cpu_m, dev_m = outcomes["cpu"].summary.metrics, outcomes["device"].summary.metrics
-    mse_cpu, mse_dev = _per_image_mse(work / "cpu"), _per_image_mse(work / "device")
-    per_image = {i: abs(mse_dev[i] - mse_cpu[i]) for i in mse_cpu.keys() & mse_dev.keys()}
-    worst = max(per_image, key=lambda i: per_image[i]) if per_image else None
-    device_summary = outcomes["device"].summary
-    deltas = {
-        "images": len(pairs),
-        "scored": {"cpu": len(mse_cpu), "device": len(mse_dev), "compared": len(per_image)},
-        "metrics": {"cpu": cpu_m, "device": dev_m},
-        "delta": _deltas(dev_m, cpu_m),
-        "max_abs_image_mse_delta": per_image[worst] if worst is not None else None,
-        "max_abs_image_mse_delta_image": worst,
-        "decode_check": device_summary.decode_check,
-        "job_decode": device_summary.job.decode,
-        "decoded": device_summary.decoding,
-        "approximate": APPROXIMATE,
-        "runs": runs,
+        section["metric_deltas"] = {"skipped": "time budget spent"}
+        return section
+    # the metric deltas: a scored job of the real images, decoded both ways
+    scored_src = _replicated_source(cfg, work / "scored-src", cfg.images)
+    if not (scored_src / "matte").is_dir():
+        section["metric_deltas"] = {"skipped": f"{cfg.src} has no mattes to score against"}
+        return section
+    scored = work / "scored"
+    ingest(scored_src, scored, shard_size=64, workers=available_cpus())
+    results: dict[str, Any] = {}
+    rows: dict[str, dict[str, dict[str, Any]]] = {}
+    for how in ("cpu", "device"):
+        out = work / f"scored-{how}"
+        outcome = _decoding_job(
+            cfg, scored, out, how, spec, batch, decode_check=8 if how == "device" else 0
+        )
+        results[how] = outcome.summary
+        table = pq.read_table(out / "metrics.parquet").to_pylist()
+        rows[how] = {r["image_id"]: r for r in table}
+    cpu_m, dev_m = results["cpu"].metrics, results["device"].metrics
+    moved = [
+        abs(rows["device"][i]["mse"] - r["mse"])
+        for i, r in rows["cpu"].items()
+        if r["mse"] is not None and rows["device"].get(i, {}).get("mse") is not None
+    ]
+    section["metric_deltas"] = {
+        "images": len(rows["cpu"]),
+        "cpu": cpu_m,
+        "device": dev_m,
+        "delta": {
+            k: None if cpu_m.get(k) is None or dev_m.get(k) is None else dev_m[k] - cpu_m[k]
+            for k in METRICS
+        },
+        "max_abs_image_mse_delta": max(moved) if moved else None,
+        "decoded": results["device"].decoding,
+        "decode_check": results["device"].decode_check,
+        "job_decode": results["device"].job.decode,
     }
-    log(f"decoding metric deltas device - cpu: {deltas['delta']}")
-    return deltas
+    return section
 
 
 # --- main -------------------------------------------------------------------------------------
@@ -806,28 +737,24 @@ def run(
         e2e.extend(end_to_end(cfg, engine, precision, best["chosen_batch"], folder, monitor, mode))
     shutil.rmtree(work, ignore_errors=True)
     doc["end_to_end"] = e2e
-    doc["seconds"] = round(time.monotonic() - started, 1)
     save("end_to_end")
-    if cfg.decoding_rounds > 0:
-        # the fastest torch mode of fp32 (and fp16 on an accelerator), else fp32 eager
-        candidates = [
-            (best["chosen_images_per_s"], precision, mode, best["chosen_batch"])
-            for (engine, precision), (mode, best) in fastest.items()
-            if engine == "torch"
-            and (precision == "fp32" or (precision == "fp16" and cfg.device != "cpu"))
-        ]
-        _, precision, mode, batch = max(
-            candidates, default=(0.0, "fp32", "eager", min(8, max(cfg.batches)))
-        )
+    if cfg.decode_rounds and "torch" in cfg.engines:
+        # the fastest torch configuration the model-only section found (fp32 on the CPU)
+        chosen, rate = ("fp32", "eager", 4), -1.0
+        for (engine, precision), (mode, best) in fastest.items():
+            if engine != "torch" or (cfg.device == "cpu" and precision != "fp32"):
+                continue
+            if float(best["chosen_images_per_s"] or 0.0) > rate:
+                rate = float(best["chosen_images_per_s"] or 0.0)
+                chosen = (precision, mode, int(best["chosen_batch"]))
         if time.monotonic() > deadline:
             doc["decoding"] = {"skipped": "time budget spent"}
         else:
-            doc["decoding"] = decoding_section(
-                cfg, precision, mode, batch, out / "work-decoding", monitor, deadline
-            )
-        shutil.rmtree(out / "work-decoding", ignore_errors=True)
-        doc["seconds"] = round(time.monotonic() - started, 1)
+            doc["decoding"] = decoding(cfg, *chosen, work / "decoding", monitor, deadline)
+        shutil.rmtree(work, ignore_errors=True)
         save("decoding")
+    doc["seconds"] = round(time.monotonic() - started, 1)
+    save("done")
     log(f"done in {doc['seconds']} s: {out / 'device.json'}")
     return doc
 
@@ -859,19 +786,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--budget-s", type=float, default=420.0, help="stop new measurements after")
     ap.add_argument(
-        "--decoding-rounds",
+        "--decode-rounds",
         type=int,
         default=3,
-        help="cpu/device pairs of the decoding section (0 leaves the section out)",
-    )
-    ap.add_argument(
-        "--decoding-images", type=int, default=None, help="images per decoding run (--e2e-images)"
-    )
-    ap.add_argument(
-        "--decoding-cpu-reduce",
-        default="off",
-        help="the decoding section's --decoding cpu runs' --decode-reduce: off (full size, as "
-        "the device decodes) or auto (an unscored job's default)",
+        help="alternated --decoding cpu/device rounds of the decoding section (0: skip it)",
     )
     a = ap.parse_args(argv)
     device = a.device
@@ -894,9 +812,7 @@ def main(argv: list[str] | None = None) -> None:
         e2e_images=a.e2e_images,
         fp16_model=a.fp16_model,
         budget_s=a.budget_s,
-        decoding_rounds=a.decoding_rounds,
-        decoding_images=a.decoding_images,
-        decoding_cpu_reduce=a.decoding_cpu_reduce,
+        decode_rounds=a.decode_rounds,
         torch_modes=_csv(a.torch_modes)
         if a.torch_modes
         else (("eager", "channels_last", "cudagraphs") if device == "cuda" else ("eager",)),

@@ -1,8 +1,9 @@
-"""Which encoded images a device's JPEG decoder can take (issue 15's device decode), from the
-header alone: baseline or extended-sequential Huffman JPEGs with 1 or 3 components and no EXIF
-rotation. Everything else (progressive, lossless or arithmetic-coded JPEGs, CMYK, photos whose
-EXIF Orientation tag asks for a rotation or flip, which the CPU decode applies, other formats)
-falls back to the exact CPU decode, and the reason is what a job counts.
+"""Which encoded images a device's JPEG decoder can take (`--decoding device`), from the
+header alone: baseline or extended-sequential Huffman JPEGs with 1 or 3 (YCbCr) components and
+no EXIF rotation. Everything else (progressive, lossless or arithmetic-coded JPEGs, CMYK,
+RGB-coded Adobe JPEGs, photos whose EXIF Orientation tag asks for a rotation or flip, which the
+CPU decode applies, other formats) falls back to the exact CPU decode, and the reason is what a
+job counts.
 
 Pure bytes parsing: no decode, no torch.
 """
@@ -36,6 +37,7 @@ def device_fallback_reason(data: EncodedBytes) -> str | None:
     if fmt != "jpeg":
         return f"{fmt} image" if fmt != "unknown" else "not a JPEG"
     i = 2
+    adobe_transform = None
     while i + 4 <= len(buf):
         if buf[i] != 0xFF:
             return "corrupt JPEG header"
@@ -51,6 +53,8 @@ def device_fallback_reason(data: EncodedBytes) -> str | None:
         length = int.from_bytes(buf[i + 2 : i + 4], "big")
         if marker == 0xE1 and _exif_orientation(buf[i + 4 : i + 2 + length]) not in (None, 1):
             return "EXIF-rotated JPEG"
+        if marker == 0xEE and buf[i + 4 : i + 9] == b"Adobe" and length >= 14:
+            adobe_transform = buf[i + 15]  # APP14: 0 = no colour transform (RGB samples)
         if marker in _SOF_OTHER:
             return _SOF_OTHER[marker]
         if marker in _SOF_SEQUENTIAL:
@@ -59,6 +63,8 @@ def device_fallback_reason(data: EncodedBytes) -> str | None:
             components = buf[i + 9]
             if components not in (1, 3):
                 return f"JPEG with {components} components (CMYK or other)"
+            if components == 3 and adobe_transform == 0:
+                return "RGB-coded JPEG (Adobe, no YCbCr)"
             return None
         i += 2 + length
     return "truncated JPEG header"

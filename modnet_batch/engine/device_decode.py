@@ -33,8 +33,9 @@ _OFFSET = 127.5  # every protocol's normalisation, (x - 127.5) / 127.5 in float3
 _BYTES_PER_PIXEL = 16
 _FREE_SHARE = 0.5  # of the device's free memory, at most, for one group
 INSTALL_HINT = (
-    "install torchvision built for this torch with CUDA (pip install 'modnet-batch[torch]' "
-    "torchvision from the same index as torch), or use --decoding cpu"
+    "install torchvision built for this torch with CUDA (pip install "
+    "'modnet-batch[device-decode]', or torchvision from the index this torch came from), or use "
+    "--decoding cpu"
 )
 
 Decoded = torch.Tensor | Exception  # [3,H,W] uint8 on the device, or why it failed
@@ -69,7 +70,11 @@ def open_decoder(device: torch.device) -> DeviceDecoder:
         ) from None
 
     def gpu_decode(images: Sequence[EncodedBytes]) -> list[Decoded]:
-        data = [torch.frombuffer(bytearray(_bytes(b)), dtype=torch.uint8) for b in images]
+        data = [_tensor(b) for b in images]
+        # torchvision's CUDA decoder writes its outputs from its own stream without waiting for
+        # ours (pytorch/vision#9606): memory the previous group freed may still be read by
+        # queued resize kernels, so they finish first
+        torch.cuda.current_stream(device).synchronize()
         try:  # one call for the group: the decoder batches on the device
             return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
         except RuntimeError:  # one image spoiled the group: find it, keep the others
@@ -77,8 +82,8 @@ def open_decoder(device: torch.device) -> DeviceDecoder:
             for d in data:
                 try:
                     out.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
-                except RuntimeError as exc:
-                    out.append(exc)
+                except RuntimeError as exc:  # without its traceback: no cycle holding `out`
+                    out.append(exc.with_traceback(None))
             return out
 
     return DeviceDecoder(
@@ -86,8 +91,10 @@ def open_decoder(device: torch.device) -> DeviceDecoder:
     )
 
 
-def _bytes(data: EncodedBytes) -> bytes:
-    return bytes(data.reshape(-1)) if isinstance(data, np.ndarray) else bytes(data)
+def _tensor(data: EncodedBytes) -> torch.Tensor:
+    """The encoded bytes as a 1-D uint8 CPU tensor (one copy: torch wants writable memory)."""
+    flat = data.reshape(-1) if isinstance(data, np.ndarray) else np.frombuffer(data, np.uint8)
+    return torch.from_numpy(np.array(flat, dtype=np.uint8, copy=True))
 
 
 def _opencv_decode(images: Sequence[EncodedBytes]) -> list[Decoded]:
@@ -96,7 +103,7 @@ def _opencv_decode(images: Sequence[EncodedBytes]) -> list[Decoded]:
         try:
             rgb = decode_image(data, name=f"image {i} of the group")
         except Exception as exc:
-            out.append(exc)
+            out.append(exc.with_traceback(None))
             continue
         out.append(torch.from_numpy(rgb).permute(2, 0, 1))
     return out
@@ -107,6 +114,7 @@ def group_pixels(device: torch.device, requested: int) -> int:
     not hold them (CUDA); at least one pixel (a larger image is then a group alone)."""
     if device.type != "cuda":
         return max(1, requested)
+    torch.cuda.empty_cache()  # what batch measuring left cached is free for the decoder too
     free, _ = torch.cuda.mem_get_info(device)
     return max(1, min(requested, int(free * _FREE_SHARE / _BYTES_PER_PIXEL)))
 

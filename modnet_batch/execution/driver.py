@@ -249,9 +249,9 @@ def plan_job(job: JobConfig) -> JobPlan:
             plan.warnings.append(f"{job.dataset}: {note}")
     if scored and job.decoding == "device":
         plan.warnings.append(
-            "--decoding device: JPEGs are decoded by the device's decoder (not bit-identical "
-            "to libjpeg) and resized there, so the metrics are approximate; --decoding cpu (the "
-            "default) decodes exactly"
+            "--decoding device: JPEGs are decoded by the device's decoder (on CUDA not "
+            "bit-identical to libjpeg) and resized there, so the metrics are approximate; "
+            "--decoding cpu (the default) decodes exactly"
         )
     if scored and decode is not DecodeMode.EXACT:
         plan.warnings.append(

@@ -28,6 +28,7 @@ from modnet_batch.engine import DEFAULT_ENGINE, EngineSpec, Session, open_sessio
 from modnet_batch.errors import ModnetBatchError, is_storage_error, storage_error
 from modnet_batch.execution import signals
 from modnet_batch.execution.batching import tune_batch
+from modnet_batch.execution.pixel_batches import PixelBudget
 from modnet_batch.metrics import ImageMetrics, ImageRow, MetricAccumulator, connectivity_error
 from modnet_batch.model.variants import resolve_model
 from modnet_batch.pipeline import DecodeMode, ImagePipeline, NetworkInput, error_text, is_transient
@@ -95,7 +96,8 @@ class _Item:
     # ground truth, if any, is already decoded here: `gt`), or why it was decoded on the CPU
     encoded: Any = None
     gt: npt.NDArray[np.float64] | None = None
-    decoded_by: str = "cpu"
+    # "device", or "cpu: <why>"; empty for an image that was not decoded (unreadable, kept)
+    decoded_by: str = ""
 
 
 class ShardUnreadable(ModnetBatchError):
@@ -188,13 +190,16 @@ class ShardProcessor:
                 f"engine {spec.engine_name} cannot score on its device; run without device "
                 "scoring (only the torch engine has it)"
             )
-        self.decoder = self._open_decoder() if spec.decoding == "device" else None
+        self._group_pixels = 1  # of a device decode group: set where the decoder opens
+        self.decoder: Any = None
         self.batch_size = spec.batch_size
         self.batch_tuning: dict[str, Any] | None = None
         if not self.batch_size:
             h, w = self.pipeline.protocol.network_size(*spec.tune_hw)
             choice = tune_batch(self.session.run, (3, h, w))
             self.batch_size, self.batch_tuning = choice.batch_size, choice.to_dict()
+        # after the batch is measured: the group budget reads the device's free memory
+        self.decoder = self._open_decoder() if spec.decoding == "device" else None
         self._pool = ThreadPoolExecutor(spec.decode_threads, thread_name_prefix="pipeline")
         self.images_done = 0  # read by progress polls from another thread
         self.running: str | None = None  # the shard holding the loop (progress polls read it)
@@ -251,12 +256,14 @@ class ShardProcessor:
                     raise record.read_error
                 reason = device_fallback_reason(record.image)
                 if reason is None:  # the shard loop decodes it on the device; its matte here
-                    item.encoded = record.image
                     matte = self.pipeline.decode_matte(record)
                     item.gt = None if matte is None else self.pipeline.ground_truth(matte)
                     item.cpu = {"decode": time.thread_time() - t0}
+                    item.encoded = record.image  # only once its matte is decoded
                     return item
                 item.decoded_by = f"cpu: {reason}"
+            elif self.decoder is not None and record.prepared is not None:
+                item.decoded_by = "cpu: prepared by ingest --prepare (nothing to decode)"
             decoded = self.pipeline.decode(record)
             if self.spec.outputs.needs_pixels:
                 item.rgb = decoded.rgb
@@ -381,6 +388,8 @@ class ShardProcessor:
                 item.encoded = None
                 if isinstance(rgb, Exception):
                     reason = f"the device decoder failed ({error_text(rgb)})"
+                elif rgb.dim() != 3 or rgb.shape[0] != 3 or rgb.dtype != torch.uint8:
+                    reason = f"the device decoded {rgb.dtype} {list(rgb.shape)}, not RGB"
                 elif tuple(rgb.shape[1:]) != (record.height, record.width):
                     reason = f"the device decoded {rgb.shape[2]}x{rgb.shape[1]}"
                 else:
@@ -395,6 +404,12 @@ class ShardProcessor:
                     x = device_decode.network_input(self.pipeline.protocol, rgb)
                     if self.spec.outputs.needs_pixels:
                         item.rgb = device_decode.host_rgb(rgb)
+                except torch.cuda.OutOfMemoryError:  # a photo too large for what is free
+                    fallback = self._prepare(record, cpu_only="the device ran out of memory")
+                    for k, v in fallback.cpu.items():
+                        cpu[k] += v
+                    out.append(fallback)
+                    continue
                 except Exception as exc:  # an error row for this image; the group goes on
                     if is_storage_error(exc) or isinstance(exc, MemoryError):
                         raise
@@ -438,7 +453,10 @@ class ShardProcessor:
                     size = (item.record.height, item.record.width)
                     at_source = self.pipeline.protocol.scoring_size(*size) == size
                     if size != tuple(out_t.shape[-2:]) and (source or at_source):
-                        resized[i] = device_decode.to_source(out_t[i, 0], *size)
+                        try:
+                            resized[i] = device_decode.to_source(out_t[i, 0], *size)
+                        except torch.cuda.OutOfMemoryError:  # _finish resizes it on the CPU
+                            resized[i] = None
             clock.add("device_decode", t)
         return out, tuple(x.shape[-2:]), resized
 
@@ -532,6 +550,8 @@ class ShardProcessor:
                     self._count(on_image)
                 return
             for i, (item, o) in enumerate(zip(batch, out, strict=True)):
+                if item.inputs is not None and item.inputs.on_device is not None:
+                    item.inputs = replace(item.inputs, on_device=None)  # device memory freed
                 on_device = None if device is None else device[i]
                 finishing.append(self._pool.submit(self._finish, item, o[0], on_device, resized[i]))
             collect(block=False)
@@ -556,9 +576,8 @@ class ShardProcessor:
         held = True
         self.running = task.name
         decoded: dict[str, int] = {}  # images per decoder (`--decoding device`)
-        group: list[_Item] = []  # to decode on the device together, by pixels
-        group_held = 0
-        group_max = max(self.batch_size, 16)
+        group: list[_Item] = []  # to decode on the device together, bounded by pixels
+        budget = PixelBudget(self._group_pixels, max(self.batch_size, 16))
         batch: list[_Item] = []
         shape: tuple[int, ...] = ()
 
@@ -570,7 +589,7 @@ class ShardProcessor:
                 kept += 1
                 self._count(on_image)
                 return
-            if self.decoder is not None:
+            if self.decoder is not None and item.decoded_by:
                 decoded[item.decoded_by] = decoded.get(item.decoded_by, 0) + 1
             if item.inputs is None:
                 rows.append(self.pipeline.row(item.record, error=item.error))
@@ -586,8 +605,9 @@ class ShardProcessor:
                 batch = []
 
         def decode_group() -> None:
-            nonlocal group, group_held
-            todo, group, group_held = group, [], 0
+            nonlocal group
+            todo, group = group, []
+            budget.clear()
             t = time.perf_counter()
             ready = self._decode_on_device(todo, cpu)
             clock.add("device_decode", t)
@@ -607,12 +627,10 @@ class ShardProcessor:
                     cpu[k] += v
                 if item.encoded is not None:  # decoded on the device, a group at a time
                     pixels = item.record.height * item.record.width
-                    if group and (
-                        group_held + pixels > self._group_pixels or len(group) >= group_max
-                    ):
+                    if budget.full_for(pixels):
                         decode_group()
                     group.append(item)
-                    group_held += pixels
+                    budget.add(pixels)
                     continue
                 settle(item)
             if group:

@@ -132,7 +132,7 @@ def linear_taps(src: int, dst: int, area_mode: bool) -> Taps:
             f -= sx
         else:
             sx = math.floor(dx * scale)
-            f = (dx + 1) - (sx + 1) * inv
+            f = float(np.float32((dx + 1) - (sx + 1) * inv))  # (float) first, as OpenCV
             f = 0.0 if f <= 0 else f - math.floor(f)
         if sx < 0:
             f, sx = 0.0, 0

@@ -87,6 +87,13 @@ def print_summary(summary: Summary, run_dir: AnyPath, console: Console | None = 
         sizes = sorted({int(w["batch_size"]) for w in summary.workers if w.get("batch_size")})
         batch = "measured per device: " + (", ".join(map(str, sizes)) or "none")
     console.print(f"decode: {summary.job.decode}; batch size {batch}")
+    if summary.decoding:  # --decoding device: what decoded where
+        d = summary.decoding
+        why = ", ".join(f"{n} {reason}" for reason, n in d["fallback"].items())
+        console.print(
+            f"decoded on the device: {d['device']} ({', '.join(d['decoders']) or 'no decoder'}); "
+            f"on the CPU: {d['cpu']}" + (f" ({why})" if why else "")
+        )
     if summary.images.retried:
         console.print(f"retried {summary.images.retried} image(s) that an earlier attempt lost")
     if summary.images.failed:
