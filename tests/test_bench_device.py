@@ -4,6 +4,8 @@ GPU run fills is written, in seconds (the GPU run itself is never part of the te
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -121,6 +123,41 @@ def test_decoding_section_compares_cpu_and_device_decoding(device_doc: dict) -> 
     assert "metrics approximate" in deltas["job_decode"]
     assert deltas["decode_check"] is not None and len(deltas["decode_check"]["images"]) == 5
     assert "approximate by design" in section["note"]
+    # what the pool threads decoded is recorded beside it (unscored: reduced where allowed)
+    assert section["cpu_decode_reduce"] == "the job's default"
+    assert all(r["decode"] for r in runs.values())
+    assert deltas["compared"] == 5
+    assert deltas["max_abs_image_mse_delta_image"].startswith("synth-")
+
+
+def test_decoding_section_records_failed_runs_and_goes_on(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that fails other than by a refusal (e.g. out of device memory) is recorded in the
+    section and the bench goes on: the scored comparison then says which job failed."""
+    from modnet_batch.bench import device
+
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore")
+
+    monkeypatch.setattr(device, "_decoding_job", out_of_memory)
+    src = make_synthetic(tmp_path / "src", n=2, height=80, width=64, seed=1)
+    cfg = Config(model=str(tiny_model), src=str(src), out=str(tmp_path), e2e_images=2)
+    section = device.decoding(
+        replace(cfg, decode_rounds=1),
+        "fp32",
+        "eager",
+        1,
+        tmp_path / "work",
+        device.GpuMonitor(),
+        time.monotonic() + 60,
+    )
+    assert section["runs"] == [
+        {"decoding": how, "round": 0, "error": "CUDA out of memory. Tried to allocate 2.00 GiB"}
+        for how in ("cpu", "device")
+    ]
+    assert section["median_images_per_s"] == {} and "device_over_cpu" not in section
+    assert section["metric_deltas"]["error"].startswith("scored --decoding cpu: CUDA out of")
 
 
 def test_best_batch_prefers_the_smallest_within_five_percent() -> None:

@@ -74,6 +74,10 @@ class Config:
     torch_modes: tuple[str, ...] = ("eager",)
     budget_s: float = 420.0  # stop starting new configurations after this
     decode_rounds: int = 3  # alternated cpu/device rounds of the `decoding` section (0: none)
+    # the decoding section's --decoding cpu runs' decode_reduce: None is an unscored job's
+    # default (auto: JPEGs decoded reduced where the protocol allows, while the device decodes
+    # at full size); "off" decodes at full size as the device does (like for like)
+    decoding_cpu_reduce: str | None = None
 
 
 def log(msg: str) -> None:
@@ -536,6 +540,10 @@ def end_to_end(
 
 
 # --- 6. decoding on the device ---------------------------------------------------------------
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def _decoding_job(
     cfg: Config, dataset: Path, out: Path, decoding: str, spec: EngineSpec, batch: int, **kw: Any
 ) -> Any:
@@ -590,6 +598,7 @@ def decoding(
         "batch_size": batch,
         "protocol": PROTOCOL,
         "output": "alpha-png at each photo's size",
+        "cpu_decode_reduce": cfg.decoding_cpu_reduce or "the job's default",
         "note": "device decoding is approximate by design (GPU JPEG decoding is not "
         "bit-identical to libjpeg); scored jobs decode on the CPU by default",
     }
@@ -604,11 +613,20 @@ def decoding(
                 break
             out = work / f"run-{how}-{round_}"
             _torch_memory_reset(cfg.device)
+            reduce = {"decode_reduce": cfg.decoding_cpu_reduce} if how == "cpu" else {}
+            reduce = {k: v for k, v in reduce.items() if v is not None}
             try:
                 with monitor.watch() as util:
-                    outcome = _decoding_job(cfg, dataset, out, how, spec, batch, output="alpha-png")
+                    outcome = _decoding_job(
+                        cfg, dataset, out, how, spec, batch, output="alpha-png", **reduce
+                    )
             except ModnetBatchError as exc:  # no torchvision, no device decoder: say why
                 return {**section, "skipped": str(exc), "runs": runs}
+            except Exception as exc:  # e.g. out of device memory: recorded, the bench goes on
+                runs.append({"decoding": how, "round": round_, "error": _first_line(exc)})
+                log(f"decoding {how} round {round_}: {runs[-1]['error']}")
+                shutil.rmtree(out, ignore_errors=True)
+                continue
             thr = outcome.summary.throughput
             runs.append(
                 {
@@ -621,6 +639,7 @@ def decoding(
                     "startup_s": outcome.summary.startup_seconds,
                     "stages_s": thr.get("stages_s"),
                     "decoded": outcome.summary.decoding,
+                    "decode": outcome.summary.job.decode,  # how the pool threads decoded
                     "torch_memory_peak_mib": _torch_memory_peak(cfg.device),
                     **util,
                 }
@@ -630,7 +649,7 @@ def decoding(
     section["runs"] = runs
     medians: dict[str, float] = {}
     for how in ("cpu", "device"):
-        rates = [r["images_per_s"] for r in runs if r["decoding"] == how and r["images_per_s"]]
+        rates = [r["images_per_s"] for r in runs if r["decoding"] == how and r.get("images_per_s")]
         if rates:
             medians[how] = float(np.median(rates))
     section["median_images_per_s"] = medians
@@ -650,18 +669,24 @@ def decoding(
     rows: dict[str, dict[str, dict[str, Any]]] = {}
     for how in ("cpu", "device"):
         out = work / f"scored-{how}"
-        outcome = _decoding_job(
-            cfg, scored, out, how, spec, batch, decode_check=8 if how == "device" else 0
-        )
+        try:
+            outcome = _decoding_job(
+                cfg, scored, out, how, spec, batch, decode_check=8 if how == "device" else 0
+            )
+        except Exception as exc:  # the throughput figures above are kept either way
+            section["metric_deltas"] = {"error": f"scored --decoding {how}: {_first_line(exc)}"}
+            log(f"decoding metric deltas: {section['metric_deltas']['error']}")
+            return section
         results[how] = outcome.summary
         table = pq.read_table(out / "metrics.parquet").to_pylist()
         rows[how] = {r["image_id"]: r for r in table}
     cpu_m, dev_m = results["cpu"].metrics, results["device"].metrics
-    moved = [
-        abs(rows["device"][i]["mse"] - r["mse"])
+    moved = {
+        i: abs(rows["device"][i]["mse"] - r["mse"])
         for i, r in rows["cpu"].items()
         if r["mse"] is not None and rows["device"].get(i, {}).get("mse") is not None
-    ]
+    }
+    worst = max(moved, key=lambda i: moved[i]) if moved else None
     section["metric_deltas"] = {
         "images": len(rows["cpu"]),
         "cpu": cpu_m,
@@ -670,7 +695,9 @@ def decoding(
             k: None if cpu_m.get(k) is None or dev_m.get(k) is None else dev_m[k] - cpu_m[k]
             for k in METRICS
         },
-        "max_abs_image_mse_delta": max(moved) if moved else None,
+        "max_abs_image_mse_delta": moved[worst] if worst is not None else None,
+        "max_abs_image_mse_delta_image": worst,
+        "compared": len(moved),
         "decoded": results["device"].decoding,
         "decode_check": results["device"].decode_check,
         "job_decode": results["device"].job.decode,
@@ -791,6 +818,12 @@ def main(argv: list[str] | None = None) -> None:
         default=3,
         help="alternated --decoding cpu/device rounds of the decoding section (0: skip it)",
     )
+    ap.add_argument(
+        "--decoding-cpu-reduce",
+        default=None,
+        help="the decoding section's --decoding cpu runs' --decode-reduce: none (an unscored "
+        "job's default, auto) or off (full-size decoding, as on the device)",
+    )
     a = ap.parse_args(argv)
     device = a.device
     if device == "auto":
@@ -813,6 +846,7 @@ def main(argv: list[str] | None = None) -> None:
         fp16_model=a.fp16_model,
         budget_s=a.budget_s,
         decode_rounds=a.decode_rounds,
+        decoding_cpu_reduce=a.decoding_cpu_reduce,
         torch_modes=_csv(a.torch_modes)
         if a.torch_modes
         else (("eager", "channels_last", "cudagraphs") if device == "cuda" else ("eager",)),
