@@ -18,7 +18,9 @@ measures, in this order and within a time budget:
    with the torch engine, `--decoding cpu` (every core decodes) against `--decoding device`
    (the device's JPEG decoder), alternated over rounds with medians and their ratio, each run's
    fallback counts, device memory peak and utilisation; then a scored job of the real images
-   both ways and the metric deltas of device decoding (approximate by design).
+   both ways and the metric deltas of device decoding (approximate by design). The CPU runs
+   decode as an unscored job does by default (reduced where the protocol allows);
+   `--decoding-cpu-reduce off` makes them decode at full size, as the device does.
 
 It runs on the CPU too (tests, with the tiny model, in seconds); on a GPU machine `--device cuda`.
 """
