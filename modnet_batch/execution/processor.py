@@ -381,6 +381,13 @@ class ShardProcessor:
 
         assert self.decoder is not None
         out: list[_Item] = []
+
+        def on_cpu(reason: str) -> _Item:  # the photo decoded on the CPU, its time counted
+            fallback = self._prepare(record, cpu_only=reason)
+            for k, v in fallback.cpu.items():
+                cpu[k] += v
+            return fallback
+
         with torch.inference_mode():
             decoded = self.decoder.decode([item.encoded for item in items])
             for item, rgb in zip(items, decoded, strict=True):
@@ -395,20 +402,14 @@ class ShardProcessor:
                 else:
                     reason = None
                 if reason is not None:
-                    fallback = self._prepare(record, cpu_only=reason)
-                    for k, v in fallback.cpu.items():
-                        cpu[k] += v
-                    out.append(fallback)
+                    out.append(on_cpu(reason))
                     continue
                 try:
                     x = device_decode.network_input(self.pipeline.protocol, rgb)
                     if self.spec.outputs.needs_pixels:
                         item.rgb = device_decode.host_rgb(rgb)
                 except torch.cuda.OutOfMemoryError:  # a photo too large for what is free
-                    fallback = self._prepare(record, cpu_only="the device ran out of memory")
-                    for k, v in fallback.cpu.items():
-                        cpu[k] += v
-                    out.append(fallback)
+                    out.append(on_cpu("the device ran out of memory"))
                     continue
                 except Exception as exc:  # an error row for this image; the group goes on
                     if is_storage_error(exc) or isinstance(exc, MemoryError):
