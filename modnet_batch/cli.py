@@ -514,7 +514,7 @@ def _submit_local(job: Any, what: str = "submit") -> int:
     from modnet_batch.execution.driver import JobPlan, run_job
     from modnet_batch.reporting.live import LiveProgress
     from modnet_batch.reporting.table import print_summary
-    from modnet_batch.results import ShardResult
+    from modnet_batch.results import UnitResult
 
     live = LiveProgress(
         console, what, first_step="checking the job (dataset, model, run directory)"
@@ -528,7 +528,7 @@ def _submit_local(job: Any, what: str = "submit") -> int:
         if not plan.tasks:
             live.phase("nothing left to run: every shard is finished")
 
-    def on_shard(result: ShardResult) -> None:
+    def on_shard(result: UnitResult) -> None:
         live.failed(result.failed)
 
     try:

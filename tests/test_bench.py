@@ -254,11 +254,11 @@ def test_profile_summary_groups_samples_by_stage() -> None:
 
     raw = "\n".join(
         [
-            "thread (1);run_job (driver.py:1);ShardProcessor.process (p.py:2);"
+            "thread (1);run_job (driver.py:1);UnitProcessor.process (p.py:2);"
             "Session.run (modnet_batch/model/session.py:9) 60",
-            "thread (2);_worker (x);ShardProcessor._prepare (p.py:3);"
+            "thread (2);_worker (x);UnitProcessor._prepare (p.py:3);"
             "decode_image (modnet_batch/data/decode.py:5) 25",
-            "thread (2);ShardProcessor._finish (p.py:4);image_metrics (m.py:1);"
+            "thread (2);UnitProcessor._finish (p.py:4);image_metrics (m.py:1);"
             "connectivity_error (modnet_batch/metrics/matting.py:9) 10",
             "thread (1);<module> (x.py:1);_find_and_load (<frozen>:1) 4",
             "thread (1);finalize (driver.py:9) 1",

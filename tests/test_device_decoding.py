@@ -1,7 +1,7 @@
 """`--decoding device` (issue 15): photos decoded and resized on the torch engine's device.
 
 On the CPU the device is torch's CPU and the decoder is the OpenCV stand-in
-(engine/device_decode.py), so everything but the GPU's JPEG decoder runs the job's real path:
+(engine/torch/decode.py), so everything but the GPU's JPEG decoder runs the job's real path:
 the header check and its fallbacks, groups bounded by pixels, the network input made with
 torch_resize, the output resized back to the photo's size there, PNGs encoded on the pool.
 
@@ -183,7 +183,7 @@ def test_groups_are_bounded_by_pixels_and_a_refused_photo_falls_back(
     """Decoding a group of large photos must not exhaust the device's memory: a group holds
     photos up to `decode_megapixels` (one photo when a single one is larger); a photo the
     device's decoder refuses is decoded on the CPU, its reason counted, and the job goes on."""
-    from modnet_batch.engine import device_decode
+    from modnet_batch.engine.torch import decode as device_decode
 
     groups: list[int] = []
     real_open = device_decode.open_decoder
@@ -224,9 +224,10 @@ def test_a_group_never_holds_more_pixels_than_its_budget(
     odd_dataset: Path, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from modnet_batch.data.dataset import Dataset
-    from modnet_batch.engine import EngineSpec, device_decode
-    from modnet_batch.execution.processor import ShardProcessor, WorkerSpec
-    from modnet_batch.results import ShardTask
+    from modnet_batch.engine import EngineSpec
+    from modnet_batch.engine.torch import decode as device_decode
+    from modnet_batch.execution.processor import UnitProcessor, WorkerSpec
+    from modnet_batch.results import WorkUnit
 
     held: list[int] = []
     real_open = device_decode.open_decoder
@@ -251,12 +252,10 @@ def test_a_group_never_holds_more_pixels_than_its_budget(
         decode_pixels=40_000,  # two 161x117 photos (37,674 pixels), not three
         batch_size=8,
     )
-    proc = ShardProcessor(spec)
+    proc = UnitProcessor(spec)
     try:
         ds = Dataset.open(odd_dataset)
-        results = [
-            proc.process(ShardTask(s.name, str(ds.shard_path(s)), s.rows)) for s in ds.shards
-        ]
+        results = [proc.process(WorkUnit(s.name, str(ds.shard_path(s)), s.rows)) for s in ds.shards]
     finally:
         proc.close()
     assert held == [37_674] * 6
@@ -281,7 +280,7 @@ def test_refused_combinations_are_one_line_errors(
 
 
 def test_cuda_without_torchvision_names_the_fix() -> None:
-    from modnet_batch.engine.device_decode import open_decoder
+    from modnet_batch.engine.torch.decode import open_decoder
 
     try:
         import torchvision.io  # noqa: F401
@@ -316,8 +315,8 @@ def test_real_model_on_ppm100_with_device_decoding(
 def _processor_run(dataset: Path, model: Path, run: Path, decoding: str, protocol: str) -> Any:
     from modnet_batch.data.dataset import Dataset
     from modnet_batch.engine import EngineSpec
-    from modnet_batch.execution.processor import ShardProcessor, WorkerSpec
-    from modnet_batch.results import ShardTask
+    from modnet_batch.execution.processor import UnitProcessor, WorkerSpec
+    from modnet_batch.results import WorkUnit
 
     spec = WorkerSpec(
         EngineSpec(str(model)),
@@ -327,10 +326,10 @@ def _processor_run(dataset: Path, model: Path, run: Path, decoding: str, protoco
         decoding=decoding,
         batch_size=4,
     )
-    proc = ShardProcessor(spec)
+    proc = UnitProcessor(spec)
     try:
         ds = Dataset.open(dataset)
-        return [proc.process(ShardTask(s.name, str(ds.shard_path(s)), s.rows)) for s in ds.shards]
+        return [proc.process(WorkUnit(s.name, str(ds.shard_path(s)), s.rows)) for s in ds.shards]
     finally:
         proc.close()
 
@@ -397,7 +396,7 @@ def test_what_the_device_decodes_wrongly_is_decoded_on_the_cpu(
     """A decoded photo of another size than its header's, or not 3-channel uint8, is decoded
     again on the CPU with its reason counted; a photo whose network input fails on the device
     is its own error row, and the job goes on."""
-    from modnet_batch.engine import device_decode
+    from modnet_batch.engine.torch import decode as device_decode
 
     real_open, real_input = device_decode.open_decoder, device_decode.network_input
     calls = {"n": 0}

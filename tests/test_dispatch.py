@@ -13,7 +13,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, ActorUnschedul
 
 import modnet_batch.execution.ray_backend as rb
 from modnet_batch.execution.backend import BackendReport
-from modnet_batch.results import ShardResult, ShardTask
+from modnet_batch.results import UnitResult, WorkUnit
 
 
 class Ref:
@@ -39,7 +39,7 @@ class FakeActor:
             ref.error = ActorUnschedulableError("the node ... doesn't exist any more")
         return ref
 
-    def _process(self, task: ShardTask) -> Ref:
+    def _process(self, task: WorkUnit) -> Ref:
         ref = Ref(self, task)
         if self.node_gone:  # a call to an actor Ray cannot place fails at once
             ref.ready, ref.error = True, ActorUnschedulableError("the node ... is gone")
@@ -65,9 +65,9 @@ def _run(
     def get(ref: Ref) -> Any:
         if ref.error is not None:
             raise ref.error
-        if isinstance(ref.value, ShardTask):
+        if isinstance(ref.value, WorkUnit):
             t = ref.value
-            return ShardResult(t.name, [], {}, 0, 0, 0.0, {}, ref.actor.name, "n", 1, t.attempt)  # type: ignore[union-attr]
+            return UnitResult(t.name, [], {}, 0, 0, 0.0, {}, ref.actor.name, "n", 1, t.attempt)  # type: ignore[union-attr]
         return ref.value
 
     done: list[str] = []
@@ -78,7 +78,7 @@ def _run(
     try:
         job = types.SimpleNamespace(shards_in_flight=2, max_retries=max_retries)
         plans = [types.SimpleNamespace(spec=types.SimpleNamespace(label=a.name)) for a in fakes]
-        tasks = [ShardTask(name=n, path="", rows=1) for n in shards]
+        tasks = [WorkUnit(name=n, path="", rows=1) for n in shards]
         rb._dispatch(
             job, fakes, plans, tasks, lambda r: done.append(r.shard), lambda w, n: None, report
         )  # type: ignore[arg-type]

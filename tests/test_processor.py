@@ -19,21 +19,21 @@ from modnet_batch.errors import ModnetBatchError
 from modnet_batch.execution.processor import (
     LOOP_STAGES,
     POOL_STAGES,
-    ShardProcessor,
+    UnitProcessor,
     WorkerSpec,
 )
 from modnet_batch.pipeline import DecodeMode, auto_reduce
 from modnet_batch.protocol import get_protocol
-from modnet_batch.results import ShardResult, ShardTask
+from modnet_batch.results import UnitResult, WorkUnit
 
 
-def _tasks(dataset: Path) -> list[ShardTask]:
+def _tasks(dataset: Path) -> list[WorkUnit]:
     ds = Dataset.open(dataset)
-    return [ShardTask(s.name, str(ds.shard_path(s)), s.rows) for s in ds.shards]
+    return [WorkUnit(s.name, str(ds.shard_path(s)), s.rows) for s in ds.shards]
 
 
-def _run_all(dataset: Path, model: Path, run: Path, **spec: object) -> list[ShardResult]:
-    proc = ShardProcessor(WorkerSpec(EngineSpec(str(model)), "seed-area", str(run), **spec))  # type: ignore[arg-type]
+def _run_all(dataset: Path, model: Path, run: Path, **spec: object) -> list[UnitResult]:
+    proc = UnitProcessor(WorkerSpec(EngineSpec(str(model)), "seed-area", str(run), **spec))  # type: ignore[arg-type]
     try:
         return [proc.process(t) for t in _tasks(dataset)]
     finally:
@@ -167,14 +167,14 @@ def test_decode_matte_reduce_gives_ceil_size(ext: str, reduce: int) -> None:
 def test_a_queued_shard_reads_ahead_and_waits_its_turn(
     synth_dataset: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
-    proc = ShardProcessor(
+    proc = UnitProcessor(
         WorkerSpec(EngineSpec(str(tiny_model)), "seed-area", str(tmp_path / "run"))
     )
     first, second = _tasks(synth_dataset)[:2]
     try:
         alone = proc.process(first)
         proc._loop_lock.acquire()  # as if another shard were running
-        out: list[ShardResult] = []
+        out: list[UnitResult] = []
         worker = threading.Thread(target=lambda: out.append(proc.process(second)))
         worker.start()
         deadline = time.monotonic() + 30

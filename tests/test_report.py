@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from modnet_batch.cli import app
 from modnet_batch.reporting.html import write_html
-from modnet_batch.results import RunDir, ShardResult
+from modnet_batch.results import RunDir, UnitResult
 
 runner = CliRunner()
 PANEL_KINDS = ("input", "gt", "prediction", "error", "cutout")
@@ -188,7 +188,7 @@ def test_runs_made_before_shard_times_were_recorded_still_report(
     for marker in (old / "state" / "shards").glob("*.json"):
         record = json.loads(marker.read_text())
         del record["started"], record["finished"]
-        assert ShardResult.from_dict(record).started is None
+        assert UnitResult.from_dict(record).started is None
     page = write_html([old], tmp_path / "old.html").read_text()
     assert "no per-shard times recorded" in page
     assert RunDir(old).read_summary().timeline == []

@@ -28,8 +28,8 @@ torch = pytest.importorskip(
     "torch", reason="the torch engine is optional: pip install 'modnet-batch[torch]'"
 )
 
-from modnet_batch.engine import onnx_torch  # noqa: E402  (needs torch)
-from modnet_batch.engine.torch_engine import TorchEngine, TorchSession  # noqa: E402
+from modnet_batch.engine.torch import convert as onnx_torch  # noqa: E402  (needs torch)
+from modnet_batch.engine.torch.session import TorchEngine, TorchSession  # noqa: E402
 
 EXACT = 1e-5  # torch vs onnxruntime on the small models: a few float32 roundings apart
 

@@ -1,4 +1,4 @@
-"""engine.torch_metrics (the torch engine's batched metrics) against metrics.matting, the float64
+"""engine.torch.metrics (the torch engine's batched metrics) against metrics.matting, the float64
 numpy/cv2 reference: synthetic and structured alphas, and the 41 real ppm100-dev mattes (slow).
 
 Tolerances (relative to the reference value; the confusion counts are always exactly equal):
@@ -30,7 +30,7 @@ torch = pytest.importorskip(
     "torch", reason="torch is not installed (only the torch engine uses it)"
 )
 
-from modnet_batch.engine.torch_metrics import (  # noqa: E402
+from modnet_batch.engine.torch.metrics import (  # noqa: E402
     BatchMetrics,
     bench_score,
     foreground_for,

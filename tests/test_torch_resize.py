@@ -1,4 +1,4 @@
-"""The device resize (engine/torch_resize.py, tables in protocol/resize_tables.py) against
+"""The device resize (engine/torch/resize.py, tables in protocol/resize_tables.py) against
 cv2.resize, on odd sizes and on real ppm100-dev photos, for uint8 and float32 as the pipeline
 uses them (torch on the CPU here; the same ops run on CUDA).
 
@@ -23,7 +23,7 @@ from modnet_batch.protocol import get_protocol
 from modnet_batch.protocol.resize_tables import plan, resize_reference
 
 torch = pytest.importorskip("torch", reason="the device resize is torch (make install has it)")
-from modnet_batch.engine.torch_resize import resize  # noqa: E402
+from modnet_batch.engine.torch.resize import resize  # noqa: E402
 
 INTERPS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
 SOURCES = [(1, 1), (1, 7), (7, 1), (1, 480), (480, 1), (2, 2), (3, 3), (13, 17), (31, 29)]

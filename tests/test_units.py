@@ -17,9 +17,9 @@ from modnet_batch.engine import EngineSpec
 from modnet_batch.execution import processor as processor_module
 from modnet_batch.execution import units
 from modnet_batch.execution.driver import run_job
-from modnet_batch.execution.processor import ShardProcessor, WorkerSpec
+from modnet_batch.execution.processor import UnitProcessor, WorkerSpec
 from modnet_batch.options import JobConfig, load_job
-from modnet_batch.results import RunDir, ShardResult, ShardTask
+from modnet_batch.results import RunDir, UnitResult, WorkUnit
 
 
 def _job(dataset: Path, out: Path, model: Path, **kw: object) -> JobConfig:
@@ -62,7 +62,7 @@ def _same(a: Path, b: Path) -> None:
         assert (a / "alpha" / name).read_bytes() == (b / "alpha" / name).read_bytes()
 
 
-def _pending(dataset: Path, done: set[str] | None = None) -> list[ShardTask]:
+def _pending(dataset: Path, done: set[str] | None = None) -> list[WorkUnit]:
     ds = Dataset.open(dataset)
     groups = {s.name: ds.row_group_rows(s) for s in ds.shards}
     return units.pending(ds, groups, done or set())
@@ -135,7 +135,7 @@ def test_a_run_made_before_units_resumes(
     results = {r.shard: r for r in state.load_results()}
     # shard-00000 as the old code wrote it: one marker for the whole shard
     parts = sorted(n for n in results if n.startswith("shard-00000"))
-    merged: ShardResult = results[parts[0]]
+    merged: UnitResult = results[parts[0]]
     for name in parts[1:]:
         merged = merged.with_retry(results[name])
     for name in parts:
@@ -191,7 +191,7 @@ def test_a_unit_reads_only_its_row_groups_and_a_file_is_hashed_once(
 
     monkeypatch.setattr(processor_module, "sha256", counting)
     spec = WorkerSpec(EngineSpec(str(tiny_model)), "seed-area", str(tmp_path / "run"))
-    proc = ShardProcessor(spec)
+    proc = UnitProcessor(spec)
     try:
         results = [proc.process(t) for t in tasks[:3]]
     finally:

@@ -10,7 +10,7 @@ TORCH_MISSING = "the torch engine needs PyTorch: pip install 'modnet-batch[torch
 
 
 class LazyTorchEngine:
-    """The torch engine (engine/torch_engine.py) behind a name: torch is optional and takes
+    """The torch engine (engine/torch/session.py) behind a name: torch is optional and takes
     seconds to import, so it is imported by the first open(), never by this registry."""
 
     name = "torch"
@@ -18,7 +18,7 @@ class LazyTorchEngine:
     def open(self, spec: EngineSpec) -> Session:
         if importlib.util.find_spec("torch") is None:
             raise ModnetBatchError(TORCH_MISSING)
-        from modnet_batch.engine.torch_engine import TorchEngine
+        from modnet_batch.engine.torch.session import TorchEngine
 
         return TorchEngine().open(spec)
 

@@ -19,7 +19,7 @@ class EngineSpec:
     threads: int = 1  # intra-op CPU threads
     spin: bool = True  # busy-wait between ops; off when other stages share the cores
     precision: str = "fp32"  # the model's precision (fp32/fp16/int8), as its build says
-    # Read by the torch engine only (engine/torch_engine.py), which also takes precision bf16:
+    # Read by the torch engine only (engine/torch/session.py), which also takes precision bf16:
     channels_last: bool = False  # NHWC weights and inputs
     compile: str = "none"  # none | compile (torch.compile) | cudagraphs (CUDA only)
 

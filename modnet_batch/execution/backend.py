@@ -9,12 +9,12 @@ from typing import Any, Protocol
 
 from modnet_batch.execution.processor import WorkerSpec
 from modnet_batch.options import JobConfig
-from modnet_batch.results import ShardResult, ShardTask
+from modnet_batch.results import UnitResult, WorkUnit
 
-OnResult = Callable[[ShardResult], None]
+OnResult = Callable[[UnitResult], None]
 # the job's work units for a number of workers (JobPlan.work_units): a backend calls it once it
 # knows how many workers it has
-Units = Callable[[int], list[ShardTask]]
+Units = Callable[[int], list[WorkUnit]]
 OnImages = Callable[[str, int], None]  # (worker label, images just finished)
 OnPhase = Callable[[str], None]  # a start-up step, in words ("starting 2 workers", ...)
 

@@ -42,9 +42,9 @@ from modnet_batch.results import (
     JobFacts,
     RunDir,
     ShardCounts,
-    ShardResult,
-    ShardTask,
     Summary,
+    UnitResult,
+    WorkUnit,
 )
 from modnet_batch.results.outputs import (
     OutputKind,
@@ -67,19 +67,19 @@ class JobPlan:
     run: RunDir
     resumed: bool
     # the work left: runs of row groups no marker covers, and retries (units.split cuts them)
-    tasks: list[ShardTask]
+    tasks: list[WorkUnit]
     done_before: set[str]  # units finished by earlier attempts, nothing to redo
     decode: DecodeMode  # resolved for this protocol and model (DecodeMode.resolve)
     warnings: list[str] = field(default_factory=list)
     # finished units whose transiently failed images this attempt retries: their results so far
-    retrying: dict[str, ShardResult] = field(default_factory=dict)
+    retrying: dict[str, UnitResult] = field(default_factory=dict)
     outputs: OutputSpec = field(default_factory=OutputSpec)
     # each shard's row groups' rows, from its footer (None: unreadable, run as one unit)
     groups: dict[str, list[int] | None] = field(default_factory=dict)
     # the units handed to the backend, by name (filled when it knows its workers)
-    unit_tasks: dict[str, ShardTask] = field(default_factory=dict)
+    unit_tasks: dict[str, WorkUnit] = field(default_factory=dict)
 
-    def work_units(self, workers: int) -> list[ShardTask]:
+    def work_units(self, workers: int) -> list[WorkUnit]:
         """The tasks cut into work units for `workers` workers (units.split), remembered."""
         out = units.split(self.tasks, workers)
         self.unit_tasks.update((u.name, u) for u in out)
@@ -291,7 +291,7 @@ def _check_owned(folder: AnyPath, run: RunDir) -> None:
         )
 
 
-def _transient_ids(result: ShardResult) -> tuple[str, ...]:
+def _transient_ids(result: UnitResult) -> tuple[str, ...]:
     return tuple(r.image_id for r in result.rows if r.error is not None and r.transient)
 
 
@@ -396,7 +396,7 @@ def run_job(
     on_images: ProgressHook | None = None,
     on_plan: Callable[[JobPlan], None] | None = None,
     on_phase: Callable[[str], None] | None = None,
-    on_shard: Callable[[ShardResult], None] | None = None,
+    on_shard: Callable[[UnitResult], None] | None = None,
 ) -> JobOutcome:
     """Run (or resume) a job to completion and write its results.
 
@@ -411,9 +411,9 @@ def run_job(
     if on_plan is not None:
         on_plan(plan)
     started, started_at = time.perf_counter(), time.time()
-    fresh: list[ShardResult] = []
+    fresh: list[UnitResult] = []
 
-    def on_result(result: ShardResult) -> None:
+    def on_result(result: UnitResult) -> None:
         if result.files:  # a worker that cannot see the run directory: its files, then the marker
             plan.run.write_returned(result.files)
             result = replace(result, files=[])
@@ -459,7 +459,7 @@ def run_job(
 
 def finalize(
     plan: JobPlan,
-    fresh: list[ShardResult],
+    fresh: list[UnitResult],
     report: BackendReport,
     wall: float,
     started: float | None = None,
@@ -543,7 +543,7 @@ def finalize(
 
 
 def _decoding(
-    plan: JobPlan, results: list[ShardResult], report: BackendReport
+    plan: JobPlan, results: list[UnitResult], report: BackendReport
 ) -> dict[str, Any] | None:
     """`--decoding device`: what decoded the finished units' images (the device, or the CPU
     and why; a resumed job's earlier attempts included), and this attempt's workers' decoders."""
@@ -571,7 +571,7 @@ def _all_covered(plan: JobPlan, done: set[str]) -> bool:
 
 
 def _decode_check(
-    plan: JobPlan, rows: list[ImageRow], fresh: list[ShardResult]
+    plan: JobPlan, rows: list[ImageRow], fresh: list[UnitResult]
 ) -> dict[str, Any] | None:
     """A scored job with a reduced decode measures how far that moved its metrics (on a sample,
     again after each attempt that did work; a no-op resume keeps the last measurement)."""
@@ -640,7 +640,7 @@ def _merge_throughput(previous: dict[str, Any] | None, current: dict[str, Any]) 
     return merged
 
 
-def _throughput(fresh: list[ShardResult], wall: float) -> dict[str, Any]:
+def _throughput(fresh: list[UnitResult], wall: float) -> dict[str, Any]:
     per_device: dict[str, dict[str, float]] = defaultdict(lambda: {"images": 0, "seconds": 0.0})
     per_node: dict[str, dict[str, float]] = defaultdict(lambda: {"images": 0, "seconds": 0.0})
     stages: dict[str, float] = defaultdict(float)

@@ -14,9 +14,9 @@ from modnet_batch.execution.backend import (
     no_phase,
 )
 from modnet_batch.execution.processor import (
-    ShardProcessor,
     ShardReadError,
     ShardUnreadable,
+    UnitProcessor,
     WorkerSpec,
 )
 from modnet_batch.execution.resources import available_cpus
@@ -44,7 +44,7 @@ class InlineBackend:
             base, engine=engine, label=label, decode_threads=decode_threads, cpus=float(cpus)
         )
         on_phase(f"loading the model ({base.engine_name}, {engine.provider})")
-        processor = ShardProcessor(spec)
+        processor = UnitProcessor(spec)
         on_phase("running")
         info = {
             "label": spec.label,

@@ -33,13 +33,13 @@ from modnet_batch.metrics import ImageMetrics, ImageRow, MetricAccumulator, conn
 from modnet_batch.model.variants import resolve_model
 from modnet_batch.pipeline import DecodeMode, ImagePipeline, NetworkInput, error_text, is_transient
 from modnet_batch.protocol import ScoredAlpha
-from modnet_batch.results import ReturnedFile, RunDir, ShardResult, ShardTask
+from modnet_batch.results import ReturnedFile, RunDir, UnitResult, WorkUnit
 from modnet_batch.results.alpha import encode_alpha
 from modnet_batch.results.outputs import OutputKind, OutputSize, OutputSpec
 from modnet_batch.storage import AnyPath, is_uri, location, sha256, shown
 
-# ShardResult.stages holds two views. The shard loop's thread, whose parts add up to
-# ShardResult.seconds: reading the shard, waiting for decoded inputs, decoding and resizing on
+# UnitResult.stages holds two views. The shard loop's thread, whose parts add up to
+# UnitResult.seconds: reading the shard, waiting for decoded inputs, decoding and resizing on
 # the engine's device (`--decoding device`; 0 otherwise), inferring, waiting for
 # scoring/writing to catch up, and the rest (batching, bookkeeping). And, as `cpu_<stage>`, the
 # CPU seconds the pool threads spent per pipeline stage (time.thread_time: work, not waiting for
@@ -77,7 +77,7 @@ class WorkerSpec:
     # here (a worker that cannot see the run directory: --results-via)
     return_files: bool = False
     # where photos are decoded and resized: "cpu" (the pool threads), or "device" (the torch
-    # engine's device: engine/device_decode.py), in groups of at most `decode_pixels` pixels
+    # engine's device: engine/torch/decode.py), in groups of at most `decode_pixels` pixels
     decoding: str = "cpu"
     decode_pixels: int = 128_000_000
 
@@ -108,7 +108,7 @@ class ShardReadError(ModnetBatchError):
     """Reading a shard that was intact failed (an I/O error): a retry may succeed."""
 
 
-def _check_shard(task: ShardTask) -> None:
+def _check_shard(task: WorkUnit) -> None:
     """The shard is the file dataset.json recorded: hashing it costs ~1 ms per MB, read once
     more from the page cache, against seconds of work per shard."""
     if task.sha256 is None:
@@ -139,7 +139,7 @@ class _Checked:
         self._lock = threading.Lock()
         self._seen: dict[tuple[str, str], tuple[int, int]] = {}
 
-    def check(self, task: ShardTask) -> None:
+    def check(self, task: WorkUnit) -> None:
         if task.sha256 is None:
             return
         key = (task.path, task.sha256)
@@ -168,7 +168,7 @@ class _Clock:
         return now
 
 
-class ShardProcessor:
+class UnitProcessor:
     """Loads the model once and turns shards into alpha files and metric rows."""
 
     def __init__(self, spec: WorkerSpec, session: Session | None = None) -> None:
@@ -214,7 +214,7 @@ class ShardProcessor:
         self._pool.shutdown(wait=True)
 
     def _open_decoder(self) -> Any:
-        """The device's JPEG decoder (engine.device_decode), checked against the job."""
+        """The device's JPEG decoder (engine.torch.decode), checked against the job."""
         if self.spec.decoding != "device":
             return None
         device = getattr(self.session, "device", None)
@@ -227,7 +227,7 @@ class ShardProcessor:
             raise ModnetBatchError(
                 "--decoding device scores on the CPU threads; use --scoring cpu with it"
             )
-        from modnet_batch.engine import device_decode
+        from modnet_batch.engine.torch import decode as device_decode
 
         decoder = device_decode.open_decoder(device)
         self._group_pixels = device_decode.group_pixels(device, self.spec.decode_pixels)
@@ -377,7 +377,7 @@ class ShardProcessor:
         on the CPU here instead, its reason counted."""
         import torch
 
-        from modnet_batch.engine import device_decode
+        from modnet_batch.engine.torch import decode as device_decode
 
         assert self.decoder is not None
         out: list[_Item] = []
@@ -429,7 +429,7 @@ class ShardProcessor:
         each output back to its photo's size there where that size is written or scored."""
         import torch
 
-        from modnet_batch.engine import device_decode
+        from modnet_batch.engine.torch import decode as device_decode
 
         session: Any = self.session
         t = time.perf_counter()
@@ -462,9 +462,7 @@ class ShardProcessor:
         return out, tuple(x.shape[-2:]), resized
 
     # --- the shard loop (one thread: reads, batches, infers) --------------------------------
-    def process(
-        self, task: ShardTask, on_image: Callable[[int], None] | None = None
-    ) -> ShardResult:
+    def process(self, task: WorkUnit, on_image: Callable[[int], None] | None = None) -> UnitResult:
         self._checked.check(task)
         clock = _Clock()
         cpu = dict.fromkeys(POOL_STAGES, 0.0)
@@ -665,7 +663,7 @@ class ShardProcessor:
         stages["other"] = max(0.0, seconds - sum(stages.values()))
         stages.update({f"cpu_{k}": v for k, v in cpu.items()})
         stages.update(extra)
-        return ShardResult(
+        return UnitResult(
             decoded=decoded,
             shard=task.name,
             rows=rows,

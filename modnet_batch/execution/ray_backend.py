@@ -33,11 +33,11 @@ from modnet_batch.execution.backend import (
     Units,
     no_phase,
 )
-from modnet_batch.execution.processor import ShardProcessor, ShardUnreadable, WorkerSpec
+from modnet_batch.execution.processor import ShardUnreadable, UnitProcessor, WorkerSpec
 from modnet_batch.execution.resources import cpu_split, device_cpu_share
 from modnet_batch.model.shipped import ShippedModel, materialize
 from modnet_batch.options import JobConfig
-from modnet_batch.results import RunDir, ShardResult, ShardTask, atomic_write_bytes
+from modnet_batch.results import RunDir, UnitResult, WorkUnit, atomic_write_bytes
 from modnet_batch.storage import AnyPath, argument, location
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class ShardWorker:
             engine=replace(spec.engine, model=model),
             return_files=self.results_via == "driver",
         )
-        self.processor = ShardProcessor(self.spec)
+        self.processor = UnitProcessor(self.spec)
 
     def info(self) -> dict[str, Any]:
         ctx = ray.get_runtime_context()
@@ -108,7 +108,7 @@ class ShardWorker:
             "model": self.spec.engine.model,  # the file it opened: the job's, or a shipped copy
         }
 
-    def process(self, task: ShardTask) -> ShardResult:
+    def process(self, task: WorkUnit) -> UnitResult:
         result = self.processor.process(task)
         result.node = self.node
         return result
@@ -400,7 +400,7 @@ def _dispatch(
     job: JobConfig,
     actors: list[Any],
     plans: list[ActorPlan],
-    tasks: list[ShardTask],
+    tasks: list[WorkUnit],
     on_result: OnResult,
     on_images: OnImages,
     report: BackendReport,
@@ -409,9 +409,9 @@ def _dispatch(
     shard it was running (the others it held go back to the queue as they were), give it no work
     while Ray restarts it, and work again once it answers. An actor whose node is gone is lost
     (Ray answers ActorUnschedulableError: it is pinned there): never waited for again."""
-    queue: deque[ShardTask] = deque(tasks)
+    queue: deque[WorkUnit] = deque(tasks)
     # ref -> (actor, task, the actor's death count when it was sent: which process got it)
-    inflight: dict[Any, tuple[int, ShardTask, int]] = {}
+    inflight: dict[Any, tuple[int, WorkUnit, int]] = {}
     slots = [
         _Slot(a, p.spec.label, p.spec.label.partition("@")[2])
         for a, p in zip(actors, plans, strict=True)
@@ -427,8 +427,8 @@ def _dispatch(
 def _loop(
     job: JobConfig,
     slots: list[_Slot],
-    queue: deque[ShardTask],
-    inflight: dict[Any, tuple[int, ShardTask, int]],
+    queue: deque[WorkUnit],
+    inflight: dict[Any, tuple[int, WorkUnit, int]],
     charged: dict[tuple[int, int], str],
     on_result: OnResult,
     on_images: OnImages,
@@ -468,7 +468,7 @@ def _loop(
             held = [name for g, name in slot.inflight if g == gen]
             slot.inflight.remove((gen, task.name))
             try:
-                result: ShardResult = ray.get(ref)
+                result: UnitResult = ray.get(ref)
             except (*ACTOR_GONE, RayTaskError) as exc:
                 cause = getattr(exc, "cause", None)
                 if isinstance(cause, StorageError):  # the run dir cannot take more: stop

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
 from modnet_batch.data.dataset import Dataset, ShardInfo
-from modnet_batch.results import ShardTask
+from modnet_batch.results import WorkUnit
 from modnet_batch.storage import argument
 
 UNITS_PER_WORKER = 4
@@ -78,11 +78,11 @@ def is_done(shard: str, rows: list[int] | None, done: Mapping[str, set[int]]) ->
 
 def pending(
     dataset: Dataset, groups: Mapping[str, list[int] | None], done: Iterable[str]
-) -> list[ShardTask]:
+) -> list[WorkUnit]:
     """The work left: one task per maximal run of row groups that no marker covers, in dataset
     order (`split` cuts them into units once the number of workers is known)."""
     cover = covered(done, groups)
-    tasks: list[ShardTask] = []
+    tasks: list[WorkUnit] = []
     for shard in dataset.shards:
         rows = groups[shard.name]
         if is_done(shard.name, rows, cover):
@@ -113,7 +113,7 @@ def pending(
 
 def retry_task(
     dataset: Dataset, name: str, rows: list[int] | None, ids: tuple[str, ...]
-) -> ShardTask | None:
+) -> WorkUnit | None:
     """The task that redoes `ids` of the finished unit `name` (its marker keeps its name)."""
     shard_name, part = parse_unit(name)
     shard = next((s for s in dataset.shards if s.name == shard_name), None)
@@ -134,8 +134,8 @@ def _task(
     rows: int,
     groups: tuple[int, ...] | None = None,
     group_rows: tuple[int, ...] = (),
-) -> ShardTask:
-    return ShardTask(
+) -> WorkUnit:
+    return WorkUnit(
         name=name,
         path=argument(dataset.shard_path(shard)),  # a URI as given: the worker opens it
         rows=rows,
@@ -146,7 +146,7 @@ def _task(
     )
 
 
-def split(tasks: list[ShardTask], workers: int) -> list[ShardTask]:
+def split(tasks: list[WorkUnit], workers: int) -> list[WorkUnit]:
     """The work units of `tasks` for `workers` workers, by the rule above, largest first.
 
     Retries of some images (`only`) and files whose footer could not be read stay as they are.
@@ -154,7 +154,7 @@ def split(tasks: list[ShardTask], workers: int) -> list[ShardTask]:
     size = unit_images(
         sum(t.rows for t in tasks if t.only is None and t.row_groups is not None), workers
     )
-    units: list[ShardTask] = []
+    units: list[WorkUnit] = []
     for task in tasks:
         if task.only is not None or task.row_groups is None:
             units.append(task)

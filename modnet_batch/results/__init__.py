@@ -4,7 +4,7 @@ bench read runs only through it."""
 
 from modnet_batch.results.alpha import read_alpha, write_alpha
 from modnet_batch.results.atomic import atomic_write_bytes, atomic_write_json
-from modnet_batch.results.records import ReturnedFile, ShardResult, ShardTask
+from modnet_batch.results.records import ReturnedFile, UnitResult, WorkUnit
 from modnet_batch.results.rundir import RunDir
 from modnet_batch.results.summary import SUMMARY_SCHEMA, ImageCounts, JobFacts, ShardCounts, Summary
 from modnet_batch.results.table import METRICS_SCHEMA, read_rows, write_rows
@@ -17,9 +17,9 @@ __all__ = [
     "ReturnedFile",
     "RunDir",
     "ShardCounts",
-    "ShardResult",
-    "ShardTask",
     "Summary",
+    "UnitResult",
+    "WorkUnit",
     "atomic_write_bytes",
     "atomic_write_json",
     "read_alpha",

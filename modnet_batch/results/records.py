@@ -14,7 +14,7 @@ TIMELINE_STAGES = ("read", "wait_decode", "device_decode", "infer", "wait_write"
 
 
 @dataclass(frozen=True)
-class ShardTask:
+class WorkUnit:
     """One work unit: a shard file, or a run of its row groups (execution/units.py).
 
     `name` is the unit's (and its marker's) name: the shard's name for the whole file,
@@ -46,7 +46,7 @@ class ReturnedFile(NamedTuple):
 
 
 @dataclass
-class ShardResult:
+class UnitResult:
     """One shard's per-image rows, exact partial sums (MetricAccumulator.to_dict) and timings.
 
     `stages` holds the shard loop's wall seconds per stage (they add up to `seconds`) and, as
@@ -83,12 +83,12 @@ class ShardResult:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ShardResult:
+    def from_dict(cls, data: dict[str, Any]) -> UnitResult:
         values = dict(data)
         values["rows"] = [ImageRow.from_record(r) for r in data["rows"]]
         return cls(**values)
 
-    def with_retry(self, retry: ShardResult) -> ShardResult:
+    def with_retry(self, retry: UnitResult) -> UnitResult:
         """This finished shard with some of its images done again (a resume retrying transient
         failures): their new rows replace the old ones and their metrics join the exact sums
         (a failed row never entered them)."""
@@ -105,7 +105,7 @@ class ShardResult:
         decoded = dict(self.decoded)  # decodes, not images: a retried image counts twice
         for k, n in retry.decoded.items():
             decoded[k] = decoded.get(k, 0) + n
-        return ShardResult(
+        return UnitResult(
             shard=self.shard,
             rows=rows,
             accumulator=acc.to_dict(),

@@ -27,7 +27,7 @@ from modnet_batch.metrics import ImageRow
 from modnet_batch.results.alpha import read_alpha, write_alpha
 from modnet_batch.results.atomic import TEMP_SUFFIX, atomic_write_bytes, atomic_write_json
 from modnet_batch.results.outputs import OutputKind, OutputSize, OutputSpec
-from modnet_batch.results.records import ReturnedFile, ShardResult
+from modnet_batch.results.records import ReturnedFile, UnitResult
 from modnet_batch.results.summary import Summary
 from modnet_batch.results.table import read_rows, write_rows
 from modnet_batch.storage import AnyPath, UriPath, is_inside, location, relative
@@ -206,19 +206,19 @@ class RunDir:
             return set()
         return {p.stem for p in self.shard_state.glob("*.json")}
 
-    def write_result(self, result: ShardResult) -> None:
+    def write_result(self, result: UnitResult) -> None:
         """The shard's completion marker; written last, so a present marker means done."""
         atomic_write_json(self.marker(result.shard), result.to_dict())
 
-    def load_results(self) -> list[ShardResult]:
-        return [ShardResult.from_dict(json.loads(p.read_text())) for p in self._markers()]
+    def load_results(self) -> list[UnitResult]:
+        return [UnitResult.from_dict(json.loads(p.read_text())) for p in self._markers()]
 
     def _markers(self) -> list[AnyPath]:
         """The completion markers, by name."""
         found: list[AnyPath] = list(self.shard_state.glob("*.json"))
         return sorted(found, key=lambda p: p.name)
 
-    def results_with_failures(self) -> list[ShardResult]:
+    def results_with_failures(self) -> list[UnitResult]:
         """The finished shards with at least one failed image (what a resume may retry): every
         marker is read, only those are decoded into rows (on a finished 100k-image run, 0.5 s
         instead of 1.1 s for all of them)."""
@@ -226,7 +226,7 @@ class RunDir:
         for p in self._markers():
             data = json.loads(p.read_text())
             if data.get("failed", 1):  # a marker without the count: look at its rows
-                found.append(ShardResult.from_dict(data))
+                found.append(UnitResult.from_dict(data))
         return found
 
     def last_result_time(self) -> float | None:

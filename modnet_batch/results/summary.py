@@ -70,7 +70,7 @@ class Summary:
     # workers' decoders (execution.driver._decoding); None when every image is decoded on the CPU
     decoding: dict[str, Any] | None = None
     # when this attempt started (epoch seconds, the driver's clock, before start-up) and one
-    # entry per shard it ran (ShardResult.timing: worker, node, started, finished, images, the
+    # entry per shard it ran (UnitResult.timing: worker, node, started, finished, images, the
     # loop's waits); None and [] in summaries written before they were recorded
     started: float | None = None
     timeline: list[dict[str, Any]] = field(default_factory=list)

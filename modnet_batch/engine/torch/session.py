@@ -1,4 +1,4 @@
-"""The torch engine: MODNet's ONNX converted to a torch module (engine.onnx_torch), on the CPU or
+"""The torch engine: MODNet's ONNX converted to a torch module (engine.torch.convert), on the CPU or
 one CUDA device, in fp32, fp16 or bf16.
 
 The conversion runs once per model file and torch version and is checked against onnxruntime
@@ -30,14 +30,14 @@ import numpy.typing as npt
 import torch
 
 from modnet_batch.engine.base import EngineSpec
-from modnet_batch.engine.onnx_torch import (
+from modnet_batch.engine.torch.convert import (
     UNSUPPORTED_HINT,
     Converted,
     build_module,
     load_program,
     synthetic_check_inputs,
 )
-from modnet_batch.engine.torch_scoring import run_scored
+from modnet_batch.engine.torch.scoring import run_scored
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.protocol import Protocol
 
@@ -144,7 +144,7 @@ class TorchSession:
         gt_pixels: npt.NDArray[np.uint8] | None,
         protocol: Protocol,
     ) -> tuple[npt.NDArray[np.float32], list[dict[str, Any]] | None]:
-        """Normalise, infer and score on the device (engine.torch_scoring.run_scored)."""
+        """Normalise, infer and score on the device (engine.torch.scoring.run_scored)."""
         return run_scored(self.infer_tensor, self.device, pixels, gt_pixels, protocol)
 
     def infer_tensor(self, x: torch.Tensor) -> torch.Tensor:

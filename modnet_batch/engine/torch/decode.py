@@ -4,7 +4,7 @@ Encoded JPEGs go to the device in groups and are decoded there: on CUDA by the G
 decoder through torchvision (`torchvision.io.decode_jpeg(..., device="cuda")`, batched); on the
 CPU by OpenCV into torch tensors, a stand-in that runs the same path so that it is tested where
 there is no GPU (it is exact, and not faster than `--decoding cpu`). The photo is then turned
-into the protocol's network input there, with OpenCV's resize semantics (engine.torch_resize),
+into the protocol's network input there, with OpenCV's resize semantics (engine.torch.resize),
 and the network's output is resized back there to the photo's size (INTER_AREA, as MODNet's
 inference_onnx.py and the CPU path do).
 
@@ -23,7 +23,7 @@ import numpy.typing as npt
 import torch
 
 from modnet_batch.data.decode import EncodedBytes, decode_image
-from modnet_batch.engine.torch_resize import resize
+from modnet_batch.engine.torch.resize import resize
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.protocol import Protocol
 
@@ -121,7 +121,7 @@ def group_pixels(device: torch.device, requested: int) -> int:
 
 def network_input(protocol: Protocol, rgb: torch.Tensor) -> torch.Tensor:
     """[3,H,W] uint8 on the device -> the protocol's [3,h,w] float32 input there, computed as
-    `protocol.preprocess` computes it on the CPU (within engine.torch_resize's tolerance)."""
+    `protocol.preprocess` computes it on the CPU (within engine.torch.resize's tolerance)."""
     plan = protocol.input_plan
     if plan is None:
         raise ModnetBatchError(

@@ -3,7 +3,7 @@
 uint8 pixels at the network size go to the device (a quarter of float32's bytes), are
 normalised there exactly as the seed protocols do on the CPU, and the network's output is turned
 into the protocol's 8-bit prediction and scored there against the uint8 ground truth: MSE, MAD,
-SAD, Grad and the IoU counts in float64 (engine.torch_metrics; equal to the CPU's within an ulp).
+SAD, Grad and the IoU counts in float64 (engine.torch.metrics; equal to the CPU's within an ulp).
 The output also comes back to the host, where the pool threads compute Conn and write files.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from modnet_batch.engine.torch_metrics import foreground_for, score_batch
+from modnet_batch.engine.torch.metrics import foreground_for, score_batch
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.protocol import Protocol
 from modnet_batch.protocol.seed import SeedProtocol
