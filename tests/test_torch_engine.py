@@ -28,7 +28,9 @@ torch = pytest.importorskip(
     "torch", reason="the torch engine is optional: pip install 'modnet-batch[torch]'"
 )
 
-from modnet_batch.engine.torch import convert as onnx_torch  # noqa: E402  (needs torch)
+from modnet_batch.digest import sha256_file  # noqa: E402
+from modnet_batch.engine.torch import convert as conversion  # noqa: E402  (needs torch)
+from modnet_batch.engine.torch import ops, program  # noqa: E402
 from modnet_batch.engine.torch.session import TorchEngine, TorchSession  # noqa: E402
 
 EXACT = 1e-5  # torch vs onnxruntime on the small models: a few float32 roundings apart
@@ -96,7 +98,7 @@ def _first_channel(source: str) -> tuple[list[onnx.NodeProto], dict[str, npt.NDA
 
 
 def _module_vs_ort(path: Path, batches: Sequence[npt.NDArray[np.float32]]) -> float:
-    module = onnx_torch.build_module(onnx_torch.read_program(path))
+    module = ops.build_module(program.read_program(path))
     run = _ort(path)
     worst = 0.0
     with torch.inference_mode():
@@ -132,7 +134,7 @@ def test_registered_engine_opens_with_the_default_check(tiny_model: Path) -> Non
     assert session.runs_on == "torch:cpu"
     check = session.conversion.record["check"]
     assert check["inputs"] == 4 and check["shapes"][0] == [3, 480, 288]
-    assert check["max_abs_diff"] <= EXACT and check["tolerance"] == onnx_torch.TOLERANCE["fp32"]
+    assert check["max_abs_diff"] <= EXACT and check["tolerance"] == program.TOLERANCE["fp32"]
     assert check["passed"] and check["reference"].startswith("onnxruntime ")
 
 
@@ -233,7 +235,7 @@ def test_resize_mode_outside_the_set_is_refused(tmp_path: Path) -> None:
     attrs = {"mode": "cubic", "coordinate_transformation_mode": "half_pixel"}
     path = _resize_model(tmp_path / "cubic.onnx", attrs, [1, 1, 2, 2], None)
     with pytest.raises(ModnetBatchError, match=r"mode=cubic.*--engine onnxruntime"):
-        onnx_torch.build_module(onnx_torch.read_program(path))
+        ops.build_module(program.read_program(path))
 
 
 def _se_block_model(path: Path) -> Path:
@@ -299,8 +301,8 @@ def _se_block_model(path: Path) -> Path:
 
 def test_modnet_ops_and_run_time_shapes_match_onnxruntime(tmp_path: Path) -> None:
     path = _se_block_model(tmp_path / "se.onnx")
-    program = onnx_torch.read_program(path)
-    assert program.ops | {"Constant"} >= {"Shape", "Gather", "Expand", "Reshape", "MatMul"}
+    read = program.read_program(path)
+    assert read.ops | {"Constant"} >= {"Shape", "Gather", "Expand", "Reshape", "MatMul"}
     batches = [_batch(1, 37, 53), _batch(3, 16, 16, 1), _batch(2, 5, 64, 2)]
     assert _module_vs_ort(path, batches) <= EXACT
 
@@ -316,7 +318,7 @@ def test_an_fp16_build_with_casts_runs(tiny_model: Path, tmp_path: Path) -> None
     session = _engine().open(EngineSpec(model=str(path), precision="fp16"))
     assert session.conversion.program.precision == "fp16"
     assert "Cast" in session.conversion.program.ops
-    assert session.conversion.record["check"]["tolerance"] == onnx_torch.TOLERANCE["fp16"]
+    assert session.conversion.record["check"]["tolerance"] == program.TOLERANCE["fp16"]
     x = _batch(2, 37, 53)
     got = session.run(x)
     assert got.dtype == np.float32
@@ -381,12 +383,12 @@ def test_a_wrong_conversion_is_refused_with_the_measured_difference(
 ) -> None:
     """A wrong op (Sigmoid emitted as identity) moves alpha far beyond the tolerance: refused,
     with the measured max |diff| and the tolerance, and nothing is cached."""
-    monkeypatch.setitem(onnx_torch._EMITTERS, "Sigmoid", onnx_torch._identity)
+    monkeypatch.setitem(ops.EMITTERS, "Sigmoid", ops._identity)
     with pytest.raises(ModnetBatchError) as err:
         _engine().open(EngineSpec(model=str(tiny_model)))
     message = str(err.value)
     assert "is refused" in message and "max |diff|" in message
-    assert f"tolerance {onnx_torch.TOLERANCE['fp32']:g}" in message
+    assert f"tolerance {program.TOLERANCE['fp32']:g}" in message
     assert not list(fresh_cache.glob("torch/*.pt"))
 
 
@@ -416,14 +418,14 @@ def test_the_second_open_loads_the_cache(
     )
     record = first.conversion.record
     assert record["check"]["inputs"] == 2 and record["check"]["passed"]
-    assert record["source_sha256"] == onnx_torch.sha256_file(model)
+    assert record["source_sha256"] == sha256_file(model)
     assert first.conversion.path.with_suffix(".json").is_file()
 
     def no_conversion(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("converted again")
 
     with monkeypatch.context() as m:
-        m.setattr(onnx_torch, "convert", no_conversion)
+        m.setattr(conversion, "convert", no_conversion)
         second = _engine().open(EngineSpec(model=str(model)))
     assert second.conversion.from_cache and second.conversion.record == record
     x = _batch(2, 37, 53)
@@ -537,7 +539,7 @@ def test_real_model_on_real_images(real_model: Path, shared: Path) -> None:
     protocol = get_protocol("seed-area")
     images = sorted((shared / "datasets" / "ppm100-dev" / "image").glob("*.jpg"))[:8]
     assert len(images) == 8
-    inputs = onnx_torch.check_inputs_from_images(images)
+    inputs = conversion.check_inputs_from_images(images)
     spec = EngineSpec(model=str(real_model), threads=2, spin=False)
     session = TorchEngine(check_inputs=lambda: inputs).open(spec)
     reference = open_session(spec)
@@ -546,7 +548,7 @@ def test_real_model_on_real_images(real_model: Path, shared: Path) -> None:
     for path, x in zip(images, inputs, strict=True):
         got, want = session.run(x[None])[0, 0], reference.run(x[None])[0, 0]
         diff = np.abs(got.astype(np.float64) - want)
-        assert diff.max() <= onnx_torch.TOLERANCE["fp32"], path.name
+        assert diff.max() <= program.TOLERANCE["fp32"], path.name
         assert diff.mean() <= 1e-6, path.name
         matte_path = path.parent.parent / "matte" / path.name
         matte = decode_matte(matte_path.read_bytes(), name=matte_path.name)
