@@ -184,13 +184,24 @@ def build_config_from_dict(data: dict[str, Any], origin: str = "build config") -
 
 
 def validate_build_config(config: BuildConfig, origin: str = "build config") -> None:
-    def bad(msg: str) -> ModnetBatchError:
-        return ModnetBatchError(f"{origin}: {msg}")
+    """Raise ModnetBatchError naming `origin` and the first key with a value out of range."""
+    for check in (_names_and_choices, _ranges):
+        problem = check(config)
+        if problem:
+            raise ModnetBatchError(f"{origin}: {problem}")
+    from modnet_batch.protocol import get_protocol
 
+    try:
+        get_protocol(config.calibration.protocol)
+    except ModnetBatchError as exc:
+        raise ModnetBatchError(f"{origin}: calibration.protocol: {exc}") from None
+
+
+def _names_and_choices(config: BuildConfig) -> str | None:
     if not re.fullmatch(r"[A-Za-z0-9._-]+", config.name or ""):
-        raise bad(f"name {config.name!r} must match [A-Za-z0-9._-]+ (it names the output file)")
+        return f"name {config.name!r} must match [A-Za-z0-9._-]+ (it names the output file)"
     if config.precision not in PRECISIONS:
-        raise bad(f"precision {config.precision!r} is unknown; use one of {', '.join(PRECISIONS)}")
+        return f"precision {config.precision!r} is unknown; use one of {', '.join(PRECISIONS)}"
     q, calib = config.int8, config.calibration
     choices = {
         "calibration.method": (calib.method, CALIBRATION_METHODS),
@@ -200,29 +211,29 @@ def validate_build_config(config: BuildConfig, origin: str = "build config") -> 
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
-            raise bad(f"{key} {value!r} is unknown; use one of {', '.join(allowed)}")
+            return f"{key} {value!r} is unknown; use one of {', '.join(allowed)}"
     if (q.activation_type, q.weight_type) == ("int8", "uint8"):
-        raise bad("int8 activations with uint8 weights are not supported by onnxruntime")
-    if not 0 < calib.percentile <= 100:
-        raise bad(f"calibration.percentile {calib.percentile} must be in (0, 100]")
-    if q.auto_budget < 0 or q.auto_images < 1:
-        raise bad("int8.auto_budget must be >= 0 and int8.auto_images >= 1")
+        return "int8 activations with uint8 weights are not supported by onnxruntime"
     for section, keep in (("int8", q.keep_float), ("fp16", config.fp16.keep_float)):
         if isinstance(keep, str) and keep != "auto":
-            raise bad(f"{section}.keep_float {keep!r}: use auto or a list of names")
+            return f"{section}.keep_float {keep!r}: use auto or a list of names"
+    return None
+
+
+def _ranges(config: BuildConfig) -> str | None:
+    q, calib = config.int8, config.calibration
+    if not 0 < calib.percentile <= 100:
+        return f"calibration.percentile {calib.percentile} must be in (0, 100]"
+    if q.auto_budget < 0 or q.auto_images < 1:
+        return "int8.auto_budget must be >= 0 and int8.auto_images >= 1"
     if calib.images < 1 or config.verify_images < 0:
-        raise bad("calibration.images must be >= 1 and verify_images >= 0")
+        return "calibration.images must be >= 1 and verify_images >= 0"
     if config.precision == "int8" and not calib.datasets:
-        raise bad(
+        return (
             "int8 needs calibration images: add calibration.datasets (dataset dirs or image "
             "folders), e.g. `calibration: {datasets: [{path: data/calib}]}`"
         )
-    from modnet_batch.protocol import get_protocol
-
-    try:
-        get_protocol(calib.protocol)
-    except ModnetBatchError as exc:
-        raise bad(f"calibration.protocol: {exc}") from None
+    return None
 
 
 def _section(values: Any, cls: type, where: str) -> dict[str, Any]:
