@@ -226,7 +226,8 @@ def test_a_group_never_holds_more_pixels_than_its_budget(
     from modnet_batch.data.dataset import Dataset
     from modnet_batch.engine import EngineSpec
     from modnet_batch.engine.torch import decode as device_decode
-    from modnet_batch.execution.processor import UnitProcessor, WorkerSpec
+    from modnet_batch.execution.processor import UnitProcessor
+    from modnet_batch.execution.worker_spec import WorkerSpec
     from modnet_batch.results import WorkUnit
 
     held: list[int] = []
@@ -315,7 +316,8 @@ def test_real_model_on_ppm100_with_device_decoding(
 def _processor_run(dataset: Path, model: Path, run: Path, decoding: str, protocol: str) -> Any:
     from modnet_batch.data.dataset import Dataset
     from modnet_batch.engine import EngineSpec
-    from modnet_batch.execution.processor import UnitProcessor, WorkerSpec
+    from modnet_batch.execution.processor import UnitProcessor
+    from modnet_batch.execution.worker_spec import WorkerSpec
     from modnet_batch.results import WorkUnit
 
     spec = WorkerSpec(

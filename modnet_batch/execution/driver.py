@@ -26,7 +26,7 @@ from modnet_batch.errors import JobInterrupted, ModnetBatchError, is_storage_err
 from modnet_batch.execution import units
 from modnet_batch.execution.backend import BackendReport, no_phase
 from modnet_batch.execution.backends import get_backend
-from modnet_batch.execution.processor import WorkerSpec
+from modnet_batch.execution.worker_spec import WorkerSpec
 from modnet_batch.metrics import DATASET, ImageRow, MetricAccumulator
 from modnet_batch.model.variants import (
     calibration_ids,

@@ -23,7 +23,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -37,9 +36,8 @@ from modnet_batch.engine.torch.convert import (
     load_program,
     synthetic_check_inputs,
 )
-from modnet_batch.engine.torch.scoring import run_scored
+from modnet_batch.engine.torch.device_work import TorchDeviceWork
 from modnet_batch.errors import ModnetBatchError
-from modnet_batch.protocol import Protocol
 
 PRECISIONS: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -138,14 +136,10 @@ class TorchSession:
             x = (pixels.permute(0, 3, 1, 2).to(torch.float32) - offset) / offset
             return self._infer(x)
 
-    def run_scored(
-        self,
-        pixels: npt.NDArray[np.uint8],
-        gt_pixels: npt.NDArray[np.uint8] | None,
-        protocol: Protocol,
-    ) -> tuple[npt.NDArray[np.float32], list[dict[str, Any]] | None]:
-        """Normalise, infer and score on the device (engine.torch.scoring.run_scored)."""
-        return run_scored(self.infer_tensor, self.device, pixels, gt_pixels, protocol)
+    @property
+    def device_work(self) -> TorchDeviceWork:
+        """Decoding, preparing, resizing back and scoring on this session's device."""
+        return TorchDeviceWork(self.device, self.infer_tensor)
 
     def infer_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised [B,3,H,W] float32 on the device -> [B,1,H,W] float32 there."""
