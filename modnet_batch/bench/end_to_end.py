@@ -1,7 +1,7 @@
 """End-to-end throughput: a real job (`submit`, through `run_job`) timed as the job sees it.
 
 Ray start-up, actor creation and session loading are reported apart from the processing span;
-the stage breakdown comes from the shard loops (execution/processor.py LOOP_STAGES).
+the stage breakdown comes from the shard loops (execution/stages.py LOOP_STAGES).
 """
 
 from __future__ import annotations

@@ -2,12 +2,12 @@
 one CUDA device, in fp32, fp16 or bf16.
 
 The conversion runs once per model file and torch version and is checked against onnxruntime
-before it is used (see onnx_torch.load_program); a session then only builds the module from the
-cached program (tens of milliseconds). Options of EngineSpec that only this engine reads:
+before it is used (engine.torch.convert.load_program); a session then only builds the module
+from the cached program (tens of milliseconds). Options of EngineSpec that only this engine reads:
 
 - `precision`: fp32 as converted; fp16 / bf16 cast the module's weights and compute (the input
   is cast on the device, the output comes back float32; InstanceNormalization is computed in
-  float32, see onnx_torch._instance_norm). An fp16 build (Cast nodes, fp16 weights) runs as it
+  float32, see engine.torch.convert). An fp16 build (Cast nodes, fp16 weights) runs as it
   was built. int8 builds are refused: their QDQ ops stay with onnxruntime.
 - `channels_last`: NHWC weights and inputs (often faster convolutions on GPUs and oneDNN CPUs).
 - `compile`: "none"; "compile" (torch.compile, default inductor backend; the first batch of
