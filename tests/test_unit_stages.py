@@ -39,7 +39,7 @@ from modnet_batch.execution.prepare import Preparer
 from modnet_batch.execution.processor import UnitProcessor
 from modnet_batch.execution.stages import LOOP_STAGES, POOL_STAGES, Item, StageClock
 from modnet_batch.execution.unit_loop import UnitRun
-from modnet_batch.execution.worker_spec import WorkerSpec
+from modnet_batch.execution.worker_spec import DeviceStages, WorkerSpec
 from modnet_batch.pipeline import DecodeMode, ImagePipeline, NetworkInput
 from modnet_batch.protocol import Protocol
 from modnet_batch.results import RunDir, WorkUnit
@@ -262,14 +262,16 @@ class FakeWork:
 def test_the_engine_decides_where_a_batch_is_inferred() -> None:
     pipeline, outputs = _pipeline(), OutputSpec()
     host = FakeSession()
-    assert isinstance(inference_for(host, pipeline, outputs, on_device=""), HostInference)
-    assert isinstance(inference_for(host, pipeline, outputs, on_device="inputs"), HostInference)
+    assert isinstance(inference_for(host, pipeline, outputs, DeviceStages()), HostInference)
+    assert isinstance(
+        inference_for(host, pipeline, outputs, DeviceStages(prepare=True)), HostInference
+    )
     device = FakeSession(work=FakeWork())
     assert isinstance(
-        inference_for(device, pipeline, outputs, on_device="inputs"), DeviceInputInference
+        inference_for(device, pipeline, outputs, DeviceStages(prepare=True)), DeviceInputInference
     )
     assert isinstance(
-        inference_for(device, pipeline, outputs, on_device="scoring"), ScoredInference
+        inference_for(device, pipeline, outputs, DeviceStages(score=True)), ScoredInference
     )
 
 

@@ -17,6 +17,7 @@ from modnet_batch.engine import Session
 from modnet_batch.engine.device_work import DeviceBatch, DeviceOutOfMemory, DeviceWork
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.execution.stages import Item, StageClock
+from modnet_batch.execution.worker_spec import DeviceStages
 from modnet_batch.pipeline import ImagePipeline
 from modnet_batch.results.outputs import OutputSize, OutputSpec
 
@@ -127,13 +128,13 @@ def _input_of(item: Item) -> Any:
 
 
 def inference_for(
-    session: Session, pipeline: ImagePipeline, outputs: OutputSpec, *, on_device: str
+    session: Session, pipeline: ImagePipeline, outputs: OutputSpec, stages: DeviceStages
 ) -> Inference:
-    """The infer stage for a job: `on_device` is "inputs" (`--decoding device`), "scoring"
-    (`--scoring device`) or "" (neither)."""
+    """The infer stage for a job whose `stages` run on the engine's device (where it has
+    device work at all)."""
     work = session.device_work
-    if on_device and work is not None:
-        if on_device == "inputs":
-            return DeviceInputInference(work, pipeline, outputs)
+    if work is not None and stages.prepare:
+        return DeviceInputInference(work, pipeline, outputs)
+    if work is not None and stages.score:
         return ScoredInference(work, pipeline)
     return HostInference(session)

@@ -41,7 +41,9 @@ class UnitProcessor:
 
     def __init__(self, spec: WorkerSpec, session: Session | None = None) -> None:
         self.spec = spec
-        self.pipeline = ImagePipeline(spec.protocol, spec.decode, device_inputs=spec.device_scoring)
+        self.pipeline = ImagePipeline(
+            spec.protocol, spec.decode, device_inputs=spec.on_device.score
+        )
         self.run = RunDir(spec.run_dir, spec.outputs_dir)
         if not spec.return_files:  # else the driver's run directory may not exist here
             self.run.alpha.mkdir(parents=True, exist_ok=True)
@@ -58,8 +60,8 @@ class UnitProcessor:
             self.batch_size, self.batch_tuning = choice.batch_size, choice.to_dict()
         # after the batch is measured: the group budget reads the device's free memory
         self.device_preparer: DevicePreparer | None = None
-        if work is not None and spec.decoding == "device":
-            self.device_preparer = work.open_preparer(spec.decode_pixels)
+        if work is not None and spec.on_device.prepare:
+            self.device_preparer = work.open_preparer(spec.on_device.group_pixels)
         self._pool = ThreadPoolExecutor(spec.decode_threads, thread_name_prefix="pipeline")
         self.parts = self._loop_parts()
         self.images_done = 0  # read by progress polls from another thread
@@ -88,12 +90,11 @@ class UnitProcessor:
             keep_existing=spec.keep_existing,
             on_device=self.device_preparer is not None,
         )
-        on_device = "inputs" if self.device_preparer else "scoring" if spec.device_scoring else ""
         return LoopParts(
             pipeline=self.pipeline,
             pool=self._pool,
             preparer=preparer,
-            inference=inference_for(self.session, self.pipeline, spec.outputs, on_device=on_device),
+            inference=inference_for(self.session, self.pipeline, spec.outputs, spec.on_device),
             finisher=Finisher(
                 self.pipeline, self.run, spec.outputs, return_files=spec.return_files
             ),
@@ -175,18 +176,18 @@ def _device_work(spec: WorkerSpec, session: Session) -> DeviceWork | None:
     """The session's device work where the job asks for it; a one-line error where the engine
     has none or the combination cannot run."""
     work = session.device_work
-    if spec.device_scoring and work is None:
+    if spec.on_device.score and work is None:
         raise ModnetBatchError(
             f"engine {spec.engine_name} cannot score on its device; run without device "
             "scoring (only the torch engine has it)"
         )
-    if spec.decoding == "device":
+    if spec.on_device.prepare:
         if work is None:
             raise ModnetBatchError(
                 f"--decoding device needs the torch engine (this job: {spec.engine_name}); "
                 "use --engine torch or --decoding cpu"
             )
-        if spec.device_scoring:
+        if spec.on_device.score:
             raise ModnetBatchError(
                 "--decoding device scores on the CPU threads; use --scoring cpu with it"
             )

@@ -12,6 +12,20 @@ from modnet_batch.results.outputs import OutputSpec
 
 
 @dataclass(frozen=True)
+class DeviceStages:
+    """The stages besides inference that run on the engine's device (engine.device_work);
+    by default none: the pool threads prepare and finish every image."""
+
+    # decode, resize and normalise photos there, and resize outputs back there
+    # (`--decoding device`), in groups of at most `group_pixels` decoded pixels
+    prepare: bool = False
+    group_pixels: int = 128_000_000
+    # normalise and score there (`--scoring device`, seed protocols): uint8 pixels travel, the
+    # metrics but Conn are computed there, Conn stays on the pool threads
+    score: bool = False
+
+
+@dataclass(frozen=True)
 class WorkerSpec:
     """Everything one worker needs; small and picklable (it travels to Ray actors)."""
 
@@ -21,9 +35,6 @@ class WorkerSpec:
     decode: DecodeMode = DecodeMode.EXACT  # resolved for the job (DecodeMode.resolve)
     batch_size: int = 4  # 0: measured when the session opens (execution/batching.py)
     tune_hw: tuple[int, int] = (1080, 1920)  # the (H, W) of a photo to measure batches with
-    # normalise and score on the engine's device (the torch engine, seed protocols): uint8
-    # pixels travel, the metrics but Conn are computed there, Conn stays on the pool threads
-    device_scoring: bool = False
     decode_threads: int = 1
     cpus: float = 1.0  # the CPUs Ray holds for this worker (decode_threads feed from them)
     label: str = "cpu:0"
@@ -37,7 +48,4 @@ class WorkerSpec:
     # per-image files go back to the driver with the unit's result instead of being written
     # here (a worker that cannot see the run directory: --results-via)
     return_files: bool = False
-    # where photos are decoded and resized: "cpu" (the pool threads), or "device" (the engine's
-    # device: engine.device_work), in groups of at most `decode_pixels` pixels
-    decoding: str = "cpu"
-    decode_pixels: int = 128_000_000
+    on_device: DeviceStages = field(default_factory=DeviceStages)
