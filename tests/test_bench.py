@@ -16,7 +16,7 @@ from modnet_batch.bench.run import run_bench
 from modnet_batch.bench.stats import latency_summary, stability, window_rates
 from modnet_batch.cli import app
 from modnet_batch.errors import ModnetBatchError
-from modnet_batch.execution.processor import LOOP_STAGES, POOL_STAGES
+from modnet_batch.execution.stages import LOOP_STAGES, POOL_STAGES
 
 
 @pytest.fixture(scope="module")

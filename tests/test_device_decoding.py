@@ -226,7 +226,8 @@ def test_a_group_never_holds_more_pixels_than_its_budget(
     from modnet_batch.data.dataset import Dataset
     from modnet_batch.engine import EngineSpec
     from modnet_batch.engine.torch import decode as device_decode
-    from modnet_batch.execution.processor import UnitProcessor, WorkerSpec
+    from modnet_batch.execution.processor import UnitProcessor
+    from modnet_batch.execution.worker_spec import DeviceStages, WorkerSpec
     from modnet_batch.results import WorkUnit
 
     held: list[int] = []
@@ -248,8 +249,8 @@ def test_a_group_never_holds_more_pixels_than_its_budget(
         "seed-area",
         str(tmp_path / "run"),
         engine_name="torch",
-        decoding="device",
-        decode_pixels=40_000,  # two 161x117 photos (37,674 pixels), not three
+        # two 161x117 photos (37,674 pixels), not three
+        on_device=DeviceStages(prepare=True, group_pixels=40_000),
         batch_size=8,
     )
     proc = UnitProcessor(spec)
@@ -315,7 +316,8 @@ def test_real_model_on_ppm100_with_device_decoding(
 def _processor_run(dataset: Path, model: Path, run: Path, decoding: str, protocol: str) -> Any:
     from modnet_batch.data.dataset import Dataset
     from modnet_batch.engine import EngineSpec
-    from modnet_batch.execution.processor import UnitProcessor, WorkerSpec
+    from modnet_batch.execution.processor import UnitProcessor
+    from modnet_batch.execution.worker_spec import DeviceStages, WorkerSpec
     from modnet_batch.results import WorkUnit
 
     spec = WorkerSpec(
@@ -323,7 +325,7 @@ def _processor_run(dataset: Path, model: Path, run: Path, decoding: str, protoco
         protocol,
         str(run),
         engine_name="torch",
-        decoding=decoding,
+        on_device=DeviceStages(prepare=decoding == "device"),
         batch_size=4,
     )
     proc = UnitProcessor(spec)

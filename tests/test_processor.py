@@ -16,12 +16,9 @@ from modnet_batch.data.ingest import ingest
 from modnet_batch.data.synthetic import make_synthetic
 from modnet_batch.engine import EngineSpec
 from modnet_batch.errors import ModnetBatchError
-from modnet_batch.execution.processor import (
-    LOOP_STAGES,
-    POOL_STAGES,
-    UnitProcessor,
-    WorkerSpec,
-)
+from modnet_batch.execution.processor import UnitProcessor
+from modnet_batch.execution.stages import LOOP_STAGES, POOL_STAGES
+from modnet_batch.execution.worker_spec import WorkerSpec
 from modnet_batch.pipeline import DecodeMode, auto_reduce
 from modnet_batch.protocol import get_protocol
 from modnet_batch.results import UnitResult, WorkUnit

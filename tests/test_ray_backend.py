@@ -118,8 +118,8 @@ def test_missing_resource_is_a_clear_error(
 def test_cpu_worker_layout(
     fake_device_ray: None, tiny_model: Path, options: dict[str, int], layout: list[int]
 ) -> None:
-    from modnet_batch.execution.processor import WorkerSpec
     from modnet_batch.execution.ray_backend import plan_actors
+    from modnet_batch.execution.worker_spec import WorkerSpec
 
     job = load_job(None, {"dataset": "d", "out": "r", **options})
     plans = plan_actors(

@@ -14,10 +14,11 @@ from modnet_batch.data.dataset import Dataset
 from modnet_batch.data.ingest import ingest
 from modnet_batch.data.synthetic import make_synthetic
 from modnet_batch.engine import EngineSpec
-from modnet_batch.execution import processor as processor_module
+from modnet_batch.execution import shard_check as processor_module
 from modnet_batch.execution import units
 from modnet_batch.execution.driver import run_job
-from modnet_batch.execution.processor import UnitProcessor, WorkerSpec
+from modnet_batch.execution.processor import UnitProcessor
+from modnet_batch.execution.worker_spec import WorkerSpec
 from modnet_batch.options import JobConfig, load_job
 from modnet_batch.results import RunDir, UnitResult, WorkUnit
 

@@ -1,7 +1,7 @@
 """End-to-end throughput: a real job (`submit`, through `run_job`) timed as the job sees it.
 
 Ray start-up, actor creation and session loading are reported apart from the processing span;
-the stage breakdown comes from the shard loops (execution/processor.py LOOP_STAGES).
+the stage breakdown comes from the shard loops (execution/stages.py LOOP_STAGES).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from modnet_batch.bench.config import BenchConfig
 from modnet_batch.bench.stats import stability, steady_rate, window_rates
 from modnet_batch.execution.driver import JobPlan, run_job
-from modnet_batch.execution.processor import LOOP_STAGES, POOL_STAGES
+from modnet_batch.execution.stages import LOOP_STAGES, POOL_STAGES
 from modnet_batch.options import load_job
 from modnet_batch.results import RunDir, Summary
 

@@ -3,6 +3,7 @@
 import importlib.util
 
 from modnet_batch.engine.base import Engine, EngineSpec, Session
+from modnet_batch.engine.device_work import DeviceOutOfMemory, DeviceWork
 from modnet_batch.engine.onnxruntime import OnnxRuntimeEngine
 from modnet_batch.errors import ModnetBatchError
 
@@ -49,6 +50,8 @@ __all__ = [
     "DEFAULT_ENGINE",
     "ENGINES",
     "TORCH_MISSING",
+    "DeviceOutOfMemory",
+    "DeviceWork",
     "Engine",
     "EngineSpec",
     "LazyTorchEngine",

@@ -8,6 +8,8 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from modnet_batch.engine.device_work import DeviceWork
+
 
 @dataclass(frozen=True)
 class EngineSpec:
@@ -36,6 +38,12 @@ class Session(Protocol):
 
     def run(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """[B,3,H,W] float32 in [-1, 1] -> [B,1,H,W] float32 in [0, 1]."""
+        ...
+
+    @property
+    def device_work(self) -> DeviceWork | None:
+        """What the session can do on its device besides `run` (engine.device_work), or None:
+        then the CPU threads decode, prepare, score and resize back."""
         ...
 
 

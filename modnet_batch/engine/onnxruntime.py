@@ -63,6 +63,11 @@ class OnnxRuntimeSession:
         out = self.session.run([self.signature.output_name], {self.signature.input_name: batch})
         return np.asarray(out[0])
 
+    @property
+    def device_work(self) -> None:
+        """Nothing but inference runs on an execution provider: the CPU threads do the rest."""
+        return None
+
 
 class OnnxRuntimeEngine:
     name = "onnxruntime"

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from modnet_batch.execution.processor import WorkerSpec
+from modnet_batch.execution.worker_spec import WorkerSpec
 from modnet_batch.options import JobConfig
 from modnet_batch.results import UnitResult, WorkUnit
 

@@ -26,7 +26,7 @@ from modnet_batch.errors import JobInterrupted, ModnetBatchError, is_storage_err
 from modnet_batch.execution import units
 from modnet_batch.execution.backend import BackendReport, no_phase
 from modnet_batch.execution.backends import get_backend
-from modnet_batch.execution.processor import WorkerSpec
+from modnet_batch.execution.worker_spec import DeviceStages, WorkerSpec
 from modnet_batch.metrics import DATASET, ImageRow, MetricAccumulator
 from modnet_batch.model.variants import (
     calibration_ids,
@@ -373,7 +373,6 @@ def worker_spec(plan: JobPlan) -> WorkerSpec:
         compile=job.torch_compile,
     )
     return WorkerSpec(
-        device_scoring=device_scoring(job),
         engine=engine,
         engine_name=job.engine,
         protocol=job.protocol,
@@ -385,8 +384,11 @@ def worker_spec(plan: JobPlan) -> WorkerSpec:
         outputs=plan.outputs,
         outputs_dir=argument(plan.run.outputs),
         keep_existing=plan.resumed and plan.dataset.num_with_matte == 0,
-        decoding=job.decoding,
-        decode_pixels=job.decode_megapixels * 1_000_000,
+        on_device=DeviceStages(
+            prepare=job.decoding == "device",
+            group_pixels=job.decode_megapixels * 1_000_000,
+            score=device_scoring(job),
+        ),
     )
 
 

@@ -13,13 +13,10 @@ from modnet_batch.execution.backend import (
     Units,
     no_phase,
 )
-from modnet_batch.execution.processor import (
-    ShardReadError,
-    ShardUnreadable,
-    UnitProcessor,
-    WorkerSpec,
-)
+from modnet_batch.execution.processor import UnitProcessor
 from modnet_batch.execution.resources import available_cpus
+from modnet_batch.execution.shard_check import ShardReadError, ShardUnreadable
+from modnet_batch.execution.worker_spec import WorkerSpec
 from modnet_batch.options import JobConfig
 
 

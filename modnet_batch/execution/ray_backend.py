@@ -33,8 +33,10 @@ from modnet_batch.execution.backend import (
     Units,
     no_phase,
 )
-from modnet_batch.execution.processor import ShardUnreadable, UnitProcessor, WorkerSpec
+from modnet_batch.execution.processor import UnitProcessor
 from modnet_batch.execution.resources import cpu_split, device_cpu_share
+from modnet_batch.execution.shard_check import ShardUnreadable
+from modnet_batch.execution.worker_spec import WorkerSpec
 from modnet_batch.model.shipped import ShippedModel, materialize
 from modnet_batch.options import JobConfig
 from modnet_batch.results import RunDir, UnitResult, WorkUnit, atomic_write_bytes

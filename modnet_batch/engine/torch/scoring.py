@@ -1,4 +1,4 @@
-"""Normalise, infer and score a batch on the torch engine's device (WorkerSpec.device_scoring).
+"""Normalise, infer and score a batch on the torch engine's device (WorkerSpec.on_device.score).
 
 uint8 pixels at the network size go to the device (a quarter of float32's bytes), are
 normalised there exactly as the seed protocols do on the CPU, and the network's output is turned

@@ -2,12 +2,12 @@
 one CUDA device, in fp32, fp16 or bf16.
 
 The conversion runs once per model file and torch version and is checked against onnxruntime
-before it is used (see onnx_torch.load_program); a session then only builds the module from the
-cached program (tens of milliseconds). Options of EngineSpec that only this engine reads:
+before it is used (engine.torch.convert.load_program); a session then only builds the module
+from the cached program (tens of milliseconds). Options of EngineSpec that only this engine reads:
 
 - `precision`: fp32 as converted; fp16 / bf16 cast the module's weights and compute (the input
   is cast on the device, the output comes back float32; InstanceNormalization is computed in
-  float32, see onnx_torch._instance_norm). An fp16 build (Cast nodes, fp16 weights) runs as it
+  float32, see engine.torch.convert). An fp16 build (Cast nodes, fp16 weights) runs as it
   was built. int8 builds are refused: their QDQ ops stay with onnxruntime.
 - `channels_last`: NHWC weights and inputs (often faster convolutions on GPUs and oneDNN CPUs).
 - `compile`: "none"; "compile" (torch.compile, default inductor backend; the first batch of
@@ -23,7 +23,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -37,9 +36,8 @@ from modnet_batch.engine.torch.convert import (
     load_program,
     synthetic_check_inputs,
 )
-from modnet_batch.engine.torch.scoring import run_scored
+from modnet_batch.engine.torch.device_work import TorchDeviceWork
 from modnet_batch.errors import ModnetBatchError
-from modnet_batch.protocol import Protocol
 
 PRECISIONS: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -138,14 +136,10 @@ class TorchSession:
             x = (pixels.permute(0, 3, 1, 2).to(torch.float32) - offset) / offset
             return self._infer(x)
 
-    def run_scored(
-        self,
-        pixels: npt.NDArray[np.uint8],
-        gt_pixels: npt.NDArray[np.uint8] | None,
-        protocol: Protocol,
-    ) -> tuple[npt.NDArray[np.float32], list[dict[str, Any]] | None]:
-        """Normalise, infer and score on the device (engine.torch.scoring.run_scored)."""
-        return run_scored(self.infer_tensor, self.device, pixels, gt_pixels, protocol)
+    @property
+    def device_work(self) -> TorchDeviceWork:
+        """Decoding, preparing, resizing back and scoring on this session's device."""
+        return TorchDeviceWork(self.device, self.infer_tensor)
 
     def infer_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised [B,3,H,W] float32 on the device -> [B,1,H,W] float32 there."""
