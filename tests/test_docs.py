@@ -52,11 +52,12 @@ def doc_files() -> list[Path]:
     return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 
-def _commands(lang: str, body: str) -> list[str]:
-    """The block's commands, continuations joined."""
-    out: list[str] = []
+def _commands(lang: str, body: str) -> list[tuple[int, str]]:
+    """The block's commands (line index in the block, text), continuations joined."""
+    out: list[tuple[int, str]] = []
     pending = ""
-    for raw in body.splitlines():
+    first = 0
+    for i, raw in enumerate(body.splitlines()):
         line = raw.rstrip()
         if not pending:
             if lang == "console":
@@ -65,10 +66,11 @@ def _commands(lang: str, body: str) -> list[str]:
                 line = line[2:]
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
+            first = i
         if line.endswith("\\"):
             pending += line[:-1] + " "
             continue
-        out.append(pending + line)
+        out.append((first, pending + line))
         pending = ""
     return out
 
@@ -92,11 +94,11 @@ def examples(files: list[Path] | None = None) -> list[Example]:
         text = path.read_text()
         for i, m in enumerate(_BLOCK.finditer(text)):
             line = text.count("\n", 0, m.start("body")) + 1
-            where = f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}:{line}"
-            for command in _commands(m["lang"], m["body"]):
+            name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+            for offset, command in _commands(m["lang"], m["body"]):
                 argv = _argv(command)
                 if argv is not None:
-                    found.append(Example(where, argv, bool(m["mark"]), i))
+                    found.append(Example(f"{name}:{line + offset}", argv, bool(m["mark"]), i))
     return found
 
 
