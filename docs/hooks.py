@@ -149,13 +149,10 @@ def _leaves(data: Any, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, 
 def _result_markdown(path: Path) -> str:
     data = json.loads(path.read_text())
     rows = list(_leaves(data))
-    stamp = {k: v for k, v in rows if k.split(".")[-1] in _STAMP}
+    stamp = {k: v for k, v in rows if set(k.split(".")) & set(_STAMP)}
     figures = [(k, v) for k, v in rows if k not in stamp and isinstance(v, (int, float))]
     out = [f"### `{path.name}`", ""]
-    for key in ("date", "created", "started", "commit", "machine", "host", "device"):
-        for k, v in stamp.items():
-            if k.split(".")[-1] == key:
-                out.append(f"- {_md(k)}: `{v}`")
+    out += [f"- {_md(k)}: `{v}`" for k, v in stamp.items()]
     out += ["", "| figure | value |", "| --- | --- |"]
     out += [
         f"| `{_md(k)}` | {v:.4g} |" if isinstance(v, float) else f"| `{_md(k)}` | {v} |"

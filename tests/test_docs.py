@@ -14,6 +14,8 @@ A `\\` at the end of a line continues the command.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import re
 import shlex
@@ -211,6 +213,31 @@ def test_quick_start_runs(block: list[Example], doc_workdir: Path, tmp_path: Pat
             f"{example.where}: `{PROG} {' '.join(example.argv)}` exited {proc.returncode}\n"
             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         )
+
+
+def _hooks() -> Any:
+    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs" / "hooks.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_page_renders_a_result_file_with_its_stamp(tmp_path: Path) -> None:
+    result = {
+        "date": "2026-01-02T03:04:05Z",
+        "commit": "abc1234",
+        "machine": {"cpu": "x", "cores": 2},
+        "matte": {"steady_img_s": 2.5, "overall_img_s": 1.9, "images": 41},
+    }
+    path = tmp_path / "matting.json"
+    path.write_text(json.dumps(result))
+    page = _hooks()._result_markdown(path)
+    assert "`matting.json`" in page
+    assert "2026-01-02T03:04:05Z" in page and "abc1234" in page
+    assert "| `matte.steady_img_s` | 2.5 |" in page
+    assert "| `matte.images` | 41 |" in page
+    assert "machine.cpu: `x`" in page and "machine.cores" not in page.split("| figure")[1]
 
 
 def test_mkdocs_builds_strict(tmp_path: Path) -> None:
