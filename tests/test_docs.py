@@ -144,6 +144,11 @@ def check(example: Example) -> None:
         raise AssertionError(f"{example.where}: `{' '.join(path)}` needs a command")
 
 
+def test_readme_is_a_front_page() -> None:
+    # what it is, install, two commands, three quick starts, links: the rest is in the guide
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 150
+
+
 def test_docs_have_command_examples() -> None:
     found = examples()
     assert len(found) >= 20
