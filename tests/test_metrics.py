@@ -79,7 +79,9 @@ def _ref_largest_cc(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
 
 
 def _ref_conn(pred: F64, gt: F64, step: float = 0.1) -> float:
-    thresh_steps = list(np.arange(0, 1 + step, step))
+    # the DIM MATLAB code compares single-precision alphas with 0:step:1, so an alpha of exactly
+    # 0.3 reaches the 0.3 threshold (np.arange's 0.30000000000000004 would drop it)
+    thresh_steps = [float(f"{i * step:.10f}") for i in range(int(1 / step + 1e-9) + 1)]
     l_map = np.ones_like(pred) * -1
     for i in range(1, len(thresh_steps)):
         omega = _ref_largest_cc((pred >= thresh_steps[i]) & (gt >= thresh_steps[i]))
@@ -318,12 +320,15 @@ def test_connectivity_error_edge_cases(pred_kind: str, gt_kind: str) -> None:
 
 
 def test_connectivity_error_exact_thresholds() -> None:
-    # 0.3 < 0.30000000000000004 = np.arange's third step: alpha 0.3 must fall below it.
+    # alpha 0.3 reaches the 0.3 threshold, as in the DIM MATLAB code (single precision), though
+    # np.arange's third step 0.30000000000000004 lies above it; just below 0.3 it does not.
     pred = np.array([[0.3, 0.3], [1.0, 1.0]])
     gt = np.ones((2, 2))
     want = _ref_conn(pred, gt)
     assert connectivity_error(pred, gt) == pytest.approx(want, rel=1e-12)
-    assert want != _ref_conn(np.array([[0.3000000000000001, 0.3], [1.0, 1.0]]), gt)
+    assert want != _ref_conn(np.array([[0.29999999999999993, 0.3], [1.0, 1.0]]), gt)
+    below = np.array([[0.29999999999999993, 0.3], [1.0, 1.0]])
+    assert connectivity_error(below, gt) == pytest.approx(_ref_conn(below, gt), rel=1e-12)
 
 
 @pytest.mark.parametrize(("seed", "h", "w", "density"), [(20, 40, 50, 0.1), (21, 1100, 700, 0.3)])
