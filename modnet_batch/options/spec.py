@@ -20,6 +20,14 @@ from modnet_batch.errors import ModnetBatchError
 T = TypeVar("T")
 _KEY = "modnet_batch.option"
 
+# The groups of a long option list in --help, in this order.
+INPUT = "Input"
+MODEL = "Model and engine"
+DEVICES = "Devices"
+OUTPUTS = "Outputs"
+ADVANCED = "Advanced"
+PANELS = (INPUT, MODEL, DEVICES, OUTPUTS, ADVANCED)
+
 
 @dataclass(frozen=True)
 class OptionSpec:
@@ -31,6 +39,16 @@ class OptionSpec:
     envvar: str | None = None  # the CLI reads this variable when the flag is absent
     cli: bool = True  # offered on the command line (False: YAML only)
     metavar: str | None = None  # the CLI's placeholder; default from the choices or the type
+    panel: str | None = None  # the group it is listed under in --help (PANELS)
+    # the commands that offer it (empty: every command taking these options), and those that
+    # accept it without listing it in their --help
+    commands: tuple[str, ...] = ()
+    unlisted: tuple[str, ...] = ()
+    # (command, default) pairs: a command whose default differs (`matte` runs the paper protocol)
+    default_in: tuple[tuple[str, Any], ...] = ()
+
+    def offered_by(self, command: str) -> bool:
+        return self.cli and (not self.commands or command in self.commands)
 
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:
@@ -51,6 +69,15 @@ class Declared:
     @property
     def flag(self) -> str:
         return self.spec.flag or "--" + self.name.replace("_", "-")
+
+    def default_for(self, command: str) -> Any:
+        """The default that `command` applies when the option is not given."""
+        return dict(self.spec.default_in).get(command, self.default)
+
+
+def command_defaults(cls: type, command: str) -> dict[str, Any]:
+    """The options of `cls` whose default in `command` differs from the declared one."""
+    return {d.name: d.default_for(command) for d in declared(cls) if d.spec.default_in}
 
 
 def declared(cls: type) -> list[Declared]:
