@@ -36,11 +36,11 @@ def run_ingest(
     first = [True]
 
     def checked(done: int, total: int) -> None:
-        if progress is not None:
-            progress(done, total)
         if first[0] and how:
             phase(f"checking {total} files with {how}")
         first[0] = False
+        if progress is not None:
+            progress(done, total)
 
     try:
         return ingest_files(
