@@ -135,11 +135,17 @@ def test_bad_cli_values_are_one_line_errors(args: list[str], needle: str) -> Non
 
 @pytest.mark.parametrize(
     ("command", "config"),
-    [("ingest", "IngestConfig"), ("report", "ReportConfig"), ("status", "ClusterConfig")],
+    [
+        ("ingest", "IngestConfig"),
+        ("report", "ReportConfig"),
+        ("build", "BuildOptions"),
+        ("status", "ClusterConfig"),
+        ("logs", "ClusterConfig"),
+    ],
 )
 def test_every_command_takes_its_declared_options(command: str, config: str) -> None:
-    """ingest, report and the cluster commands take the options declared in options/, with
-    their help, and nothing else."""
+    """ingest, report, build and the cluster commands take the options declared in options/,
+    with their help, and nothing else."""
     import typer.main
 
     import modnet_batch.options as options
@@ -184,3 +190,15 @@ def test_bad_values_of_every_command_are_one_line_errors(args: list[str], needle
     assert result.exit_code == 1, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], result.output
+
+
+def test_a_list_of_strings_is_a_repeated_flag_or_a_yaml_list() -> None:
+    from modnet_batch.cli.params import parse
+    from modnet_batch.options import BuildOptions
+    from modnet_batch.options.spec import Source, build
+
+    flags = parse(BuildOptions, {"calibration": ["a dir", "b,c"], "force": True})
+    assert flags == BuildOptions(calibration=("a dir", "b,c"), force=True)  # no comma split
+    assert build(BuildOptions, [Source("yaml", {"calibration": ["x"]})]).calibration == ("x",)
+    with pytest.raises(ModnetBatchError, match="expected a list of strings"):
+        build(BuildOptions, [Source("yaml", {"calibration": [1]})])

@@ -19,7 +19,7 @@ def submit(
     job_file: Annotated[
         Path | None,
         typer.Argument(
-            metavar="[JOB.yaml]",
+            metavar="JOB.yaml",
             exists=True,
             dir_okay=False,
             help=argument_help("Job YAML; options given here override it.", "none"),

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from modnet_batch.cli.common import argument_help, one_line_errors, term
-from modnet_batch.cli.params import LiteralCommand, LiteralGroup, with_default
+from modnet_batch.cli.params import LiteralCommand, LiteralGroup, parse, with_options
+from modnet_batch.options import BuildOptions
 
 model_app = typer.Typer(help="Obtain and inspect models.", no_args_is_help=True, cls=LiteralGroup)
 
@@ -67,6 +68,7 @@ def info(
     term.out.print_json(json.dumps(facts, default=str))
 
 
+@with_options(BuildOptions, command="build")
 def build(
     config: Annotated[
         str,
@@ -78,30 +80,15 @@ def build(
             ),
         ),
     ],
-    calibration: Annotated[
-        list[str] | None,
-        typer.Option(
-            metavar="DIR",
-            show_default=False,
-            help=with_default(
-                "Calibration/check images instead of the config's: a dataset dir or an image "
-                "folder (PPM layout or flat); repeat for several.",
-                "the config's datasets",
-            ),
-        ),
-    ] = None,
-    force: Annotated[
-        bool,
-        typer.Option(
-            "--force", show_default=False, help=with_default("Replace an existing output.", False)
-        ),
-    ] = False,
+    *,
+    options: dict[str, Any],
 ) -> None:
     """Build a model variant (fp32, fp16, int8) from a packaged or YAML config."""
     from modnet_batch.model.build import build_variant
     from modnet_batch.model.build_config import load_build_config, with_calibration
 
     with one_line_errors():
-        loaded = with_calibration(load_build_config(config), calibration or [])
-        result = build_variant(loaded, force=force, progress=lambda msg: term.note(msg))
+        flags = parse(BuildOptions, options)
+        loaded = with_calibration(load_build_config(config), list(flags.calibration))
+        result = build_variant(loaded, force=flags.force, progress=lambda msg: term.note(msg))
     term.out.print(str(result.output), highlight=False, markup=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import functools
 import inspect
+import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
@@ -68,9 +69,13 @@ def default_text(default: Any) -> str:
 
 def _cli_type(tp: Any) -> Any:
     base, _ = split_optional(tp)
-    # flags stay flags; every other value arrives as text and is checked by options.spec, so a
-    # bad one gets the same one-line error as in YAML
-    return bool if base is bool else str
+    # flags stay flags, a list of strings is a repeated flag; every other value arrives as text
+    # and is checked by options.spec, so a bad one gets the same one-line error as in YAML
+    if base is bool:
+        return bool
+    if typing.get_origin(base) is tuple and typing.get_args(base)[0] is str:
+        return list[str]
+    return str
 
 
 def _metavar(item: Declared) -> str:

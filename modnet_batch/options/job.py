@@ -234,7 +234,7 @@ class JobConfig:
     )
     output_dir: str | None = option(
         None,
-        "Where image outputs go; none = RUN/outputs (`matte`: its OUT folder).",
+        "Where image outputs go; none = RUN/outputs.",
         metavar="DIR",
         panel=OUTPUTS,
         commands=("submit",),
