@@ -136,14 +136,14 @@ def _summary_ending(outcome: JobOutcome, term: Terminal) -> None:
 def _submit_remote(job: JobConfig, term: Terminal, follow: bool) -> int:
     from modnet_batch.execution.jobs import follow_logs, job_exit_code, submit_job
 
-    assert job.address
-    job_id = submit_job(job)
-    term.out.print(job_id, highlight=False)
-    term.note(f"submitted to {job.address}; `modnet-batch status {job_id}` / `logs` / `stop`")
+    job_id = submit_job(job)  # a job without an address is refused there
+    address = str(job.address)
+    term.out.print(job_id, highlight=False, markup=False)
+    term.note(f"submitted to {address}; `modnet-batch status {job_id}` / `logs` / `stop`")
     if not follow:
         return 0
-    status = follow_logs(job.address, job_id)
-    code = job_exit_code(job.address, job_id) if status in ("SUCCEEDED", "FAILED") else None
+    status = follow_logs(address, job_id)
+    code = job_exit_code(address, job_id) if status in ("SUCCEEDED", "FAILED") else None
     term.note(f"job {job_id}: {status}" + (f" (exit {code})" if code else ""))
     if status == "SUCCEEDED":
         return 0

@@ -82,7 +82,7 @@ def report(
     paths: Annotated[
         list[str],
         typer.Argument(
-            metavar="RUNS...",
+            metavar="RUN",
             help=argument_help("Run directories or `matte` OUT folders: paths or URIs (s3://...)."),
         ),
     ],
@@ -97,6 +97,8 @@ def report(
 
     with one_line_errors():
         config = parse(ReportConfig, options)
+        if config.html is not None and Path(config.html).is_dir():
+            raise ModnetBatchError(f"--html {config.html} is a folder; pass a file name")
         for run_path in paths:
             if not location(run_path).is_dir():
                 raise ModnetBatchError(
