@@ -23,6 +23,21 @@ def one_line_errors() -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
+def note_skipped(skipped: list[tuple[str, str]], ignored: list[str]) -> None:
+    """The files a listing skipped, each with its reason, and those it ignored."""
+    from modnet_batch.data.decode import IMAGE_EXTENSIONS
+
+    for name, reason in skipped:
+        term.note(f"skipped {name}: {reason}", "yellow")
+    if ignored:
+        shown = ", ".join(ignored[:5]) + (" ..." if len(ignored) > 5 else "")
+        term.note(
+            f"ignored {len(ignored)} file(s) without an image extension "
+            f"({', '.join(sorted(IMAGE_EXTENSIONS))}): {shown}",
+            "yellow",
+        )
+
+
 def argument_help(text: str, default: str | None = None) -> str:
     """An argument's help, with its default in the options' style."""
     return text if default is None else f"{text} (default: {default})"

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from modnet_batch.cli.common import argument_help, one_line_errors, term
+from modnet_batch.cli.common import argument_help, note_skipped, one_line_errors, term
 from modnet_batch.cli.params import parse, with_options
 from modnet_batch.options import IngestConfig
 from modnet_batch.storage import redact
+
+if TYPE_CHECKING:
+    from modnet_batch.data.ingest import IngestReport
 
 
 @with_options(IngestConfig, command="ingest")
@@ -63,18 +66,8 @@ def ingest(
     _print_ingest(report, dst)
 
 
-def _print_ingest(report: Any, dst: str) -> None:
-    from modnet_batch.data.decode import IMAGE_EXTENSIONS
-
-    for name, reason in report.skipped:
-        term.note(f"skipped {name}: {reason}", "yellow")
-    if report.ignored:
-        shown = ", ".join(report.ignored[:5]) + (" ..." if len(report.ignored) > 5 else "")
-        term.note(
-            f"ignored {len(report.ignored)} file(s) without an image extension "
-            f"({', '.join(sorted(IMAGE_EXTENSIONS))}): {shown}",
-            "yellow",
-        )
+def _print_ingest(report: IngestReport, dst: str) -> None:
+    note_skipped(report.skipped, report.ignored)
     resumed = (
         f", {report.resumed_shards} shard(s) kept from before" if report.resumed_shards else ""
     )

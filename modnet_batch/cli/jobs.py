@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from modnet_batch.cli.common import argument_help, one_line_errors, term
+from modnet_batch.cli.common import argument_help, note_skipped, one_line_errors, term
 from modnet_batch.cli.params import parse, with_options
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.options import ClusterConfig, JobConfig
@@ -84,14 +84,7 @@ def matte(
         plan = plan_matte(src, dst, options)
         if plan.resumed:
             term.note(f"resuming the files listed by the first run in {plan.listing}")
-        for name, reason in plan.skipped_files:
-            term.note(f"skipped {name}: {reason}", "yellow")
-        if plan.ignored:
-            term.note(
-                f"ignored {len(plan.ignored)} file(s) without an image extension: "
-                f"{', '.join(plan.ignored[:5])}",
-                "yellow",
-            )
+        note_skipped(plan.skipped_files, plan.ignored)
         ending = matte_ending(plan)
         status = run_and_report(plan.job, term, what="matte", ending=ending)
     if status or plan.skipped:
