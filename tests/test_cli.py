@@ -97,3 +97,22 @@ def test_errors_are_one_line_with_exit_1(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "--address" in result.output
     result = runner.invoke(app, ["submit", "--dataset", "d", "--out", "r", "--protocol", "nope"])
     assert result.exit_code == 1 and "seed-area" in result.output
+
+
+def test_the_cluster_entrypoint_runs_a_job_file_as_submit_does(
+    tiny_model: Path, synth_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m modnet_batch.entrypoint job.yaml` (what a cluster runs) shares submit's
+    run_and_report: the same closing lines, the job's exit status, one line per error."""
+    from modnet_batch.entrypoint import main
+
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"dataset: {synth_dataset}\nout: {tmp_path / 'run'}\nmodel: {tiny_model}\nbackend: inline\n"
+    )
+    assert main([str(job)]) == 0
+    assert "3 shard(s) processed" in capsys.readouterr().out
+    assert main([str(tmp_path / "none.yaml")]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "none.yaml" in lines[0]
+    assert main([]) == 2

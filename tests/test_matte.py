@@ -221,3 +221,22 @@ def test_a_header_that_disagrees_with_the_decoded_size_is_an_error_not_a_stretch
     record = Record("x", buf.tobytes(), None, 30, 20, output_name="x")  # header said 30x20
     with pytest.raises(ModnetBatchError, match="its header says 30x20 but it decodes as 20x30"):
         ImagePipeline("paper").decode(record)
+
+
+def test_matte_ends_with_what_was_written_where_how_fast_and_what_was_skipped(
+    folder: Path, tmp_path: Path, tiny_model: Path
+) -> None:
+    out = tmp_path / "out"
+    result = _matte(str(folder), str(out), "--model", str(tiny_model))
+    assert result.exit_code == 4, result.output
+    text = result.output
+    assert f"4 of 4 images matted into {out} (alpha-png)" in text
+    assert "img/s overall (start-up included)" in text
+    assert "3 file(s) skipped: listed above" in text
+    assert f"modnet-batch report {out}" in text
+    for scoring in ("MSE", "mIoU", "paper on", "scored"):  # no scoring table for mattes
+        assert scoring not in text, scoring
+
+    again = _matte(str(folder), str(out), "--model", str(tiny_model))
+    assert "nothing was left to matte" in again.output
+    assert "home/broken.jpg: not a readable image" in again.output  # skipped, and why, again

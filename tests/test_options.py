@@ -131,3 +131,74 @@ def test_bad_cli_values_are_one_line_errors(args: list[str], needle: str) -> Non
     assert result.exit_code == 1, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], result.output
+
+
+@pytest.mark.parametrize(
+    ("command", "config"),
+    [
+        ("ingest", "IngestConfig"),
+        ("report", "ReportConfig"),
+        ("build", "BuildOptions"),
+        ("status", "ClusterConfig"),
+        ("logs", "ClusterConfig"),
+    ],
+)
+def test_every_command_takes_its_declared_options(command: str, config: str) -> None:
+    """ingest, report, build and the cluster commands take the options declared in options/,
+    with their help, and nothing else."""
+    import typer.main
+
+    import modnet_batch.options as options
+    from modnet_batch.cli import app
+
+    cls = getattr(options, config)
+    params = typer.main.get_command(app).commands[command].params  # type: ignore[attr-defined]
+    flags = {p.name: p for p in params if p.param_type_name == "option" and p.name != "help"}
+    offered = {d.name: d for d in options.spec.declared(cls) if d.spec.offered_by(command)}
+    assert set(flags) == set(offered)
+    for name, item in offered.items():
+        assert flags[name].opts == [item.flag] and item.spec.help in (flags[name].help or "")
+
+
+def test_an_option_can_belong_to_some_commands_and_default_differently() -> None:
+    from modnet_batch.options import JobConfig
+    from modnet_batch.options.spec import command_defaults, declared
+
+    items = {d.name: d for d in declared(JobConfig)}
+    assert items["dataset"].spec.offered_by("submit")
+    assert not items["dataset"].spec.offered_by("matte")
+    assert items["model"].spec.offered_by("matte")
+    assert command_defaults(JobConfig, "matte") == {"protocol": "paper"}
+    assert command_defaults(JobConfig, "submit") == {"protocol": "seed-area"}
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["ingest", "src", "out", "--shard-size", "0"], "--shard-size = '0'"),
+        (["ingest", "src", "out", "--backend", "spark"], "--backend = 'spark'"),
+        (["report", "run", "--metric", "iou"], "--metric = 'iou'"),
+        (["report", "run", "--worst", "x"], "--worst = 'x'"),
+    ],
+)
+def test_bad_values_of_every_command_are_one_line_errors(args: list[str], needle: str) -> None:
+    from typer.testing import CliRunner
+
+    from modnet_batch.cli import app
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], result.output
+
+
+def test_a_list_of_strings_is_a_repeated_flag_or_a_yaml_list() -> None:
+    from modnet_batch.cli.params import parse
+    from modnet_batch.options import BuildOptions
+    from modnet_batch.options.spec import Source, build
+
+    flags = parse(BuildOptions, {"calibration": ["a dir", "b,c"], "force": True})
+    assert flags == BuildOptions(calibration=("a dir", "b,c"), force=True)  # no comma split
+    assert build(BuildOptions, [Source("yaml", {"calibration": ["x"]})]).calibration == ("x",)
+    with pytest.raises(ModnetBatchError, match="expected a list of strings"):
+        build(BuildOptions, [Source("yaml", {"calibration": [1]})])

@@ -20,6 +20,14 @@ from modnet_batch.errors import ModnetBatchError
 T = TypeVar("T")
 _KEY = "modnet_batch.option"
 
+# The groups of a long option list in --help, in this order.
+INPUT = "Input"
+MODEL = "Model and engine"
+DEVICES = "Devices"
+OUTPUTS = "Outputs"
+ADVANCED = "Advanced"
+PANELS = (INPUT, MODEL, DEVICES, OUTPUTS, ADVANCED)
+
 
 @dataclass(frozen=True)
 class OptionSpec:
@@ -31,6 +39,16 @@ class OptionSpec:
     envvar: str | None = None  # the CLI reads this variable when the flag is absent
     cli: bool = True  # offered on the command line (False: YAML only)
     metavar: str | None = None  # the CLI's placeholder; default from the choices or the type
+    panel: str | None = None  # the group it is listed under in --help (PANELS)
+    # the commands that offer it (empty: every command taking these options), and those that
+    # accept it without listing it in their --help
+    commands: tuple[str, ...] = ()
+    unlisted: tuple[str, ...] = ()
+    # (command, default) pairs: a command whose default differs (`matte` runs the paper protocol)
+    default_in: tuple[tuple[str, Any], ...] = ()
+
+    def offered_by(self, command: str) -> bool:
+        return self.cli and (not self.commands or command in self.commands)
 
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:
@@ -51,6 +69,15 @@ class Declared:
     @property
     def flag(self) -> str:
         return self.spec.flag or "--" + self.name.replace("_", "-")
+
+    def default_for(self, command: str) -> Any:
+        """The default that `command` applies when the option is not given."""
+        return dict(self.spec.default_in).get(command, self.default)
+
+
+def command_defaults(cls: type, command: str) -> dict[str, Any]:
+    """The options of `cls` whose default in `command` differs from the declared one."""
+    return {d.name: d.default_for(command) for d in declared(cls) if d.spec.default_in}
 
 
 def declared(cls: type) -> list[Declared]:
@@ -86,6 +113,8 @@ def _expected(tp: Any, spec: OptionSpec) -> str:
         text = "an integer" + (f" >= {spec.min:g}" if spec.min is not None else "")
     elif base is float:
         text = "a number" + (f" >= {spec.min:g}" if spec.min is not None else "")
+    elif origin is tuple and _item(base) is str:
+        text = "a list of strings"
     elif origin is tuple:
         text = "a list of integers" + (f" >= {spec.min:g}" if spec.min is not None else "")
     elif origin is dict or base is dict:
@@ -114,6 +143,8 @@ def _conforms(value: Any, tp: Any, spec: OptionSpec) -> bool:
     if base is float:
         ok = _is_int(value) or isinstance(value, float)
         return ok and (low is None or value >= low)
+    if origin is tuple and _item(base) is str:
+        return isinstance(value, tuple) and all(isinstance(v, str) for v in value)
     if origin is tuple:
         return isinstance(value, tuple) and all(
             _is_int(v) and (low is None or v >= low) for v in value
@@ -127,8 +158,16 @@ def _conforms(value: Any, tp: Any, spec: OptionSpec) -> bool:
     return spec.choices is None or value in set(spec.choices())
 
 
-def _int_list(value: Any) -> Any:
-    """`1,2,4` (the CLI) or a YAML list -> a tuple; anything else is left for the check."""
+def _item(tp: Any) -> Any:
+    """The item type of `tuple[X, ...]`."""
+    return typing.get_args(tp)[0]
+
+
+def _as_list(value: Any, item: Any) -> Any:
+    """A YAML list or repeated flags -> a tuple; for integers also `1,2,4` (one flag's text).
+    Anything else is left for the check."""
+    if isinstance(value, str) and item is str:
+        return (value,)
     if isinstance(value, str):
         try:
             return tuple(int(v) for v in value.split(",") if v.strip())
@@ -157,8 +196,8 @@ def check(item: Declared, value: Any, origin: str, *, text: bool = False) -> Any
                 ) from None
         elif text and isinstance(value, str) and base in (int, float):
             converted = base(value)
-        elif typing.get_origin(split_optional(item.type)[0]) is tuple:
-            converted = _int_list(value)
+        elif typing.get_origin(base) is tuple:
+            converted = _as_list(value, _item(base))
         elif base is float and _is_int(value):
             converted = float(value)
     except (ValueError, TypeError):

@@ -1,0 +1,57 @@
+"""The `modnet-batch` app: its commands, in the order `--help` lists them."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from modnet_batch.cli import bench, data, jobs, model, report
+from modnet_batch.cli.params import LiteralCommand, LiteralGroup
+
+app = typer.Typer(
+    help="Batch, distributed evaluation and matting for the MODNet portrait-matting model.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    cls=LiteralGroup,
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from modnet_batch import __version__
+
+        print(f"modnet-batch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Batch, distributed evaluation and matting for the MODNet portrait-matting model."""
+
+
+app.add_typer(model.model_app, name="model")
+app.command(cls=LiteralCommand)(data.ingest)
+app.command(cls=LiteralCommand)(data.verify)
+app.command(cls=LiteralCommand)(model.build)
+app.command(cls=LiteralCommand)(jobs.submit)
+app.command(cls=LiteralCommand)(jobs.matte)
+app.command(cls=LiteralCommand)(report.runs)
+app.command(cls=LiteralCommand)(jobs.status)
+app.command(cls=LiteralCommand)(jobs.logs)
+app.command(cls=LiteralCommand)(jobs.stop)
+app.command(cls=LiteralCommand)(bench.bench)
+app.command(cls=LiteralCommand)(report.report)
+
+
+def main() -> None:
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    app()
