@@ -16,17 +16,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from modnet_batch.digest import sha256_file
 from modnet_batch.errors import ModnetBatchError, is_storage_error
-from modnet_batch.results.atomic import TEMP_SUFFIX, atomic_write_bytes
 from modnet_batch.storage import (
+    TEMP_SUFFIX,
     UriError,
     UriPath,
     UriStorageError,
     argument,
+    atomic_write_bytes,
     is_uri,
     location,
     redact,
-    sha256,
 )
 from tests.helpers import ROOT
 from tests.s3 import ACCESS_KEY, SECRET_KEY, S3Server
@@ -74,7 +75,7 @@ def test_object_operations_listing_and_missing_files(s3_server: S3Server) -> Non
     assert files == {"a.json": 2, "sub/b.json": 5, "sub/c.txt": 0}
     st = (root / "sub" / "b.json").stat()
     assert st.st_size == 5 and abs(st.st_mtime - time.time()) < 120
-    assert sha256(root / "sub" / "b.json") == sha256(_local(b"12345"))
+    assert sha256_file(root / "sub" / "b.json") == sha256_file(_local(b"12345"))
     with pytest.raises(FileNotFoundError) as missing:
         (root / "nope.json").read_text()
     assert "s3://ops/top/nope.json" in str(missing.value)
@@ -226,7 +227,7 @@ def test_a_model_by_uri_is_fetched_once_with_its_build_record(
     monkeypatch.setattr(remote, "_download", lambda s, t: calls.append(s) or real(s, t))
     first = resolve_model(str(models / "tiny.onnx"))
     assert first.read_bytes() == tiny_model.read_bytes()
-    assert first.parent.name == sha256(tiny_model)  # keyed by content
+    assert first.parent.name == sha256_file(tiny_model)  # keyed by content
     assert read_build_record(first) == {"name": "tiny-built", "precision": "fp32"}
     assert len(calls) == 2  # the model and its record
     assert resolve_model(str(models / "tiny.onnx")) == first

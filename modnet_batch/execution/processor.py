@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 from modnet_batch.data.dataset import Record
 from modnet_batch.data.jpeg_header import device_fallback_reason
+from modnet_batch.digest import sha256_file
 from modnet_batch.engine import DEFAULT_ENGINE, EngineSpec, Session, open_session
 from modnet_batch.errors import ModnetBatchError, is_storage_error, storage_error
 from modnet_batch.execution import signals
@@ -36,7 +37,7 @@ from modnet_batch.protocol import ScoredAlpha
 from modnet_batch.results import ReturnedFile, RunDir, UnitResult, WorkUnit
 from modnet_batch.results.alpha import encode_alpha
 from modnet_batch.results.outputs import OutputKind, OutputSize, OutputSpec
-from modnet_batch.storage import AnyPath, is_uri, location, sha256, shown
+from modnet_batch.storage import AnyPath, is_uri, location, shown
 
 # UnitResult.stages holds two views. The shard loop's thread, whose parts add up to
 # UnitResult.seconds: reading the shard, waiting for decoded inputs, decoding and resizing on
@@ -114,7 +115,7 @@ def _check_shard(task: WorkUnit) -> None:
     if task.sha256 is None:
         return
     try:
-        actual = sha256(location(task.path))
+        actual = sha256_file(location(task.path))
     except FileNotFoundError:
         raise ShardUnreadable(
             f"shard {task.name} ({shown(task.path)}) does not exist; re-create the dataset"

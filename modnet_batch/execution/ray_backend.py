@@ -37,8 +37,8 @@ from modnet_batch.execution.processor import ShardUnreadable, UnitProcessor, Wor
 from modnet_batch.execution.resources import cpu_split, device_cpu_share
 from modnet_batch.model.shipped import ShippedModel, materialize
 from modnet_batch.options import JobConfig
-from modnet_batch.results import RunDir, UnitResult, WorkUnit, atomic_write_bytes
-from modnet_batch.storage import AnyPath, argument, location
+from modnet_batch.results import RunDir, UnitResult, WorkUnit
+from modnet_batch.storage import AnyPath, argument, atomic_write_bytes, location
 
 log = logging.getLogger(__name__)
 # An actor that died: RayActorError (ActorDiedError, ActorUnavailableError), or, once Ray knows
