@@ -12,11 +12,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import deque
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol as Interface
+
+import numpy as np
+import numpy.typing as npt
 
 from modnet_batch.data.decode import DecodeError, decode_image, decode_matte
 from modnet_batch.data.prepared import prepare_pair
@@ -63,28 +66,34 @@ def _with(item: Item) -> str:
     return f"; {item.image} is skipped with it"
 
 
+def _read(
+    src: Path, rel: str, decode: Callable[..., npt.NDArray[np.uint8]], said: str = ""
+) -> tuple[bytes, npt.NDArray[np.uint8]] | Skip:
+    """A source file's bytes and pixels, or a Skip naming it (`said` appended to the reason)."""
+    try:
+        data = read_source(src, rel)
+    except OSError as exc:
+        return Skip(rel, f"cannot read the file: {exc.strerror or exc}{said}")
+    try:
+        return data, decode(data, name=rel)
+    except DecodeError as exc:
+        return Skip(rel, exc.reason + said)
+
+
 def load_item(src: Path, item: Item, prepare: Protocol | None = None) -> Loaded:
     """Read and decode one pair; any problem becomes a Skip naming the file at fault."""
-    try:
-        image = read_source(src, item.image)
-    except OSError as exc:
-        return Skip(item.image, f"cannot read the file: {exc.strerror or exc}")
-    try:
-        rgb = decode_image(image, name=item.image)
-    except DecodeError as exc:
-        return Skip(item.image, exc.reason)
+    got = _read(src, item.image, decode_image)
+    if isinstance(got, Skip):
+        return got
+    image, rgb = got
     height, width = rgb.shape[:2]
     matte: bytes | None = None
     gray = None
     if item.matte is not None:
-        try:
-            matte = read_source(src, item.matte)
-        except OSError as exc:
-            return Skip(item.matte, f"cannot read the file: {exc.strerror or exc}{_with(item)}")
-        try:
-            gray = decode_matte(matte, name=item.matte)
-        except DecodeError as exc:
-            return Skip(item.matte, exc.reason + _with(item))
+        got = _read(src, item.matte, decode_matte, _with(item))
+        if isinstance(got, Skip):
+            return got
+        matte, gray = got
         mh, mw = gray.shape
         if (mh, mw) != (height, width):
             return Skip(
