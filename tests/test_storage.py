@@ -234,3 +234,24 @@ def test_a_model_by_uri_is_fetched_once_with_its_build_record(
     assert len(calls) == 2  # found by one metadata request, not downloaded again
     with pytest.raises(ModnetBatchError, match="does not exist"):
         resolve_model(str(models / "absent.onnx"))
+
+
+def test_a_run_directory_in_object_storage_is_held_by_a_marker(s3_server: S3Server) -> None:
+    import socket
+
+    from modnet_batch.results import RunDir
+
+    root = location(s3_server.make_bucket("held")) / "run"
+    identity = {"dataset": "d"}
+    run = RunDir(root)
+    assert run.prepare(identity) is False and run.lock_file.is_file()
+    with pytest.raises(ModnetBatchError) as refused:
+        RunDir(root).prepare(identity)
+    assert f"(pid {os.getpid()}) is writing {root} now on host {socket.gethostname()}" in str(
+        refused.value
+    )
+    run.release()
+    assert not run.lock_file.exists()
+    (root / "state" / "lock").write_text("other.example:7:1.00")  # a job on another machine
+    with pytest.raises(ModnetBatchError, match=r"on host other.example.*delete s3://held/run"):
+        RunDir(root).prepare(identity)
