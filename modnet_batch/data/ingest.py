@@ -268,10 +268,9 @@ def ingest(
             f"resuming: {len(done.shards)} shard(s) of {done.images} images kept from an "
             f"interrupted ingest ({work.root}); {len(pairs.items) - done.consumed} files left"
         )
+    build = _Build(work, done, options, on_shard)
     try:
-        build = _run(
-            src, pairs, work, done, options, loader or thread_loader(workers), progress, on_shard
-        )
+        _run(build, src, pairs, loader or thread_loader(workers), progress)
     except _Refused:
         work.discard()
         raise
@@ -298,20 +297,17 @@ def _skipped(pairs: SourcePairs, build: _Build) -> list[Skip]:
 
 
 def _run(
+    build: _Build,
     src: Path,
     pairs: SourcePairs,
-    work: IngestWork,
-    done: Progress,
-    options: _Options,
     loader: Loader,
     progress: Callable[[int, int], None] | None,
-    on_shard: Callable[[int], None] | None,
-) -> _Build:
+) -> None:
     """Check the files left, write their shards, then dataset.json, and publish the dataset."""
-    build = _Build(work, done, options, on_shard)
+    done = build.done
     todo = pairs.items[done.consumed :]
     tick = (lambda n: progress(n, len(todo))) if progress is not None else (lambda n: None)
-    with closing(loader(src, todo, options.prepare)) as results:
+    with closing(loader(src, todo, build.options.prepare)) as results:
         build.take(src, results, tick)
     if build.consumed != len(pairs.items):
         raise ModnetBatchError(
@@ -326,6 +322,5 @@ def _run(
             f"{last.name}: {last.reason}"
         )
     meta = build.meta(src, pairs, _skipped(pairs, build))
-    atomic_write_json(work.dataset / META_FILE, meta, sort_keys=False)  # complete, and last
-    work.publish()
-    return build
+    atomic_write_json(build.work.dataset / META_FILE, meta, sort_keys=False)  # complete, last
+    build.work.publish()
