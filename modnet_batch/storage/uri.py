@@ -8,6 +8,7 @@ import fnmatch
 import re
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
@@ -266,6 +267,16 @@ class UriPath:
             return fs, base or "/"
         return fs, f"{base}/{p.path}"
 
+    @contextmanager
+    def _calling(self, what: str) -> Iterator[tuple[pafs.FileSystem, str]]:
+        """(the file system, this object's path in it) for a call whose pyarrow failure becomes
+        one line: `cannot <what> <uri>` (_failure)."""
+        fs, path = self._fs()
+        try:
+            yield fs, path
+        except (OSError, pa.ArrowException) as exc:
+            raise _failure(what, str(self), exc) from None
+
     @property
     def filesystem(self) -> pafs.FileSystem:
         return self._fs()[0]
@@ -275,11 +286,8 @@ class UriPath:
         return self._fs()[1]
 
     def _info(self) -> pafs.FileInfo:
-        fs, path = self._fs()
-        try:
+        with self._calling("look up") as (fs, path):
             return fs.get_file_info(path)
-        except (OSError, pa.ArrowException) as exc:
-            raise _failure("look up", str(self), exc) from None
 
     def exists(self) -> bool:
         return bool(self._info().type != pafs.FileType.NotFound)
@@ -298,13 +306,10 @@ class UriPath:
         return _Stat(st_size=int(info.size or 0), st_mtime=mtime)
 
     def _list(self, recursive: bool) -> list[pafs.FileInfo]:
-        fs, path = self._fs()
-        try:
+        with self._calling("list") as (fs, path):
             return list(
                 fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=recursive))
             )
-        except (OSError, pa.ArrowException) as exc:
-            raise _failure("list", str(self), exc) from None
 
     def _child(self, info: pafs.FileInfo) -> UriPath:
         base = self.fs_path.rstrip("/")
@@ -342,20 +347,14 @@ class UriPath:
         HDFS and the like get one."""
         if self._p.scheme in ("s3", "gs", "gcs"):
             return
-        fs, path = self._fs()
-        try:
+        with self._calling("create") as (fs, path):
             fs.create_dir(path, recursive=parents)
-        except (OSError, pa.ArrowException) as exc:
-            raise _failure("create", str(self), exc) from None
 
     # --- bytes ---------------------------------------------------------------------------------
     def open_input_file(self) -> pa.NativeFile:
         """A seekable reader (what pq.ParquetFile takes)."""
-        fs, path = self._fs()
-        try:
+        with self._calling("read") as (fs, path):
             return fs.open_input_file(path)
-        except (OSError, pa.ArrowException) as exc:
-            raise _failure("read", str(self), exc) from None
 
     def open(self, mode: str = "rb") -> pa.NativeFile:
         if mode not in ("r", "rb"):
@@ -363,12 +362,8 @@ class UriPath:
         return self.open_input_file()
 
     def read_bytes(self) -> bytes:
-        fs, path = self._fs()
-        try:
-            with fs.open_input_stream(path) as fh:
-                return bytes(fh.read())
-        except (OSError, pa.ArrowException) as exc:
-            raise _failure("read", str(self), exc) from None
+        with self._calling("read") as (fs, path), fs.open_input_stream(path) as fh:
+            return bytes(fh.read())
 
     def read_text(self, encoding: str = "utf-8") -> str:
         return self.read_bytes().decode(encoding)
@@ -376,28 +371,22 @@ class UriPath:
     def write_bytes(self, data: bytes | memoryview) -> None:
         """The whole object in one upload: it becomes visible complete when the stream closes,
         or not at all (a process killed while uploading leaves nothing)."""
-        fs, path = self._fs()
-        try:
+        with self._calling("write") as (fs, path):
             stream = fs.open_output_stream(path)
             stream.write(data)
             stream.close()
-        except (OSError, pa.ArrowException) as exc:
-            raise _failure("write", str(self), exc) from None
 
     def write_text(self, text: str, encoding: str = "utf-8") -> None:
         self.write_bytes(text.encode(encoding))
 
     def upload(self, local: Path, block: int = 8 << 20) -> None:
         """A local file as this object (streamed; complete or absent, as write_bytes)."""
-        fs, path = self._fs()
-        try:
+        with self._calling("write") as (fs, path):
             stream = fs.open_output_stream(path)
             with local.open("rb") as src:
                 while chunk := src.read(block):
                     stream.write(chunk)
             stream.close()
-        except (OSError, pa.ArrowException) as exc:
-            raise _failure("write", str(self), exc) from None
 
     def unlink(self, missing_ok: bool = False) -> None:
         fs, path = self._fs()
