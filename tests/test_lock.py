@@ -90,6 +90,47 @@ def test_the_lock_of_a_dead_process_is_taken_over(tmp_path: Path) -> None:
         assert Holder.parse(path.read_text()) == Holder.this_process()
 
 
+_CONTENDER = """
+import sys
+from pathlib import Path
+from modnet_batch.errors import ModnetBatchError
+from modnet_batch.storage import FolderLock
+lock = FolderLock(Path(sys.argv[1]), job="job", target="the folder")
+try:
+    lock.acquire()
+    print("held", flush=True)
+except ModnetBatchError as exc:
+    print("refused", exc, flush=True)
+sys.stdin.read()
+lock.release()
+"""
+
+
+def test_of_processes_taking_over_one_dead_holder_exactly_one_holds_it(tmp_path: Path) -> None:
+    path = tmp_path / "lock"
+    path.write_text(f"{HOST}:{os.getpid()}:1.00")  # a dead holder's
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CONTENDER, str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(4)
+    ]
+    said = []
+    for proc in procs:  # each has decided before any lets go
+        assert proc.stdout is not None
+        said.append(proc.stdout.readline().strip())
+    for proc in procs:
+        proc.communicate(input="", timeout=60)
+    assert sum(line == "held" for line in said) == 1, said
+    assert all(line == "held" or "another job" in line for line in said), said
+    assert not path.exists()
+
+
 def test_a_holder_on_another_host_is_refused_with_the_file_to_delete(tmp_path: Path) -> None:
     path = tmp_path / "lock"
     path.write_text("elsewhere.example:4242:1700000000.00")

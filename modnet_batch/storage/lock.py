@@ -7,11 +7,13 @@ host cannot be asked: it is refused, and the message says which file to delete o
 known to have stopped. The lock is released when its holder ends it (`release`, or leaving a
 `with` block, on error and Ctrl-C too) and, at the latest, when the process exits normally.
 
-Local files are created exclusively (O_EXCL), so of two processes starting at once exactly one
-holds the lock. Object storage has no exclusive create: the lock there is a best-effort marker,
-written and read back (a process whose marker was overwritten by a racing one is refused), so
-two jobs started within the same second into one URI may still both run; their writes are
-idempotent (every file complete or absent), so the result stays right.
+Locally, the look at the lock and its creation (O_EXCL) happen under a flock of its folder
+(which the kernel drops with its holder), so of two processes starting at once, or taking over
+the same dead holder's lock, exactly one holds it (where the file system has no flock, O_EXCL
+alone decides between two new ones). Object storage has no exclusive create: the lock there is
+a best-effort marker, written and read back (a process whose marker was overwritten by a racing
+one is refused), so two jobs started within the same second into one URI may still both run;
+their writes are idempotent (every file complete or absent), so the result stays right.
 
 Only the process that plans a job takes its lock (the Ray driver, never a worker).
 """
@@ -19,8 +21,12 @@ Only the process that plans a job takes its lock (the Ray driver, never a worker
 from __future__ import annotations
 
 import atexit
+import contextlib
+import fcntl
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -86,17 +92,18 @@ class FolderLock:
         """Take the lock, or raise ModnetBatchError naming its live holder; a no-op when held."""
         if self._me is not None:
             return
-        found = _read(self.path)
-        if found == "":  # created this instant, its holder not yet written
-            raise ModnetBatchError(self._starting())
-        if found is not None:
-            holder = Holder.parse(found)
-            if holder is not None and not holder.is_gone():
-                raise ModnetBatchError(self._refusal(holder))
-            self.path.unlink(missing_ok=True)  # its process is gone: a killed job, to go on
-        me = Holder.this_process()
-        if not _create(self.path, str(me)):
-            raise ModnetBatchError(self._starting())
+        with _guarded(self.path):
+            found = _read(self.path)
+            if found == "":  # created this instant, its holder not yet written
+                raise ModnetBatchError(self._starting())
+            if found is not None:
+                holder = Holder.parse(found)
+                if holder is not None and not holder.is_gone():
+                    raise ModnetBatchError(self._refusal(holder))
+                self.path.unlink(missing_ok=True)  # its process is gone: a killed job, to go on
+            me = Holder.this_process()
+            if not _create(self.path, str(me)):
+                raise ModnetBatchError(self._starting())
         self._me = me
         _HELD.add(self)
 
@@ -138,6 +145,27 @@ class FolderLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+@contextmanager
+def _guarded(path: AnyPath) -> Iterator[None]:
+    """Look at and take the local lock `path` alone among this machine's processes: a flock of
+    its folder, dropped when the descriptor closes (or its process dies). Object storage, and
+    file systems without flock: unguarded."""
+    if isinstance(path, UriPath):
+        yield
+        return
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # no folder: the create says why
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _read(path: AnyPath) -> str | None:
