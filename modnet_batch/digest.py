@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
+from typing import Any, Protocol
 
 
-def sha256_file(path: Path | str) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+class Openable(Protocol):
+    """A file that opens for reading in binary (a Path, or a storage.UriPath in object
+    storage: its failures are then one line naming the URI)."""
+
+    def open(self, mode: str = ...) -> Any: ...
+
+
+def sha256_file(path: str | os.PathLike[str] | Openable) -> str:
+    """Hex SHA-256 of a file (a local path, or a file in object storage), read in 1 MiB blocks."""
+    source = Path(path) if isinstance(path, str | os.PathLike) else path
     digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
+    with source.open("rb") as fh:
         while block := fh.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()

@@ -214,7 +214,7 @@ def test_results_are_readable_by_other_users(
     synth_dataset: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
     """Atomic writes honour the umask (issue 11.8): 0644 under umask 022, not mkstemp's 0600."""
-    from modnet_batch.results.atomic import FILE_MODE
+    from modnet_batch.storage import FILE_MODE
 
     run = tmp_path / "run"
     run_job(_job(synth_dataset, run, tiny_model))  # type: ignore[arg-type]

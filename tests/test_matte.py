@@ -16,7 +16,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from modnet_batch.cli import app
-from modnet_batch.data.files import FILES_PER_SHARD, image_id_for
+from modnet_batch.data.files import FILES_PER_SHARD
+from modnet_batch.data.ids import path_id
 
 
 def _photo(h: int, w: int, seed: int) -> np.ndarray:
@@ -107,12 +108,12 @@ def test_a_list_file_and_refusals(folder: Path, tmp_path: Path, tiny_model: Path
 
 
 def test_ids_are_safe_and_unique_for_any_path() -> None:
-    assert image_id_for("cat.png") == "cat"
-    spaced = image_id_for("trip/day 1/IMG 001.jpg")
-    assert spaced.startswith("trip__day_1__IMG_001-") and spaced != image_id_for(
+    assert path_id("cat.png") == "cat"
+    spaced = path_id("trip/day 1/IMG 001.jpg")
+    assert spaced.startswith("trip__day_1__IMG_001-") and spaced != path_id(
         "trip/day_1/IMG 001.jpg"
     )
-    assert len(image_id_for("x" * 400 + ".jpg")) <= 200
+    assert len(path_id("x" * 400 + ".jpg")) <= 200
 
 
 @pytest.mark.slow

@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from modnet_batch.data.dataset import is_safe_name
+from modnet_batch.data.ids import is_safe_name, safe_id
 from modnet_batch.data.ingest import ingest
-from modnet_batch.data.parquet import ParquetColumns, open_dataset, open_parquet, safe_id
+from modnet_batch.data.parquet import ParquetColumns, open_dataset, open_parquet
 from modnet_batch.data.synthetic import make_synthetic
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.execution.driver import run_job

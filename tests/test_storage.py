@@ -16,17 +16,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from modnet_batch.digest import sha256_file
 from modnet_batch.errors import ModnetBatchError, is_storage_error
-from modnet_batch.results.atomic import TEMP_SUFFIX, atomic_write_bytes
 from modnet_batch.storage import (
+    TEMP_SUFFIX,
     UriError,
     UriPath,
     UriStorageError,
     argument,
+    atomic_write_bytes,
     is_uri,
     location,
     redact,
-    sha256,
 )
 from tests.helpers import ROOT
 from tests.s3 import ACCESS_KEY, SECRET_KEY, S3Server
@@ -74,7 +75,7 @@ def test_object_operations_listing_and_missing_files(s3_server: S3Server) -> Non
     assert files == {"a.json": 2, "sub/b.json": 5, "sub/c.txt": 0}
     st = (root / "sub" / "b.json").stat()
     assert st.st_size == 5 and abs(st.st_mtime - time.time()) < 120
-    assert sha256(root / "sub" / "b.json") == sha256(_local(b"12345"))
+    assert sha256_file(root / "sub" / "b.json") == sha256_file(_local(b"12345"))
     with pytest.raises(FileNotFoundError) as missing:
         (root / "nope.json").read_text()
     assert "s3://ops/top/nope.json" in str(missing.value)
@@ -226,10 +227,31 @@ def test_a_model_by_uri_is_fetched_once_with_its_build_record(
     monkeypatch.setattr(remote, "_download", lambda s, t: calls.append(s) or real(s, t))
     first = resolve_model(str(models / "tiny.onnx"))
     assert first.read_bytes() == tiny_model.read_bytes()
-    assert first.parent.name == sha256(tiny_model)  # keyed by content
+    assert first.parent.name == sha256_file(tiny_model)  # keyed by content
     assert read_build_record(first) == {"name": "tiny-built", "precision": "fp32"}
     assert len(calls) == 2  # the model and its record
     assert resolve_model(str(models / "tiny.onnx")) == first
     assert len(calls) == 2  # found by one metadata request, not downloaded again
     with pytest.raises(ModnetBatchError, match="does not exist"):
         resolve_model(str(models / "absent.onnx"))
+
+
+def test_a_run_directory_in_object_storage_is_held_by_a_marker(s3_server: S3Server) -> None:
+    import socket
+
+    from modnet_batch.results import RunDir
+
+    root = location(s3_server.make_bucket("held")) / "run"
+    identity = {"dataset": "d"}
+    run = RunDir(root)
+    assert run.prepare(identity) is False and run.lock_file.is_file()
+    with pytest.raises(ModnetBatchError) as refused:
+        RunDir(root).prepare(identity)
+    assert f"(pid {os.getpid()}) is writing {root} now on host {socket.gethostname()}" in str(
+        refused.value
+    )
+    run.release()
+    assert not run.lock_file.exists()
+    (root / "state" / "lock").write_text("other.example:7:1.00")  # a job on another machine
+    with pytest.raises(ModnetBatchError, match=r"on host other.example.*delete s3://held/run"):
+        RunDir(root).prepare(identity)

@@ -184,13 +184,13 @@ def test_a_unit_reads_only_its_row_groups_and_a_file_is_hashed_once(
     ds = Dataset.open(grouped["big"])
     tasks = units.split(_pending(grouped["big"]), 2)
     hashed: list[str] = []
-    real = processor_module.sha256
+    real = processor_module.sha256_file
 
     def counting(path: Any) -> str:
         hashed.append(str(path))
         return real(path)
 
-    monkeypatch.setattr(processor_module, "sha256", counting)
+    monkeypatch.setattr(processor_module, "sha256_file", counting)
     spec = WorkerSpec(EngineSpec(str(tiny_model)), "seed-area", str(tmp_path / "run"))
     proc = UnitProcessor(spec)
     try:

@@ -24,7 +24,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from modnet_batch.results import atomic_write_json
+from modnet_batch.storage import atomic_write_json
 
 # (stage, substrings of the collapsed stack); the first stage with a match takes the sample.
 STAGE_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (

@@ -27,7 +27,7 @@ from modnet_batch.execution.resources import available_cpus
 from modnet_batch.model.variants import resolve_model, variant_info
 from modnet_batch.pipeline import ImagePipeline
 from modnet_batch.protocol import get_protocol
-from modnet_batch.results import atomic_write_json
+from modnet_batch.storage import atomic_write_json
 
 SCHEMA = 1
 Log = Callable[[str], None]

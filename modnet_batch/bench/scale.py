@@ -51,8 +51,9 @@ from modnet_batch.data.ingest import ingest
 from modnet_batch.data.synthetic import make_synthetic
 from modnet_batch.digest import sha256_file
 from modnet_batch.errors import ModnetBatchError
-from modnet_batch.results import RunDir, atomic_write_json
+from modnet_batch.results import RunDir
 from modnet_batch.results.alpha import write_alpha
+from modnet_batch.storage import atomic_write_json
 
 DEFAULT_IMAGES = 100_000
 SHARD_SIZE = 64  # ingest's default

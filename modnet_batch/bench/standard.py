@@ -35,7 +35,7 @@ from modnet_batch.execution.resources import available_cpus
 from modnet_batch.model.variants import VARIANTS, resolve_model, variant_info
 from modnet_batch.pipeline import DecodeMode
 from modnet_batch.protocol import get_protocol
-from modnet_batch.results import atomic_write_json
+from modnet_batch.storage import atomic_write_json
 
 PROTOCOL = "seed-area"
 SHARD_SIZE = 4  # 41 ppm100-dev images -> 11 shards, enough for two workers to share evenly

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,8 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from modnet_batch.data.ids import is_safe_name
+from modnet_batch.digest import sha256_file
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.storage import (
     AnyPath,
@@ -28,7 +29,6 @@ from modnet_batch.storage import (
     is_inside,
     location,
     parquet_source,
-    sha256,
 )
 
 SCHEMA_VERSION = 1
@@ -138,24 +138,6 @@ class ShardReader(Protocol):
     def ids(self, path: AnyPath, shard: pq.ParquetFile, row_groups: list[int] | None) -> list[str]:
         """The image ids of those row groups, in row order (what their records carry)."""
         ...
-
-
-# Ids and shard names become file names (alpha/<image_id>.npz, state/shards/<shard>.json) on
-# every OS, so only portable characters, and no leading dot (no "..", no hidden files).
-# At most MAX_NAME characters: the temporary file of an output (".<id>.npz.<random>.tmp") must
-# stay within the usual 255-byte file name limit, decided once, at ingest.
-SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
-MAX_NAME = 200
-
-
-def is_safe_name(name: object) -> bool:
-    """Whether `name` is safe as a file name inside a run or dataset directory."""
-    return (
-        isinstance(name, str)
-        and len(name) <= MAX_NAME
-        and bool(SAFE_NAME.fullmatch(name))
-        and not name.startswith(".")
-    )
 
 
 def shard_name(index: int) -> str:
@@ -280,7 +262,7 @@ class Dataset:
     def verify(self) -> None:
         """Re-hash every shard file; raises ModnetBatchError naming the first that changed."""
         for shard in self.shards:
-            actual = sha256(self.shard_path(shard))
+            actual = sha256_file(self.shard_path(shard))
             if actual != shard.sha256:
                 raise ModnetBatchError(
                     f"{self.shard_path(shard)} has sha256 {actual}, dataset.json records "

@@ -9,10 +9,7 @@ path (the path itself, with its original characters, names the outputs).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import re
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -26,13 +23,13 @@ import pyarrow.parquet as pq
 from modnet_batch import __version__
 from modnet_batch.data.dataset import (
     FILES_ROOT_KEY,
-    MAX_NAME,
     META_FILE,
     SCHEMA_VERSION,
     SHARD_DIR,
     shard_name,
 )
-from modnet_batch.data.decode import IMAGE_EXTENSIONS
+from modnet_batch.data.ids import path_id
+from modnet_batch.data.sources import list_images, shown_name
 from modnet_batch.digest import sha256_file
 from modnet_batch.errors import ModnetBatchError
 
@@ -49,7 +46,6 @@ FILES_SCHEMA = pa.schema(
 # each) 16 per shard left one of 2 workers idle for the last 9 photos (matte at 0.67x the naive
 # loop); 4 keeps the tail to a few photos per worker, for a marker file per 4 photos.
 FILES_PER_SHARD = 4
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 @dataclass(frozen=True)
@@ -58,44 +54,6 @@ class StageReport:
     shards: int
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     ignored: list[str] = field(default_factory=list)  # files without an image extension
-
-
-def _shown(path: str) -> str:
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def _list(src: Path) -> tuple[Path, list[str], list[str], list[tuple[str, str]]]:
-    """(root, image paths relative to it, ignored files, skipped entries) of a folder or a list
-    file (one path per line, relative to the list's folder or absolute under it; # comments)."""
-    if src.is_dir():
-        # never the mattes of an earlier `matte` whose OUT lies inside SRC
-        outs = [m.parent for m in src.rglob(".modnet-batch") if m.is_dir()]
-        files = sorted(
-            p for p in src.rglob("*") if p.is_file() and not any(p.is_relative_to(o) for o in outs)
-        )
-        rels = [p.relative_to(src).as_posix() for p in files]
-        found = [r for r in rels if Path(r).suffix.lower() in IMAGE_EXTENSIONS]
-        taken = set(found)
-        return src, found, [r for r in rels if r not in taken], []
-    if not src.is_file():
-        raise ModnetBatchError(f"{src} does not exist; give an image folder or a list file")
-    root = src.parent.resolve()
-    images: list[str] = []
-    skipped: list[tuple[str, str]] = []
-    for line in src.read_text(encoding="utf-8", errors="surrogateescape").splitlines():
-        entry = line.strip()
-        if not entry or entry.startswith("#"):
-            continue
-        path = Path(os.path.normpath(root / entry))  # lexical: a link keeps its own name
-        if not path.is_relative_to(root):
-            skipped.append(
-                (entry, f"outside {root}, the list file's folder; outputs mirror paths under it")
-            )
-        elif not path.is_file():
-            skipped.append((entry, "no such file"))
-        elif path.relative_to(root).as_posix() not in images:  # a path listed twice: once
-            images.append(path.relative_to(root).as_posix())
-    return root, images, [], skipped
 
 
 def header_size(source: Path | BinaryIO) -> tuple[int, int]:
@@ -117,20 +75,9 @@ def header_size(source: Path | BinaryIO) -> tuple[int, int]:
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
-def image_id_for(rel: str) -> str:
-    """A safe id for a relative path: unsafe characters replaced, `/` as `__`; when that
-    changed it (or it is too long) a hash of the path keeps it unique."""
-    stem = rel.rsplit(".", 1)[0] if "." in Path(rel).name else rel
-    plain = _UNSAFE.sub("_", stem.replace("/", "__")).lstrip(".") or "image"
-    if plain == stem and len(plain) <= MAX_NAME:
-        return plain
-    digest = hashlib.sha1(rel.encode("utf-8", "surrogateescape")).hexdigest()[:10]
-    return f"{plain[: MAX_NAME - 11]}-{digest}"
-
-
 def stage(src: Path, dst: Path, *, per_shard: int = FILES_PER_SHARD) -> StageReport:
     """Write the file-list dataset for `src` at `dst` (which must not exist): atomic."""
-    root, rels, ignored, skipped = _list(src)
+    root, rels, ignored, skipped = list_images(src)
     rows: list[dict[str, object]] = []
     seen_ids: set[str] = set()
     by_output: dict[str, list[str]] = {}
@@ -139,22 +86,24 @@ def stage(src: Path, dst: Path, *, per_shard: int = FILES_PER_SHARD) -> StageRep
     clash = {r for group in by_output.values() if len(group) > 1 for r in group}
     for rel in rels:
         if any("\udc80" <= c <= "\udcff" for c in rel):  # bytes that are not UTF-8
-            skipped.append((_shown(rel), "the name is not UTF-8 (Parquet keeps text); rename it"))
+            skipped.append(
+                (shown_name(rel), "the name is not UTF-8 (Parquet keeps text); rename it")
+            )
             continue
         if rel in clash:
             others = " = ".join(by_output[rel.rsplit(".", 1)[0].lower()])
-            skipped.append((_shown(rel), f"outputs would collide ({others}); rename one"))
+            skipped.append((shown_name(rel), f"outputs would collide ({others}); rename one"))
             continue
         try:
             width, height = header_size(root / rel)
         except Exception as exc:  # Pillow raises many types for a bad header
-            skipped.append((_shown(rel), f"not a readable image ({type(exc).__name__}: {exc})"))
+            skipped.append((shown_name(rel), f"not a readable image ({type(exc).__name__}: {exc})"))
             continue
-        image_id = image_id_for(rel)
+        image_id = path_id(rel)
         n = 0
         while image_id.lower() in seen_ids:  # two paths sanitised alike
             n += 1
-            image_id = image_id_for(f"{rel}#{n}")
+            image_id = path_id(f"{rel}#{n}")
         seen_ids.add(image_id.lower())
         rows.append(
             {
@@ -200,8 +149,8 @@ def stage(src: Path, dst: Path, *, per_shard: int = FILES_PER_SHARD) -> StageRep
         meta = {
             "schema_version": SCHEMA_VERSION,
             "kind": "files",
-            "source": _shown(str(root)),
-            "listed": _shown(str(src.resolve())),  # the folder or list file staged
+            "source": shown_name(str(root)),
+            "listed": shown_name(str(src.resolve())),  # the folder or list file staged
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "modnet_batch": __version__,
             "counts": {"images": len(rows), "with_matte": 0, "skipped": len(skipped)},
@@ -213,4 +162,4 @@ def stage(src: Path, dst: Path, *, per_shard: int = FILES_PER_SHARD) -> StageRep
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return StageReport(len(rows), len(shards), skipped, [_shown(i) for i in ignored])
+    return StageReport(len(rows), len(shards), skipped, [shown_name(i) for i in ignored])

@@ -29,36 +29,32 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from modnet_batch.data.dataset import (
-    MAX_NAME,
     META_FILE,
     SCHEMA_VERSION,
     Dataset,
     Record,
     ShardInfo,
     _binary_views,
-    is_safe_name,
     shard_name,
 )
 from modnet_batch.data.decode import DecodeError
 from modnet_batch.data.files import header_size
+from modnet_batch.data.ids import PARQUET_SUFFIX, path_stem, row_id, safe_id
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.storage import AnyPath, UriPath, location, parquet_source, relative
 
 DEFAULT_IMAGE_COLUMN = "image"
 DEFAULT_MATTE_COLUMN = "matte"
-PARQUET_SUFFIX = ".parquet"
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _MAGIC = b"PAR1"
 
 
@@ -74,38 +70,6 @@ class ParquetColumns:
         """The options that were given, as flags."""
         flags = (("--image-column", self.image), ("--matte-column", self.matte))
         return [f for f, v in (*flags, ("--id-column", self.id)) if v is not None]
-
-
-def safe_id(text: str) -> str:
-    """`text` when it is a safe file name, else a deterministic safe form of it: unsafe
-    characters replaced by `_` and 10 hex digits of its SHA-1 appended (so it cannot take the
-    id of another row that was safe already, barring a hash collision)."""
-    if is_safe_name(text):
-        return text
-    plain = _UNSAFE.sub("_", text).lstrip(".") or "image"
-    digest = hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()[:10]
-    return f"{plain[: MAX_NAME - 11]}-{digest}"
-
-
-def file_id(rel: str) -> str:
-    """The id part naming a file of the dataset: its relative path without `.parquet`, `/` as
-    `__`, made safe."""
-    stem = rel[: -len(PARQUET_SUFFIX)] if rel.endswith(PARQUET_SUFFIX) else rel
-    return safe_id(stem.replace("/", "__"))
-
-
-def row_id(rel: str, row: int, rows: int) -> str:
-    """`<file stem>-<row>`, the row zero-padded to the file's row count (ids sort in row order)."""
-    digits = f"{row:0{len(str(max(rows - 1, 0)))}d}"
-    return f"{file_id(rel)[: MAX_NAME - len(digits) - 1]}-{digits}"
-
-
-def path_stem(path: object) -> str | None:
-    """The file stem of a struct's `path` field (either slash), None when there is none."""
-    if not isinstance(path, str) or not path.strip():
-        return None
-    name = path.replace("\\", "/").rsplit("/", 1)[-1]
-    return PurePosixPath(name).stem or None
 
 
 def _is_binary(tp: pa.DataType) -> bool:

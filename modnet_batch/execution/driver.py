@@ -451,6 +451,8 @@ def run_job(
             f"kept in {plan.run.root}; run the same command again to resume",
             exc.signum,
         ) from None
+    finally:
+        plan.run.release()  # another job may write the run now
     return JobOutcome(
         summary=summary,
         run_dir=plan.run.root,

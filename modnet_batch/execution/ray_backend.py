@@ -39,8 +39,8 @@ from modnet_batch.execution.shard_check import ShardUnreadable
 from modnet_batch.execution.worker_spec import WorkerSpec
 from modnet_batch.model.shipped import ShippedModel, materialize
 from modnet_batch.options import JobConfig
-from modnet_batch.results import RunDir, UnitResult, WorkUnit, atomic_write_bytes
-from modnet_batch.storage import AnyPath, argument, location
+from modnet_batch.results import RunDir, UnitResult, WorkUnit
+from modnet_batch.storage import AnyPath, argument, atomic_write_bytes, location
 
 log = logging.getLogger(__name__)
 # An actor that died: RayActorError (ActorDiedError, ActorUnavailableError), or, once Ray knows

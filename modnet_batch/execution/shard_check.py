@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import threading
 
+from modnet_batch.digest import sha256_file
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.results import WorkUnit
-from modnet_batch.storage import location, sha256, shown
+from modnet_batch.storage import location, shown
 
 
 class ShardUnreadable(ModnetBatchError):
@@ -24,7 +25,7 @@ def check_shard(unit: WorkUnit) -> None:
     if unit.sha256 is None:
         return
     try:
-        actual = sha256(location(unit.path))
+        actual = sha256_file(location(unit.path))
     except FileNotFoundError:
         raise ShardUnreadable(
             f"shard {unit.name} ({shown(unit.path)}) does not exist; re-create the dataset"

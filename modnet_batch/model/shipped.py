@@ -15,7 +15,7 @@ from pathlib import Path
 from modnet_batch.cache import cache_dir
 from modnet_batch.digest import sha256_file
 from modnet_batch.errors import ModnetBatchError
-from modnet_batch.results import atomic_write_bytes
+from modnet_batch.storage import atomic_write_bytes
 
 SHIPPED_DIR = "shipped"  # <cache>/shipped/<sha256[:16]>-<file name>
 

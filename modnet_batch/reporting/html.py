@@ -29,8 +29,8 @@ from modnet_batch.reporting.facts import (
 )
 from modnet_batch.reporting.panels import ImagePictures, pictures
 from modnet_batch.reporting.table import COMPARE_DIGITS, ROW_DIGITS, TITLES, fmt
-from modnet_batch.results import RunDir, atomic_write_bytes
-from modnet_batch.storage import AnyPath
+from modnet_batch.results import RunDir
+from modnet_batch.storage import AnyPath, atomic_write_bytes
 
 # Panels per page: the worst and the best this many images of a run (41 images would otherwise
 # make a page of ~8 MB); a comparison shows this many per direction of change.

@@ -1,9 +1,8 @@
-"""The run directory's contract: its layout, atomic writers, the alpha files, the metric table,
+"""The run directory's contract: its layout, the alpha files, the metric table,
 shard task/result records and the typed summary. Execution writes through it; reporting and
 bench read runs only through it."""
 
 from modnet_batch.results.alpha import read_alpha, write_alpha
-from modnet_batch.results.atomic import atomic_write_bytes, atomic_write_json
 from modnet_batch.results.records import ReturnedFile, UnitResult, WorkUnit
 from modnet_batch.results.rundir import RunDir
 from modnet_batch.results.summary import SUMMARY_SCHEMA, ImageCounts, JobFacts, ShardCounts, Summary
@@ -20,8 +19,6 @@ __all__ = [
     "Summary",
     "UnitResult",
     "WorkUnit",
-    "atomic_write_bytes",
-    "atomic_write_json",
     "read_alpha",
     "read_rows",
     "write_alpha",

@@ -8,8 +8,7 @@ import zipfile
 import numpy as np
 import numpy.typing as npt
 
-from modnet_batch.results.atomic import atomic_write_bytes
-from modnet_batch.storage import AnyPath, UriPath
+from modnet_batch.storage import AnyPath, UriPath, atomic_write_bytes
 
 # zlib level 1 instead of np.savez_compressed's 6: on the 41 ppm100-dev alphas (480x288) a file
 # is 12% larger (12.7 vs 11.4 kB) for 2.3x less CPU (0.9 vs 2.1 ms), CPU the network needs more.

@@ -1,11 +1,13 @@
 """The run directory: its layout, per-shard completion markers and the job's identity for resume.
 
 Layout: job.yaml, alpha/<image_id>.npz, outputs/ (image files, results.outputs), metrics.parquet,
-summary.json, state/identity.json,
+summary.json, state/identity.json, state/lock (while a job writes the run),
 state/shards/<shard>.json (one per finished shard; its presence means the shard is done).
 
 The root is a local path or a URI (modnet_batch.storage): every file is read and written
-through it, complete or absent, the markers last.
+through it, complete or absent, the markers last. It is a storage.WorkFolder: the same job
+resumes it, another is refused, and one job at a time writes it (the process that planned the
+job holds state/lock from `prepare` to `release`; a Ray job's workers never take it).
 """
 
 from __future__ import annotations
@@ -21,16 +23,27 @@ import numpy as np
 import numpy.typing as npt
 import yaml
 
-from modnet_batch.data.dataset import is_safe_name
+from modnet_batch.data.ids import is_safe_name
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.metrics import ImageRow
 from modnet_batch.results.alpha import read_alpha, write_alpha
-from modnet_batch.results.atomic import TEMP_SUFFIX, atomic_write_bytes, atomic_write_json
 from modnet_batch.results.outputs import OutputKind, OutputSize, OutputSpec
 from modnet_batch.results.records import ReturnedFile, UnitResult
 from modnet_batch.results.summary import Summary
 from modnet_batch.results.table import read_rows, write_rows
-from modnet_batch.storage import AnyPath, UriPath, is_inside, location, relative
+from modnet_batch.storage import (
+    LOCK_FILE,
+    TEMP_SUFFIX,
+    AnyPath,
+    FolderLock,
+    UriPath,
+    WorkFolder,
+    atomic_write_bytes,
+    atomic_write_json,
+    is_inside,
+    location,
+    relative,
+)
 
 
 def _checked(name: str, what: str) -> str:
@@ -73,6 +86,10 @@ class RunDir:
         self.metrics = self.root / "metrics.parquet"
         self.summary = self.root / "summary.json"
         self.identity_file = self.state / "identity.json"
+        self.lock_file = self.state / LOCK_FILE
+        self._work = WorkFolder(
+            self.identity_file, FolderLock(self.lock_file, job="job", target=self.root)
+        )
 
     # --- layout -------------------------------------------------------------------------------
     def alpha_path(self, image_id: str) -> AnyPath:
@@ -125,10 +142,12 @@ class RunDir:
 
     # --- identity and resume ------------------------------------------------------------------
     def prepare(self, identity: dict[str, Any]) -> bool:
-        """Create the run dir, or accept it for resume when it was made by the same job.
+        """Create the run dir, or accept it for resume when it was made by the same job; from
+        then on this process holds it (`release` when the job ends).
 
         Returns True when resuming. A directory made by another job (other dataset, model or
-        protocol), or one that is not a run directory, is refused: nothing is overwritten.
+        protocol), or one that is not a run directory, is refused: nothing is overwritten. A
+        run directory that a live job writes is refused, naming it (host and pid).
         """
         if isinstance(self.root, UriPath):
             self.root.check_store()
@@ -136,29 +155,35 @@ class RunDir:
             raise ModnetBatchError(
                 f"--out {self.root} is a file, not a directory; pass a new directory for the run"
             )
-        if self.identity_file.exists():
-            previous = json.loads(self.identity_file.read_text())
-            if previous != identity:
-                diff = sorted(
-                    k
-                    for k in identity.keys() | previous.keys()
-                    if identity.get(k) != previous.get(k)
-                )
-                raise ModnetBatchError(
-                    f"run directory {self.root} holds a different job (differs in "
-                    f"{', '.join(diff)}); choose a new --out, or delete it to start over"
-                )
-            self._remove_stale_temps()
-            return True
-        if self.root.exists() and any(self.root.iterdir()):
+        started = self.identity_file.exists() or self.lock_file.exists()
+        if not started and self.root.exists() and any(self.root.iterdir()):
             raise ModnetBatchError(
                 f"run directory {self.root} exists and is not a modnet-batch run; "
                 "choose a new --out"
             )
-        self.shard_state.mkdir(parents=True, exist_ok=True)
-        self.alpha.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.identity_file, identity)
-        return False
+        self.state.mkdir(parents=True, exist_ok=True)
+        resumed = self._work.claim(identity, self._refusal)
+        try:
+            if resumed:
+                self._remove_stale_temps()
+            else:
+                self.shard_state.mkdir(parents=True, exist_ok=True)
+                self.alpha.mkdir(parents=True, exist_ok=True)
+                self._work.record_identity(identity)
+        except BaseException:
+            self.release()
+            raise
+        return resumed
+
+    def release(self) -> None:
+        """Let another job write this run (when the job that prepared it ends)."""
+        self._work.release()
+
+    def _refusal(self, differ: list[str], recorded: dict[str, Any]) -> str:
+        return (
+            f"run directory {self.root} holds a different job (differs in "
+            f"{', '.join(sorted(differ))}); choose a new --out, or delete it to start over"
+        )
 
     def _remove_stale_temps(self) -> None:
         """Half-written files of an attempt that was killed (never a finished file: those are

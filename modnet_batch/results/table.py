@@ -6,8 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from modnet_batch.metrics import COLUMNS, CONFUSION, PER_IMAGE, ImageRow
-from modnet_batch.results.atomic import atomic_write_bytes
-from modnet_batch.storage import AnyPath, parquet_source
+from modnet_batch.storage import AnyPath, atomic_write_bytes, parquet_source
 
 _TYPES: dict[str, pa.DataType] = {
     "image_id": pa.string(),

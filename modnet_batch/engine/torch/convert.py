@@ -252,7 +252,7 @@ def load_program(
     per model content, torch version and converter format. `check_inputs` is called only
     when a conversion runs. A cached conversion whose recorded difference exceeds an explicit
     `tolerance` is converted (and checked) again."""
-    from modnet_batch.results.atomic import atomic_write_bytes, atomic_write_json
+    from modnet_batch.storage import atomic_write_bytes, atomic_write_json
 
     sha256 = sha256_file(model_path)
     paths = cache_paths(model_path, sha256)

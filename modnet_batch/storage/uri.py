@@ -1,77 +1,23 @@
-"""Storage by local path or URI: datasets, runs and models live on a local disk or in object
-storage (`s3://`, `gs://`, `hdfs://`, anything `pyarrow.fs.FileSystem.from_uri` knows).
-
-`location(text)` gives a `pathlib.Path` for a local path (and `file://` URIs), else a `UriPath`:
-the small part of the `Path` interface the project uses (`/`, name, parent, exists, is_file,
-is_dir, iterdir, glob, rglob, read_bytes, stat, unlink, ...) over a pyarrow file system. Code
-that reads and writes runs and datasets takes either (`AnyPath`).
-
-- Credentials come from where pyarrow looks for them (the AWS / Google environment variables and
-  config files, or a URI's `user:secret@` part). `str()` of a UriPath never shows them: it is
-  `redact(uri)`, without the user-info part and without query values that name a key, secret,
-  token or password; `UriPath.uri` (the URI as given) is only handed to code that opens it
-  (workers resolve the URI themselves, in their own process).
-- Writes are complete or absent: a local file through a temp file and a rename
-  (`results/atomic.py`), an object through one upload that becomes visible only once closed
-  (S3: one PUT, or a multipart upload completed at the end). Nothing ever appends to an object.
-- A failure is one line naming the URI (redacted) and the fix; a missing bucket or refused
-  credentials is a `UriStorageError` (an OSError with `permanent=True`: no retry passes), a
-  network failure a plain OSError (a retry may pass).
-"""
+"""Object storage addressed by URI: `UriPath`, the small part of the `Path` interface the project
+uses, over a pyarrow file system; its failures as one line naming the URI and the fix."""
 
 from __future__ import annotations
 
 import errno
 import fnmatch
-import hashlib
 import re
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePath, PurePosixPath
-from typing import IO, Any
-from urllib.parse import unquote, urlsplit
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
 from modnet_batch.errors import ModnetBatchError
-
-# scheme://... with a scheme of 2+ characters (so that C:\ or C:/ stay local paths on Windows)
-_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://(.*)$", re.DOTALL)
-# query parameters whose values are secrets (dropped from everything shown or written)
-_SECRET = re.compile(r"key|secret|token|password|passwd|credential|signature|sig$", re.I)
-# user-info (`user:secret@`) of a URI anywhere in a text
-_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]+://)[^/@\s?#]*@")
-_QUERY_PARAM = re.compile(r"([?&])([^=&\s#]+)=([^&\s#]*)")
-
-
-def is_uri(value: object) -> bool:
-    """Whether `value` names object storage (a URI other than file://)."""
-    if isinstance(value, UriPath):
-        return True
-    if not isinstance(value, str):
-        return False
-    match = _URI.match(value)
-    return match is not None and match.group(1).lower() != "file"
-
-
-def redact(text: str) -> str:
-    """`text` with every URI's user-info and secret query values removed (what may be shown,
-    logged or written to a file)."""
-    text = _USERINFO.sub(r"\1", text)
-
-    def keep(m: re.Match[str]) -> str:
-        return m.group(0) if not _SECRET.search(unquote(m.group(2))) else m.group(1)
-
-    cleaned = _QUERY_PARAM.sub(keep, text)
-    # a query left empty or with a dangling separator by a removal
-    return re.sub(r"\?&+", "?", re.sub(r"&&+", "&", re.sub(r"[?&](?=\s|$|#)", "", cleaned)))
-
-
-def shown(value: object) -> str:
-    """A location (or any text naming one) as it may be printed or written."""
-    return redact(str(value))
+from modnet_batch.storage.text import URI_PATTERN, redact
 
 
 @dataclass(frozen=True)
@@ -84,7 +30,7 @@ class _Parts:
 
 
 def _split(uri: str) -> _Parts:
-    match = _URI.match(uri)
+    match = URI_PATTERN.match(uri)
     if match is None:
         raise ValueError(f"{redact(uri)} is not a URI")
     scheme, rest = match.group(1).lower(), match.group(2)
@@ -321,6 +267,16 @@ class UriPath:
             return fs, base or "/"
         return fs, f"{base}/{p.path}"
 
+    @contextmanager
+    def _calling(self, what: str) -> Iterator[tuple[pafs.FileSystem, str]]:
+        """(the file system, this object's path in it) for a call whose pyarrow failure becomes
+        one line: `cannot <what> <uri>` (_failure)."""
+        fs, path = self._fs()
+        try:
+            yield fs, path
+        except (OSError, pa.ArrowException) as exc:
+            raise _failure(what, str(self), exc) from None
+
     @property
     def filesystem(self) -> pafs.FileSystem:
         return self._fs()[0]
@@ -330,11 +286,8 @@ class UriPath:
         return self._fs()[1]
 
     def _info(self) -> pafs.FileInfo:
-        fs, path = self._fs()
-        try:
+        with self._calling("look up") as (fs, path):
             return fs.get_file_info(path)
-        except (OSError, pa.ArrowException) as exc:
-            raise _failure("look up", str(self), exc) from None
 
     def exists(self) -> bool:
         return bool(self._info().type != pafs.FileType.NotFound)
@@ -353,13 +306,10 @@ class UriPath:
         return _Stat(st_size=int(info.size or 0), st_mtime=mtime)
 
     def _list(self, recursive: bool) -> list[pafs.FileInfo]:
-        fs, path = self._fs()
-        try:
+        with self._calling("list") as (fs, path):
             return list(
                 fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=recursive))
             )
-        except (OSError, pa.ArrowException) as exc:
-            raise _failure("list", str(self), exc) from None
 
     def _child(self, info: pafs.FileInfo) -> UriPath:
         base = self.fs_path.rstrip("/")
@@ -397,20 +347,14 @@ class UriPath:
         HDFS and the like get one."""
         if self._p.scheme in ("s3", "gs", "gcs"):
             return
-        fs, path = self._fs()
-        try:
+        with self._calling("create") as (fs, path):
             fs.create_dir(path, recursive=parents)
-        except (OSError, pa.ArrowException) as exc:
-            raise _failure("create", str(self), exc) from None
 
     # --- bytes ---------------------------------------------------------------------------------
     def open_input_file(self) -> pa.NativeFile:
         """A seekable reader (what pq.ParquetFile takes)."""
-        fs, path = self._fs()
-        try:
+        with self._calling("read") as (fs, path):
             return fs.open_input_file(path)
-        except (OSError, pa.ArrowException) as exc:
-            raise _failure("read", str(self), exc) from None
 
     def open(self, mode: str = "rb") -> pa.NativeFile:
         if mode not in ("r", "rb"):
@@ -418,12 +362,8 @@ class UriPath:
         return self.open_input_file()
 
     def read_bytes(self) -> bytes:
-        fs, path = self._fs()
-        try:
-            with fs.open_input_stream(path) as fh:
-                return bytes(fh.read())
-        except (OSError, pa.ArrowException) as exc:
-            raise _failure("read", str(self), exc) from None
+        with self._calling("read") as (fs, path), fs.open_input_stream(path) as fh:
+            return bytes(fh.read())
 
     def read_text(self, encoding: str = "utf-8") -> str:
         return self.read_bytes().decode(encoding)
@@ -431,28 +371,22 @@ class UriPath:
     def write_bytes(self, data: bytes | memoryview) -> None:
         """The whole object in one upload: it becomes visible complete when the stream closes,
         or not at all (a process killed while uploading leaves nothing)."""
-        fs, path = self._fs()
-        try:
+        with self._calling("write") as (fs, path):
             stream = fs.open_output_stream(path)
             stream.write(data)
             stream.close()
-        except (OSError, pa.ArrowException) as exc:
-            raise _failure("write", str(self), exc) from None
 
     def write_text(self, text: str, encoding: str = "utf-8") -> None:
         self.write_bytes(text.encode(encoding))
 
     def upload(self, local: Path, block: int = 8 << 20) -> None:
         """A local file as this object (streamed; complete or absent, as write_bytes)."""
-        fs, path = self._fs()
-        try:
+        with self._calling("write") as (fs, path):
             stream = fs.open_output_stream(path)
             with local.open("rb") as src:
                 while chunk := src.read(block):
                     stream.write(chunk)
             stream.close()
-        except (OSError, pa.ArrowException) as exc:
-            raise _failure("write", str(self), exc) from None
 
     def unlink(self, missing_ok: bool = False) -> None:
         fs, path = self._fs()
@@ -473,72 +407,3 @@ class UriPath:
             pass
         except (OSError, pa.ArrowException) as exc:
             raise _failure("delete", str(self), exc) from None
-
-
-AnyPath = Path | UriPath
-
-
-def location(value: str | Path | UriPath) -> AnyPath:
-    """A local path (`~` expanded; a `file://` URI as its path) or a UriPath."""
-    if isinstance(value, UriPath | Path):
-        return value
-    text = str(value)
-    match = _URI.match(text)
-    if match is None:
-        return Path(text).expanduser()
-    if match.group(1).lower() == "file":  # file:///abs/path (or file://localhost/abs/path)
-        return Path(unquote(urlsplit(text).path) or "/")
-    return UriPath(text)
-
-
-def is_inside(child: AnyPath, parent: AnyPath) -> bool:
-    """Whether `child` is `parent` or below it (both local, or both in one store)."""
-    if isinstance(child, UriPath) or isinstance(parent, UriPath):
-        return isinstance(child, UriPath) and child.is_relative_to(parent)
-    return child.is_relative_to(parent)
-
-
-def relative(child: AnyPath, parent: AnyPath) -> str:
-    """`child`'s path below `parent`, with `/` (ValueError when it is not below)."""
-    if isinstance(child, UriPath):
-        return child.relative_to(parent).as_posix()
-    if isinstance(parent, UriPath):
-        raise ValueError(f"{child} is not inside {parent}")
-    return child.relative_to(parent).as_posix()
-
-
-def resolved(value: str | Path | UriPath) -> AnyPath:
-    """`location(value)`, a local path made absolute."""
-    loc = location(value)
-    return loc.resolve() if isinstance(loc, Path) else loc
-
-
-def argument(value: str | Path | UriPath) -> str:
-    """The text that names `value` to another process (a worker, a cluster job): a local path
-    absolute, a URI as given (credentials included: never show or store it)."""
-    loc = resolved(value)
-    return loc.uri if isinstance(loc, UriPath) else str(loc)
-
-
-def parquet_source(path: AnyPath) -> str | pa.NativeFile:
-    """What pq.ParquetFile / pq.read_table take for `path`."""
-    return path.open_input_file() if isinstance(path, UriPath) else str(path)
-
-
-def sha256(path: AnyPath) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    fh: IO[bytes] | pa.NativeFile
-    if isinstance(path, UriPath):
-        fs, p = path._fs()
-        try:
-            with fs.open_input_stream(p) as fh:
-                while block := fh.read(1 << 20):
-                    digest.update(block)
-        except (OSError, pa.ArrowException) as exc:
-            raise _failure("read", str(path), exc) from None
-        return digest.hexdigest()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()

@@ -1,5 +1,5 @@
 """Atomic file writes: a file is complete or absent, never half-written (local: a temp file and a
-rename; object storage: one upload, storage.UriPath.write_bytes)."""
+rename; object storage: one upload, UriPath.write_bytes)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from modnet_batch.storage import AnyPath, UriPath
+from modnet_batch.storage.paths import AnyPath
+from modnet_batch.storage.uri import UriPath
 
 
 def _umask() -> int:
@@ -49,5 +50,6 @@ def atomic_write_bytes(path: AnyPath, data: bytes) -> None:
         raise
 
 
-def atomic_write_json(path: AnyPath, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+def atomic_write_json(path: AnyPath, obj: Any, *, sort_keys: bool = True) -> None:
+    """`obj` as indented JSON, atomically (`sort_keys=False`: in the order it was built)."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n").encode())
