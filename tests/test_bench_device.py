@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from modnet_batch.bench.device import Config, best_batches, run
+from benchmarks.accelerator import Config, best_batches, run
 from modnet_batch.data.synthetic import make_synthetic
 
 
@@ -135,7 +135,7 @@ def test_decoding_section_records_failed_runs_and_goes_on(
 ) -> None:
     """A run that fails other than by a refusal (e.g. out of device memory) is recorded in the
     section and the bench goes on: the scored comparison then says which job failed."""
-    from modnet_batch.bench import device
+    from benchmarks import accelerator as device
 
     def out_of_memory(*args: object, **kwargs: object) -> None:
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore")

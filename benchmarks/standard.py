@@ -18,16 +18,17 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.memory import peak_submit_memory
+from benchmarks.stamp import stamp, write_results
+from benchmarks.tiny import make_tiny_model
 from modnet_batch.bench.config import BenchConfig
 from modnet_batch.bench.devices import Device
 from modnet_batch.bench.end_to_end import run_end_to_end
-from modnet_batch.bench.environment import LoadMonitor, environment, load_average
-from modnet_batch.bench.memory import peak_submit_memory
+from modnet_batch.bench.environment import LoadMonitor, load_average
 from modnet_batch.bench.model_only import measure
 from modnet_batch.bench.naive import run_naive
 from modnet_batch.bench.run import dataset_samples
 from modnet_batch.bench.stats import median
-from modnet_batch.bench.tiny import make_tiny_model
 from modnet_batch.data.ingest import ingest
 from modnet_batch.data.synthetic import make_synthetic
 from modnet_batch.errors import ModnetBatchError
@@ -35,7 +36,6 @@ from modnet_batch.execution.resources import available_cpus
 from modnet_batch.model.variants import VARIANTS, resolve_model, variant_info
 from modnet_batch.pipeline import DecodeMode
 from modnet_batch.protocol import get_protocol
-from modnet_batch.results import atomic_write_json
 
 PROTOCOL = "seed-area"
 SHARD_SIZE = 4  # 41 ppm100-dev images -> 11 shards, enough for two workers to share evenly
@@ -306,7 +306,7 @@ def memory_bench(out: Path, log: Console) -> dict[str, Any]:
     shutil.rmtree(base, ignore_errors=True)
     model = make_tiny_model(base / "tiny.onnx")
     src_all = make_synthetic(base / "src", n=max(MEMORY_SIZES), height=96, width=64, seed=3)
-    result: dict[str, Any] = {"model": "tiny (bench/tiny.py)", "image_size": "64x96"}
+    result: dict[str, Any] = {"model": "tiny (benchmarks/tiny.py)", "image_size": "64x96"}
     for n in MEMORY_SIZES:
         src = base / f"src-{n}"
         for sub in ("image", "matte"):
@@ -434,9 +434,9 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     doc: dict[str, Any] = {
         "schema": 1,
+        **stamp(),
         "protocol": PROTOCOL,
         "rounds": args.rounds,
-        "environment": environment(),
         "models": {},
         "skipped_models": {},
     }
@@ -468,7 +468,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.keep_data:  # re-ingested on every run; only the JSON is worth keeping
         for sub in ("runs", "data", "memory"):
             shutil.rmtree(out / sub, ignore_errors=True)
-    atomic_write_json(out / "standard.json", json.loads(json.dumps(doc)))
+    write_results(out / "standard.json", doc)
     print_standard(doc, console)
     console.print(f"wrote {out / 'standard.json'}", highlight=False)
 

@@ -1,5 +1,5 @@
 """`make bench-scale`: a load run of `submit` on this machine, 100,000 small images through the
-tiny model (modnet_batch.bench.tiny), so that what is measured is the machinery, not the network:
+tiny model (benchmarks.tiny), so that what is measured is the machinery, not the network:
 
 - the driver's CPU per shard (its dispatch loop, summary.json `dispatch`, and the whole process);
 - the peak memory (RSS) of the driver and of each worker at 10%, 50% and 100% of the images done
@@ -36,9 +36,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from benchmarks.stamp import stamp, write_results
+from benchmarks.tiny import make_tiny_model
 from modnet_batch import __version__
-from modnet_batch.bench.environment import environment
-from modnet_batch.bench.tiny import make_tiny_model
 from modnet_batch.data.dataset import (
     META_FILE,
     SCHEMA_VERSION,
@@ -51,7 +51,7 @@ from modnet_batch.data.ingest import ingest
 from modnet_batch.data.synthetic import make_synthetic
 from modnet_batch.digest import sha256_file
 from modnet_batch.errors import ModnetBatchError
-from modnet_batch.results import RunDir, atomic_write_json
+from modnet_batch.results import RunDir
 from modnet_batch.results.alpha import write_alpha
 
 DEFAULT_IMAGES = 100_000
@@ -475,6 +475,7 @@ def run_bench(
     data = make_dataset(work / "dataset", images, shard_size)
     run = work / "run"
     doc: dict[str, Any] = {
+        **stamp(),
         "benchmark": "scale",
         "images": images,
         "dataset": data,
@@ -489,7 +490,6 @@ def run_bench(
             "tiny.onnx",
             *extra,
         ],
-        "environment": environment(),
     }
     doc["run"] = load_run(
         work / "dataset", run, model, images, shard_size, extra, work / "submit.log"
@@ -499,8 +499,7 @@ def run_bench(
     if layouts:
         doc["layouts"] = layout_costs(work / "layouts", images)
     doc["seconds"] = round(time.perf_counter() - t0, 1)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "scale.json", doc)
+    write_results(out / "scale.json", doc)
     if not keep:
         shutil.rmtree(work, ignore_errors=True)
     return doc

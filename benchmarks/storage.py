@@ -3,7 +3,7 @@ from local disk to local disk, and from S3 to S3 (moto's S3 server on 127.0.0.1,
 process), rounds alternating, images/s as each job measured it (its processing span) and the
 whole command's wall time; medians over the rounds.
 
-    python -m modnet_batch.bench.storage SRC --out bench/storage.json [--rounds 3] [--model M]
+    python -m benchmarks.storage SRC --out bench/storage.json [--rounds 3] [--model M]
 
 SRC is ingested once locally; the S3 copy is that dataset's files uploaded unchanged (the same
 shards). The model is local in both cases (only the dataset and run directory move). Needs
@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from modnet_batch.bench.environment import environment
+from benchmarks.stamp import write_results
 from modnet_batch.data.ingest import ingest
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.model.variants import resolve_model
@@ -160,10 +160,8 @@ def run(src: Path, out: Path, rounds: int, model_spec: str | None) -> dict[str, 
         },
         "metrics_equal": same,
         "runs": results,
-        "environment": environment(),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2) + "\n")
+    write_results(out, doc)
     return doc
 
 

@@ -1,6 +1,6 @@
 """The device benchmark: one accelerator machine, no Ray, every figure in one JSON.
 
-`python -m modnet_batch.bench.device --model M.onnx --src PPM_DIR --out OUT` (`make bench-device`)
+`python -m benchmarks.accelerator --model M.onnx --src PPM_DIR --out OUT` (`make bench-device`)
 measures, in this order and within a time budget:
 
 1. `reference`: onnxruntime fp32 on the CPU over the real images: the outputs and metrics every
@@ -28,7 +28,6 @@ It runs on the CPU too (tests, with the tiny model, in seconds); on a GPU machin
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import shutil
@@ -45,6 +44,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from benchmarks.stamp import stamp, write_results
 from modnet_batch.bench.stats import latency_summary
 from modnet_batch.engine import EngineSpec, Session, open_session
 from modnet_batch.errors import ModnetBatchError
@@ -711,16 +711,14 @@ def decoding(
 def run(
     cfg: Config, on_section: Callable[[str, dict[str, Any]], None] | None = None
 ) -> dict[str, Any]:
-    from modnet_batch.bench.environment import environment
-
     started = time.monotonic()
     deadline = started + cfg.budget_s
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    doc: dict[str, Any] = {"config": cfg.__dict__, "environment": environment()}
+    doc: dict[str, Any] = {**stamp(), "config": cfg.__dict__}
 
     def save(section: str) -> None:
-        (out / "device.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        write_results(out / "device.json", doc)
         if on_section is not None:
             on_section(section, doc)
 
