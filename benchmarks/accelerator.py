@@ -45,18 +45,19 @@ import numpy as np
 import numpy.typing as npt
 
 from benchmarks.stamp import stamp, write_results
+from modnet_batch.bench.model_only import input_batch
 from modnet_batch.bench.stats import latency_summary
+from modnet_batch.data.ingest import _plan
 from modnet_batch.engine import EngineSpec, Session, open_session
 from modnet_batch.errors import ModnetBatchError
+from modnet_batch.execution.batching import smallest_near_fastest, time_runs
 from modnet_batch.execution.resources import available_cpus
-from modnet_batch.metrics import ImageMetrics, MetricAccumulator
+from modnet_batch.metrics import DATASET, ImageMetrics, MetricAccumulator
 from modnet_batch.pipeline import ImagePipeline
 from modnet_batch.protocol import get_protocol
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 PROTOCOL = "seed-area"  # one network input size (288x480) for every image: batches of any size
-# each metric is compared at the dataset level, as a job reports it
-METRICS = ("mse", "mad", "sad", "grad", "conn", "miou")
 
 
 @dataclass(frozen=True)
@@ -165,15 +166,9 @@ class RealImages:
 
 
 def _pairs(src: Path, limit: int) -> list[tuple[Path, Path | None]]:
-    folder = src / "image" if (src / "image").is_dir() else src
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
-    if not images:
-        raise ModnetBatchError(f"no .jpg/.jpeg/.png images in {folder}; pass --src PPM_DIR")
-    pairs = []
-    for p in images[:limit]:
-        mattes = sorted((src / "matte").glob(p.stem + ".*")) if (src / "matte").is_dir() else []
-        pairs.append((p, mattes[0] if mattes else None))
-    return pairs
+    """The first `limit` (image, matte or None) of `src`, paired as `ingest` pairs them."""
+    items = _plan(src).items[:limit]
+    return [(src / i.image, src / i.matte if i.matte else None) for i in items]
 
 
 def load_real_images(src: Path, limit: int) -> RealImages:
@@ -271,7 +266,7 @@ def _deltas(
 ) -> dict[str, float] | None:
     if metrics is None or reference is None:
         return None
-    return {k: float(metrics[k]) - float(reference[k]) for k in METRICS if k in metrics}
+    return {k: float(metrics[k]) - float(reference[k]) for k in DATASET if k in metrics}
 
 
 # --- 2. model only ----------------------------------------------------------------------------
@@ -279,23 +274,11 @@ def time_batches(
     session: Session, x: npt.NDArray[np.float32], batch: int, seconds: float, warmup: int = 3
 ) -> dict[str, Any]:
     """Run batches of `batch` cycled from `x` for about `seconds` after `warmup` of them."""
-    idx = np.arange(batch) % len(x)
-    xb = np.ascontiguousarray(x[idx])
-    for _ in range(warmup):
-        session.run(xb)
-    latencies: list[float] = []
-    start = time.perf_counter()
-    while True:
-        t = time.perf_counter()
-        session.run(xb)
-        latencies.append(time.perf_counter() - t)
-        if time.perf_counter() - start >= seconds and len(latencies) >= 5:
-            break
-    span = time.perf_counter() - start
-    lat = latency_summary(latencies)
+    timing = time_runs(session.run, input_batch(x, batch), min_s=seconds, min_runs=5, warmup=warmup)
+    lat = latency_summary(timing.latencies)
     return {
-        "images_per_s": round(batch * len(latencies) / span, 2),
-        "batches": len(latencies),
+        "images_per_s": round(timing.images_per_s, 2),
+        "batches": len(timing.latencies),
         "latency_p50_ms": round(lat["p50_ms"], 3),
         "latency_p99_ms": round(lat["p99_ms"], 3),
     }
@@ -369,10 +352,8 @@ def best_batches(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             groups.setdefault(key, []).append(r)
     for key, group in groups.items():
         top = max(group, key=lambda r: r["images_per_s"])
-        knee = min(
-            (r for r in group if r["images_per_s"] >= 0.95 * top["images_per_s"]),
-            key=lambda r: r["batch_size"],
-        )
+        chosen = smallest_near_fastest({r["batch_size"]: r["images_per_s"] for r in group})
+        knee = next(r for r in group if r["batch_size"] == chosen)
         best[key] = {
             "fastest_batch": top["batch_size"],
             "fastest_images_per_s": top["images_per_s"],
@@ -695,7 +676,7 @@ def decoding(
         "device": dev_m,
         "delta": {
             k: None if cpu_m.get(k) is None or dev_m.get(k) is None else dev_m[k] - cpu_m[k]
-            for k in METRICS
+            for k in DATASET
         },
         "max_abs_image_mse_delta": moved[worst] if worst is not None else None,
         "max_abs_image_mse_delta_image": worst,

@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from benchmarks.memory import TreeWatch
 from benchmarks.stamp import stamp, write_results
 from benchmarks.tiny import make_tiny_model
 from modnet_batch import __version__
@@ -62,7 +62,6 @@ CHECKPOINTS = (0.1, 0.5, 1.0)  # of the images done: 10k / 50k / 100k
 GROWTH_FLAG = 0.10  # RSS growth from the first checkpoint to the last above 10% ...
 GROWTH_FLAG_MIB = 16.0  # ... and 16 MiB is flagged
 SAMPLE_S = 0.25
-MIB = 2**20
 
 
 # --- the dataset --------------------------------------------------------------------------------
@@ -148,66 +147,6 @@ def make_dataset(
 
 
 # --- the load run -------------------------------------------------------------------------------
-def _mib(n: float) -> float:
-    return round(n / MIB, 1)
-
-
-class _Watch:
-    """Samples the submit process tree: the driver (the submit process), its workers (Ray's
-    `ShardWorker` processes) and everything else Ray runs, RSS now and peak, CPU seconds."""
-
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self.root = psutil.Process(proc.pid)
-        self.peak: dict[int, int] = {}
-        self.now: dict[int, int] = {}
-        self.kind: dict[int, str] = {}
-        self.driver_cpu = 0.0
-
-    def sample(self) -> None:
-        try:
-            family = [self.root, *self.root.children(recursive=True)]
-        except psutil.Error:
-            return
-        now: dict[int, int] = {}
-        for p in family:
-            try:
-                rss = int(p.memory_info().rss)
-                if self.kind.get(p.pid, "ray") == "ray":  # Ray renames a worker once it is one
-                    cmd = " ".join(p.cmdline())
-                    self.kind[p.pid] = (
-                        "driver"
-                        if p.pid == self.root.pid
-                        else "worker"
-                        if "ShardWorker" in cmd
-                        else "ray"
-                    )
-                if p.pid == self.root.pid:
-                    t = p.cpu_times()
-                    self.driver_cpu = t.user + t.system
-            except psutil.Error:
-                continue
-            now[p.pid] = rss
-            self.peak[p.pid] = max(self.peak.get(p.pid, 0), rss)
-        if now:
-            self.now = now
-
-    def snapshot(self) -> dict[str, Any]:
-        def of(kind: str) -> list[int]:
-            return sorted(pid for pid, k in self.kind.items() if k == kind and pid in self.now)
-
-        driver = self.root.pid
-        return {
-            "driver_rss_mib": _mib(self.now.get(driver, 0)),
-            "driver_peak_rss_mib": _mib(self.peak.get(driver, 0)),
-            "driver_cpu_s": round(self.driver_cpu, 2),
-            "workers": {
-                str(pid): {"rss_mib": _mib(self.now[pid]), "peak_rss_mib": _mib(self.peak[pid])}
-                for pid in of("worker")
-            },
-            "ray_other_rss_mib": _mib(sum(self.now[pid] for pid in of("ray"))),
-        }
-
-
 def _submit_cmd(dataset: Path, out: Path, model: Path, extra: list[str]) -> list[str]:
     cmd = [sys.executable, "-m", "modnet_batch", "submit", "--dataset", str(dataset)]
     return [*cmd, "--out", str(out), "--model", str(model), *extra]
@@ -233,7 +172,7 @@ def load_run(
         proc = subprocess.Popen(
             _submit_cmd(dataset, out, model, extra), stdout=fh, stderr=subprocess.STDOUT, env=env
         )
-        watch = _Watch(proc)
+        watch = TreeWatch(proc.pid)
         first_result = all_done = None
         before: dict[str, Any] = {}  # the previous sample, with its images done
         while proc.poll() is None:
