@@ -34,6 +34,30 @@ class _Worker:
     ends: list[float] = field(default_factory=list)
     error: BaseException | None = None
 
+    def warm_up(self, x: npt.NDArray[np.float32], count: int) -> None:
+        for k in range(count):
+            t = time.perf_counter()
+            self.session.run(x)
+            dt = time.perf_counter() - t
+            self.warmup_s += dt
+            if k == 0:
+                self.first_result_s = dt
+
+    def run_timed(self, x: npt.NDArray[np.float32], cfg: BenchConfig, t0: float) -> None:
+        """Batches until `cfg.iterations` of them, or else until `cfg.duration_s` after `t0`."""
+        deadline = t0 + cfg.duration_s
+        while True:
+            t = time.perf_counter()
+            if cfg.iterations is not None:
+                if len(self.ends) >= cfg.iterations:
+                    break
+            elif t >= deadline:
+                break
+            self.session.run(x)
+            end = time.perf_counter()
+            self.latencies.append(end - t)
+            self.ends.append(end)
+
 
 def input_batch(samples: npt.NDArray[np.float32], batch: int) -> npt.NDArray[np.float32]:
     """`batch` network inputs (Bx3xHxW float32) cycling through `samples` (Nx3xHxW)."""
@@ -85,28 +109,9 @@ def _run(
 
     def loop(w: _Worker) -> None:
         try:
-            for k in range(cfg.warmup):
-                t = time.perf_counter()
-                w.session.run(x)
-                dt = time.perf_counter() - t
-                w.warmup_s += dt
-                if k == 0:
-                    w.first_result_s = dt
+            w.warm_up(x, cfg.warmup)
             barrier.wait()
-            deadline = clock["t0"] + cfg.duration_s
-            n = 0
-            while True:
-                t = time.perf_counter()
-                if cfg.iterations is not None:
-                    if n >= cfg.iterations:
-                        break
-                elif t >= deadline:
-                    break
-                w.session.run(x)
-                end = time.perf_counter()
-                w.latencies.append(end - t)
-                w.ends.append(end)
-                n += 1
+            w.run_timed(x, cfg, clock["t0"])
         except BaseException as exc:  # reported below; a broken barrier frees the others
             w.error = exc
             barrier.abort()
