@@ -74,7 +74,7 @@ bench-ingest: $(STAMP)
 bench-matte: $(STAMP)
 	$(PY) -m modnet_batch.bench.matting $(SHARED)/datasets/ppm100-dev/image --out bench/matting.json
 
-# The device benchmark (benchmarks/accelerator.py): on a GPU machine it measures CUDA, here the
+# The device benchmark (benchmarks/accelerator/): on a GPU machine it measures CUDA, here the
 # CPU. `make device-kit` packs what the GPU machine lacks into .device/ (model, real images,
 # wheels); there: python3 -m pip install -q --no-index --no-deps --target /tmp/site .device/whl/*
 # && PYTHONPATH=/tmp/site:$$PWD python3 -m benchmarks.accelerator --model .device/modnet.onnx

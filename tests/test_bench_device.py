@@ -10,7 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.accelerator import Config, best_batches, run
+from benchmarks.accelerator import jobs
+from benchmarks.accelerator.config import Config
+from benchmarks.accelerator.monitor import GpuMonitor
+from benchmarks.accelerator.run import run
+from benchmarks.accelerator.sweep import best_batches
 from modnet_batch.data.synthetic import make_synthetic
 
 
@@ -135,21 +139,20 @@ def test_decoding_section_records_failed_runs_and_goes_on(
 ) -> None:
     """A run that fails other than by a refusal (e.g. out of device memory) is recorded in the
     section and the bench goes on: the scored comparison then says which job failed."""
-    from benchmarks import accelerator as device
 
     def out_of_memory(*args: object, **kwargs: object) -> None:
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore")
 
-    monkeypatch.setattr(device, "_decoding_job", out_of_memory)
+    monkeypatch.setattr(jobs, "_decoding_job", out_of_memory)
     src = make_synthetic(tmp_path / "src", n=2, height=80, width=64, seed=1)
     cfg = Config(model=str(tiny_model), src=str(src), out=str(tmp_path), e2e_images=2)
-    section = device.decoding(
+    section = jobs.decoding(
         replace(cfg, decode_rounds=1),
         "fp32",
         "eager",
         1,
         tmp_path / "work",
-        device.GpuMonitor(),
+        GpuMonitor(),
         time.monotonic() + 60,
     )
     assert section["runs"] == [
