@@ -10,8 +10,8 @@ tiny model (benchmarks.tiny), so that what is measured is the machinery, not the
   `alpha/<id>.npz` layout against one sub-folder per 256-way bucket.
 
 `--images N` makes a quick run (tests/test_bench_scale.py runs 2,000). JSON to bench/scale.json.
-The dataset is made fast: a few synthetic 64x64 images ingested once, their rows replicated into
-shards under new ids (the shard schema, written as ingest writes it).
+The dataset is made fast: a few synthetic 64x64 images ingested once, their rows ingested again
+under new ids without decoding them.
 """
 
 from __future__ import annotations
@@ -25,31 +25,21 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from benchmarks.memory import TreeWatch
 from benchmarks.stamp import stamp, write_results
 from benchmarks.tiny import make_tiny_model
-from modnet_batch import __version__
 from modnet_batch.data.dataset import (
-    META_FILE,
-    SCHEMA_VERSION,
-    SHARD_DIR,
-    SHARD_SCHEMA,
     Dataset,
-    shard_name,
 )
-from modnet_batch.data.ingest import ingest
+from modnet_batch.data.ingest import Item, Loaded, Row, ingest
 from modnet_batch.data.synthetic import make_synthetic
-from modnet_batch.digest import sha256_file
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.results import RunDir
 from modnet_batch.results.alpha import write_alpha
@@ -69,7 +59,8 @@ def make_dataset(
     root: Path, images: int, shard_size: int = SHARD_SIZE, pool: int = POOL, seed: int = 0
 ) -> dict[str, Any]:
     """A dataset of `images` images in shards of `shard_size`: `pool` synthetic images (with
-    mattes) ingested once, their rows repeated under new ids img-0000000, img-0000001, ..."""
+    mattes) ingested once, then `ingest` of `images` empty placeholder pairs img-0000000,
+    img-0000001, ... whose loader hands it the pool's checked rows instead of reading them."""
     t0 = time.perf_counter()
     if root.exists():
         shutil.rmtree(root)
@@ -78,70 +69,38 @@ def make_dataset(
     src = make_synthetic(work / "src", n=pool, height=SIDE, width=SIDE, seed=seed)
     ingest(src, work / "ds", shard_size=pool)
     base = Dataset.open(work / "ds")
-    rows = pq.read_table(base.shard_path(base.shards[0]))
-    (root / SHARD_DIR).mkdir(parents=True)
-    shards: list[dict[str, Any]] = []
-    with_matte = 0
-    for index, first in enumerate(range(0, images, shard_size)):
-        count = min(shard_size, images - first)
-        picked = rows.take(pa.array([(first + k) % rows.num_rows for k in range(count)]))
-        ids = pa.array([f"img-{first + k:07d}" for k in range(count)], pa.string())
-        table = picked.set_column(picked.schema.get_field_index("image_id"), "image_id", ids)
-        table = table.cast(SHARD_SCHEMA)
-        name = shard_name(index)
-        path = root / SHARD_DIR / f"{name}.parquet"
-        pq.write_table(
-            table,
-            path,
-            # as ingest writes them: encoded images uncompressed, zstd on the small columns
-            compression={c: "zstd" for c in SHARD_SCHEMA.names}
-            | {"image": "none", "matte": "none"},
-            use_dictionary=["image_format", "matte_format"],
-            write_statistics=["image_id", "width", "height"],
-            row_group_size=16,
-        )
-        mattes = count - int(pc.sum(pc.is_null(table.column("matte"))).as_py() or 0)
-        with_matte += mattes
-        shards.append(
-            {
-                "name": name,
-                "path": f"{SHARD_DIR}/{name}.parquet",
-                "rows": count,
-                "with_matte": mattes,
-                "bytes": path.stat().st_size,
-                "sha256": sha256_file(path),
-                "first_image_id": f"img-{first:07d}",
-            }
-        )
-    meta = {
-        "schema_version": SCHEMA_VERSION,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "tool_version": __version__,
-        "source": f"bench.scale: {pool} synthetic {SIDE}x{SIDE} images, replicated",
-        "layout": "ppm100",
-        "shard_size": shard_size,
-        "row_group_rows": 16,
-        "counts": {
-            "images": images,
-            "with_matte": with_matte,
-            "skipped": 0,
-            "ignored": 0,
-            "shards": len(shards),
-        },
-        "shards": shards,
-        "skipped": [],
-        "ignored": [],
-    }
-    (root / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    rows = pq.read_table(base.shard_path(base.shards[0])).to_pylist()
+    names = work / "names"
+    for folder in ("image", "matte"):
+        (names / folder).mkdir(parents=True)
+        for k in range(images):
+            (names / folder / f"img-{k:07d}.png").touch()
+
+    def replicate(
+        src: Path, items: Sequence[Item], prepare: str | None
+    ) -> Generator[Loaded, None, None]:
+        for item in items:
+            row = rows[int(item.image_id.removeprefix("img-")) % len(rows)]
+            yield Row(
+                item.image_id,
+                row["image"],
+                row["matte"],
+                row["width"],
+                row["height"],
+                item.image,
+                item.matte,
+            )
+
+    report = ingest(names, root, shard_size=shard_size, loader=replicate)
     shutil.rmtree(work, ignore_errors=True)
-    Dataset.open(root)  # readable as any dataset
+    shards = Dataset.open(root).shards
     return {
-        "images": images,
+        "images": report.images,
         "shards": len(shards),
         "shard_size": shard_size,
         "distinct_images": pool,
         "image_size": f"{SIDE}x{SIDE}",
-        "bytes": sum(int(s["bytes"]) for s in shards),
+        "bytes": sum((root / s.path).stat().st_size for s in shards),
         "seconds": time.perf_counter() - t0,
     }
 
@@ -468,7 +427,9 @@ def print_bench(doc: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.scale", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--out", type=Path, default=Path("bench"))
     parser.add_argument("--images", type=int, default=DEFAULT_IMAGES)
     parser.add_argument("--shard-size", type=int, default=SHARD_SIZE)
