@@ -89,7 +89,7 @@ def run_once(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.ingest", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("bench/ingest.json"))
     parser.add_argument("--images", type=int, default=160)
     parser.add_argument("--distinct", type=int, default=8)

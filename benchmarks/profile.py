@@ -108,7 +108,7 @@ def record(kind: str, dataset: str, out: Path, rate: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__)
     parser.add_argument("--dataset", help="dataset as ingested (original files)")
     parser.add_argument("--prepared", help="the same, ingested with --prepare seed-area")
     parser.add_argument("--out", type=Path, default=Path("bench/profile"))

@@ -215,6 +215,35 @@ def bench_model(
 CLEAN_CORES = 0.25  # a pair is "clean" when other processes used at most this many cores
 
 
+def _ratios(
+    e2e: list[dict[str, Any]],
+    peers: dict[tuple[int, str], dict[str, Any]],
+    field: str = "images_per_s",
+) -> dict[str, Any]:
+    """Each end-to-end run over its peer of the same round, per pair: the median over all
+    rounds, and over the clean ones."""
+    out: dict[str, Any] = {}
+    for pair in sorted({r["pair"] for r in e2e}):
+        vals, clean = [], []
+        for r in (r for r in e2e if r["pair"] == pair):
+            peer = peers.get((r["round"], pair))
+            if peer is None or peer["images_per_s"] <= 0 or not r.get(field):
+                continue
+            v = r[field] / peer["images_per_s"]
+            vals.append(v)
+            load = max(r["machine_load"]["foreign_cores"], peer["machine_load"]["foreign_cores"])
+            if load <= CLEAN_CORES:
+                clean.append(v)
+        if vals:
+            out[pair] = {
+                "median": median(vals),
+                "per_round": vals,
+                "clean_median": median(clean) if clean else None,
+                "clean_rounds": len(clean),
+            }
+    return out
+
+
 def summarize_model(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over rounds; each ratio per round from its adjacent pair, then the median (over
     all rounds, and over the clean ones where nobody else used the machine)."""
@@ -235,32 +264,6 @@ def summarize_model(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
     nv = {(r["round"], r["pair"]): r for r in records if r["kind"] == "naive"}
 
-    def ratios(
-        peers: dict[tuple[int, str], dict[str, Any]], field: str = "images_per_s"
-    ) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for pair in sorted({r["pair"] for r in e2e}):
-            vals, clean = [], []
-            for r in (r for r in e2e if r["pair"] == pair):
-                peer = peers.get((r["round"], pair))
-                if peer is None or peer["images_per_s"] <= 0 or not r.get(field):
-                    continue
-                v = r[field] / peer["images_per_s"]
-                vals.append(v)
-                load = max(
-                    r["machine_load"]["foreign_cores"], peer["machine_load"]["foreign_cores"]
-                )
-                if load <= CLEAN_CORES:
-                    clean.append(v)
-            if vals:
-                out[pair] = {
-                    "median": median(vals),
-                    "per_round": vals,
-                    "clean_median": median(clean) if clean else None,
-                    "clean_rounds": len(clean),
-                }
-        return out
-
     groups: dict[str, list[float]] = defaultdict(list)
     for r in records:
         if r["kind"] == "model_only":
@@ -273,11 +276,11 @@ def summarize_model(records: list[dict[str, Any]]) -> dict[str, Any]:
     first = {r["pair"]: r for r in reversed(e2e)}
     return {
         "images_per_s": {k: median(v) for k, v in sorted(groups.items())},
-        "pipeline_efficiency_derived": ratios(mo),
+        "pipeline_efficiency_derived": _ratios(e2e, mo),
         # the same over the steady part of each job (between its 10% and 90% results): the
         # pipeline's own cost, without the start (first decode) and the tail (one worker left)
-        "steady_efficiency_derived": ratios(mo, "steady_images_per_s"),
-        "speedup_vs_naive_derived": ratios(nv),
+        "steady_efficiency_derived": _ratios(e2e, mo, "steady_images_per_s"),
+        "speedup_vs_naive_derived": _ratios(e2e, nv),
         "metrics": {p: first[p]["metrics"] for p in pairs},
         "ray_startup_s": median([r["startup_s"] for r in e2e]),
         "ray_startup_max_s": max(r["startup_s"] for r in e2e),
@@ -408,7 +411,7 @@ def print_standard(doc: dict[str, Any], console: Console) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.standard", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("bench"))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=8.0, help="s per model-only run")

@@ -165,13 +165,15 @@ def run(src: Path, out: Path, rounds: int, model_spec: str | None) -> dict[str, 
     return doc
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.storage", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("src", type=Path, help="source folder (image/ + matte/)")
     parser.add_argument("--out", type=Path, default=Path("bench/storage.json"))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--model", default=None, help="model (default: the reference)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     try:
         doc = run(args.src, args.out, args.rounds, args.model)
     except ModnetBatchError as exc:
