@@ -45,6 +45,15 @@ def test_every_section_is_written(device_doc: dict) -> None:
     assert device_doc["reference"]["metrics"]["scored"] == 5
 
 
+def test_the_results_say_where_they_came_from(device_doc: dict) -> None:
+    """benchmarks/stamp.py: the commit of this checkout, the UTC date and the machine."""
+    assert len(device_doc["commit"].removesuffix("+dirty")) == 40
+    assert device_doc["date_utc"].endswith("+00:00")
+    machine = device_doc["environment"]
+    assert machine["cpu"]["model"] and machine["cpu"]["logical_cores"] >= 1
+    assert machine["memory_gib"] > 0 and isinstance(machine["gpus"], list)
+
+
 def test_model_only_rows_carry_throughput_latency_and_memory(device_doc: dict) -> None:
     timed = [r for r in device_doc["model_only"] if "images_per_s" in r]
     assert {(r["engine"], r["precision"], r["batch_size"]) for r in timed} >= {
