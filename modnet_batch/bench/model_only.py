@@ -20,6 +20,7 @@ from modnet_batch.bench.devices import Device
 from modnet_batch.bench.stats import latency_summary, stability, window_rates
 from modnet_batch.engine import EngineSpec, Session, open_session
 from modnet_batch.errors import ModnetBatchError
+from modnet_batch.execution.batching import time_runs
 from modnet_batch.execution.resources import available_cpus
 
 
@@ -35,28 +36,18 @@ class _Worker:
     error: BaseException | None = None
 
     def warm_up(self, x: npt.NDArray[np.float32], count: int) -> None:
-        for k in range(count):
-            t = time.perf_counter()
-            self.session.run(x)
-            dt = time.perf_counter() - t
-            self.warmup_s += dt
-            if k == 0:
-                self.first_result_s = dt
+        if count > 0:
+            timing = time_runs(self.session.run, x, min_s=0.0, min_runs=count, warmup=0)
+            self.warmup_s, self.first_result_s = sum(timing.latencies), timing.latencies[0]
 
     def run_timed(self, x: npt.NDArray[np.float32], cfg: BenchConfig, t0: float) -> None:
         """Batches until `cfg.iterations` of them, or else until `cfg.duration_s` after `t0`."""
-        deadline = t0 + cfg.duration_s
-        while True:
-            t = time.perf_counter()
-            if cfg.iterations is not None:
-                if len(self.ends) >= cfg.iterations:
-                    break
-            elif t >= deadline:
-                break
-            self.session.run(x)
-            end = time.perf_counter()
-            self.latencies.append(end - t)
-            self.ends.append(end)
+        if cfg.iterations is not None:
+            timing = time_runs(self.session.run, x, min_s=0.0, min_runs=cfg.iterations, warmup=0)
+        else:
+            left = t0 + cfg.duration_s - time.perf_counter()
+            timing = time_runs(self.session.run, x, min_s=left, min_runs=0, warmup=0)
+        self.latencies, self.ends = timing.latencies, timing.ends
 
 
 def input_batch(samples: npt.NDArray[np.float32], batch: int) -> npt.NDArray[np.float32]:

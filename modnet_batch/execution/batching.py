@@ -43,10 +43,11 @@ class BatchChoice:
 
 @dataclass(frozen=True)
 class Timing:
-    """Calls of one batch: each call's seconds and the whole timed span."""
+    """Calls of one batch: each call's seconds, the clock when each ended, the timed span."""
 
     batch: int
     latencies: list[float]
+    ends: list[float]
     seconds: float
 
     @property
@@ -68,12 +69,14 @@ def time_runs(
     for _ in range(warmup):
         run(x)
     latencies: list[float] = []
+    ends: list[float] = []
     t0 = clock()
     while len(latencies) < min_runs or clock() - t0 < min_s:
         t = clock()
         run(x)
-        latencies.append(clock() - t)
-    return Timing(int(x.shape[0]), latencies, max(clock() - t0, 1e-9))
+        ends.append(clock())
+        latencies.append(ends[-1] - t)
+    return Timing(int(x.shape[0]), latencies, ends, max(clock() - t0, 1e-9))
 
 
 def smallest_near_fastest(rates: Mapping[int, float], near: float = NEAR) -> int:
