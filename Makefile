@@ -48,14 +48,15 @@ docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check modnet_batch tests
-	$(VENV)/bin/ruff format --check modnet_batch tests
+	$(VENV)/bin/ruff check modnet_batch tests benchmarks docs
+	$(VENV)/bin/ruff format --check modnet_batch tests benchmarks docs
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy -p benchmarks
 	$(VENV)/bin/lint-imports
 
 fmt: $(STAMP)
-	$(VENV)/bin/ruff format modnet_batch tests
-	$(VENV)/bin/ruff check --fix modnet_batch tests
+	$(VENV)/bin/ruff format modnet_batch tests benchmarks docs
+	$(VENV)/bin/ruff check --fix modnet_batch tests benchmarks docs
 
 # Report pages (a run, a comparison, one without ground truth) opened in headless Chromium; the
 # pages and their full-page screenshots land in report-check/ (needs /usr/bin/chromium).
@@ -63,36 +64,36 @@ report-check: $(STAMP)
 	MODNET_REPORT_CHECK_DIR=$(abspath report-check) $(PY) -m pytest -q -rs -m browser tests/test_report_browser.py
 
 bench: $(STAMP)
-	$(PY) -m modnet_batch.bench.standard --out bench
+	$(PY) -m benchmarks.standard --out bench
 
 # 100,000 small images through submit with the tiny model: driver CPU per shard, memory at
-# 10k/50k/100k, resume time, run-directory costs (modnet_batch/bench/scale.py); bench/scale.json.
+# 10k/50k/100k, resume time, run-directory costs (benchmarks/scale.py); bench/scale.json.
 # SCALE_IMAGES=2000 for a quick run.
 SCALE_IMAGES ?= 100000
 bench-scale: $(STAMP)
-	$(PY) -m modnet_batch.bench.scale --images $(SCALE_IMAGES) --out bench
+	$(PY) -m benchmarks.scale --images $(SCALE_IMAGES) --out bench
 
 # submit on ppm100-dev from local disk vs from S3 (moto on 127.0.0.1), the real model, rounds
-# alternating (modnet_batch/bench/storage.py); bench/storage.json.
+# alternating (benchmarks/storage.py); bench/storage.json.
 bench-storage: $(STAMP)
-	$(PY) -m modnet_batch.bench.storage $(SHARED)/datasets/ppm100-dev --out bench/storage.json
+	$(PY) -m benchmarks.storage $(SHARED)/datasets/ppm100-dev --out bench/storage.json
 
 # ingest's decode checks as Ray tasks at 1 and 2 workers (and local threads), ~2 MP synthetic
-# portraits, medians of 3 rounds (modnet_batch/bench/ingest.py); bench/ingest.json.
+# portraits, medians of 3 rounds (benchmarks/ingest.py); bench/ingest.json.
 bench-ingest: $(STAMP)
-	$(PY) -m modnet_batch.bench.ingest --out bench/ingest.json
+	$(PY) -m benchmarks.ingest --out bench/ingest.json
 
 bench-matte: $(STAMP)
 	$(PY) -m modnet_batch.bench.matting $(SHARED)/datasets/ppm100-dev/image --out bench/matting.json
 
-# The device benchmark (modnet_batch/bench/device.py): on a GPU machine it measures CUDA, here the
+# The device benchmark (benchmarks/accelerator/): on a GPU machine it measures CUDA, here the
 # CPU. `make device-kit` packs what the GPU machine lacks into .device/ (model, real images,
 # wheels); there: python3 -m pip install -q --no-index --no-deps --target /tmp/site .device/whl/*
-# && PYTHONPATH=/tmp/site:$$PWD python3 -m modnet_batch.bench.device --model .device/modnet.onnx
+# && PYTHONPATH=/tmp/site:$$PWD python3 -m benchmarks.accelerator --model .device/modnet.onnx
 # --src .device/src --out OUT
 DEVICE_IMAGES ?= 12
 bench-device: $(STAMP)
-	$(PY) -m modnet_batch.bench.device --model "$$($(PY) -m modnet_batch model fetch | tail -n 1)" \
+	$(PY) -m benchmarks.accelerator --model "$$($(PY) -m modnet_batch model fetch | tail -n 1)" \
 		--src $(SHARED)/datasets/ppm100-dev --out bench/device
 
 device-kit: $(STAMP)
@@ -106,7 +107,7 @@ device-kit: $(STAMP)
 	du -sh .device
 
 profile: $(STAMP)
-	$(PY) -m modnet_batch.bench.profile --out bench/profile
+	$(PY) -m benchmarks.profile --out bench/profile
 
 clean:
 	rm -rf demo bench report-check site .pytest_cache .mypy_cache .ruff_cache

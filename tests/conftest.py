@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from modnet_batch.bench.tiny import make_tiny_model
+from benchmarks.tiny import make_tiny_model
 
 SHARED_ENV = "MODNET_SHARED_DIR"
 

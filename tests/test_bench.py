@@ -195,7 +195,7 @@ def _rec(kind: str, rnd: int, ips: float, foreign: float = 0.0, **keys: Any) -> 
 
 
 def test_standard_summary_pairs_each_run_with_its_neighbours() -> None:
-    from modnet_batch.bench.standard import acceptance, summarize_model
+    from benchmarks.standard import acceptance, summarize_model
 
     records = []
     # per round: model-only before, e2e, naive, model-only after (M E M): the e2e is compared
@@ -250,7 +250,7 @@ def test_steady_rate_leaves_out_start_and_tail() -> None:
 
 
 def test_profile_summary_groups_samples_by_stage() -> None:
-    from modnet_batch.bench.profile import OTHER, summarize
+    from benchmarks.profile import OTHER, summarize
 
     raw = "\n".join(
         [
@@ -278,7 +278,7 @@ def test_profile_summary_groups_samples_by_stage() -> None:
 
 
 def test_standard_set_skips_exact_where_auto_is_exact() -> None:
-    from modnet_batch.bench.standard import inputs_for
+    from benchmarks.standard import inputs_for
 
     assert [i.name for i in inputs_for("fp32")] == ["default", "exact", "prepared"]
     assert [i.name for i in inputs_for("int8")] == ["default", "prepared"]

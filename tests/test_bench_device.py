@@ -10,7 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from modnet_batch.bench.device import Config, best_batches, run
+from benchmarks.accelerator import jobs
+from benchmarks.accelerator.config import Config
+from benchmarks.accelerator.monitor import GpuMonitor
+from benchmarks.accelerator.run import run
+from benchmarks.accelerator.sweep import best_batches
 from modnet_batch.data.synthetic import make_synthetic
 
 
@@ -39,6 +43,15 @@ def test_every_section_is_written(device_doc: dict) -> None:
     for key in ("environment", "reference", "model_only", "metric_deltas", "best_batch", "feed"):
         assert device_doc[key], key
     assert device_doc["reference"]["metrics"]["scored"] == 5
+
+
+def test_the_results_say_where_they_came_from(device_doc: dict) -> None:
+    """benchmarks/stamp.py: the commit of this checkout, the UTC date and the machine."""
+    assert len(device_doc["commit"].removesuffix("+dirty")) == 40
+    assert device_doc["date_utc"].endswith("+00:00")
+    machine = device_doc["environment"]
+    assert machine["cpu"]["model"] and machine["cpu"]["logical_cores"] >= 1
+    assert machine["memory_gib"] > 0 and isinstance(machine["gpus"], list)
 
 
 def test_model_only_rows_carry_throughput_latency_and_memory(device_doc: dict) -> None:
@@ -135,21 +148,20 @@ def test_decoding_section_records_failed_runs_and_goes_on(
 ) -> None:
     """A run that fails other than by a refusal (e.g. out of device memory) is recorded in the
     section and the bench goes on: the scored comparison then says which job failed."""
-    from modnet_batch.bench import device
 
     def out_of_memory(*args: object, **kwargs: object) -> None:
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore")
 
-    monkeypatch.setattr(device, "_decoding_job", out_of_memory)
+    monkeypatch.setattr(jobs, "_decoding_job", out_of_memory)
     src = make_synthetic(tmp_path / "src", n=2, height=80, width=64, seed=1)
     cfg = Config(model=str(tiny_model), src=str(src), out=str(tmp_path), e2e_images=2)
-    section = device.decoding(
+    section = jobs.decoding(
         replace(cfg, decode_rounds=1),
         "fp32",
         "eager",
         1,
         tmp_path / "work",
-        device.GpuMonitor(),
+        GpuMonitor(),
         time.monotonic() + 60,
     )
     assert section["runs"] == [

@@ -1,4 +1,4 @@
-"""`make bench-scale` (modnet_batch.bench.scale) on 2,000 images: every field of bench/scale.json
+"""`make bench-scale` (benchmarks.scale) on 2,000 images: every field of bench/scale.json
 is written, and the quick run already shows flat memory and a resume with nothing to do."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from modnet_batch.bench.scale import bucket_of, main, make_dataset
+from benchmarks.scale import bucket_of, main, make_dataset
 from modnet_batch.data.dataset import Dataset, iter_records
 
 pytestmark = pytest.mark.ray

@@ -23,9 +23,9 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
+from benchmarks.scale import make_dataset
+from benchmarks.tiny import make_tiny_model
 from cluster.local import LocalCluster, find_processes
-from modnet_batch.bench.scale import make_dataset
-from modnet_batch.bench.tiny import make_tiny_model
 from modnet_batch.execution.driver import run_job
 from modnet_batch.options import load_job
 from tests.helpers import ROOT, make_slow_model

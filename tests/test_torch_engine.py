@@ -408,7 +408,7 @@ def test_a_tolerance_below_the_measured_difference_refuses(tiny_model: Path) -> 
 def test_the_second_open_loads_the_cache(
     tiny_model: Path, tmp_path: Path, fresh_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from modnet_batch.bench.tiny import make_tiny_model
+    from benchmarks.tiny import make_tiny_model
 
     model = make_tiny_model(tmp_path / "m.onnx", seed=1)
     first = _engine().open(EngineSpec(model=str(model)))

@@ -20,6 +20,7 @@ from modnet_batch.bench.devices import Device
 from modnet_batch.bench.stats import latency_summary, stability, window_rates
 from modnet_batch.engine import EngineSpec, Session, open_session
 from modnet_batch.errors import ModnetBatchError
+from modnet_batch.execution.batching import time_runs
 from modnet_batch.execution.resources import available_cpus
 
 
@@ -33,6 +34,20 @@ class _Worker:
     latencies: list[float] = field(default_factory=list)
     ends: list[float] = field(default_factory=list)
     error: BaseException | None = None
+
+    def warm_up(self, x: npt.NDArray[np.float32], count: int) -> None:
+        if count > 0:
+            timing = time_runs(self.session.run, x, min_s=0.0, min_runs=count, warmup=0)
+            self.warmup_s, self.first_result_s = sum(timing.latencies), timing.latencies[0]
+
+    def run_timed(self, x: npt.NDArray[np.float32], cfg: BenchConfig, t0: float) -> None:
+        """Batches until `cfg.iterations` of them, or else until `cfg.duration_s` after `t0`."""
+        if cfg.iterations is not None:
+            timing = time_runs(self.session.run, x, min_s=0.0, min_runs=cfg.iterations, warmup=0)
+        else:
+            left = t0 + cfg.duration_s - time.perf_counter()
+            timing = time_runs(self.session.run, x, min_s=left, min_runs=0, warmup=0)
+        self.latencies, self.ends = timing.latencies, timing.ends
 
 
 def input_batch(samples: npt.NDArray[np.float32], batch: int) -> npt.NDArray[np.float32]:
@@ -85,28 +100,9 @@ def _run(
 
     def loop(w: _Worker) -> None:
         try:
-            for k in range(cfg.warmup):
-                t = time.perf_counter()
-                w.session.run(x)
-                dt = time.perf_counter() - t
-                w.warmup_s += dt
-                if k == 0:
-                    w.first_result_s = dt
+            w.warm_up(x, cfg.warmup)
             barrier.wait()
-            deadline = clock["t0"] + cfg.duration_s
-            n = 0
-            while True:
-                t = time.perf_counter()
-                if cfg.iterations is not None:
-                    if n >= cfg.iterations:
-                        break
-                elif t >= deadline:
-                    break
-                w.session.run(x)
-                end = time.perf_counter()
-                w.latencies.append(end - t)
-                w.ends.append(end)
-                n += 1
+            w.run_timed(x, cfg, clock["t0"])
         except BaseException as exc:  # reported below; a broken barrier frees the others
             w.error = exc
             barrier.abort()

@@ -9,7 +9,7 @@ batch within `NEAR` of the fastest: the same throughput at less latency and memo
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,50 @@ class BatchChoice:
         }
 
 
+@dataclass(frozen=True)
+class Timing:
+    """Calls of one batch: each call's seconds, the clock when each ended, the timed span."""
+
+    batch: int
+    latencies: list[float]
+    ends: list[float]
+    seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.batch * len(self.latencies) / self.seconds
+
+
+def time_runs(
+    run: Callable[[npt.NDArray[np.float32]], Any],
+    x: npt.NDArray[np.float32],
+    *,
+    min_s: float,
+    min_runs: int = 3,
+    warmup: int = 1,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Timing:
+    """Call `run(x)` `warmup` times untimed (allocations, kernel selection), then at least
+    `min_runs` times and for at least `min_s` seconds."""
+    for _ in range(warmup):
+        run(x)
+    latencies: list[float] = []
+    ends: list[float] = []
+    t0 = clock()
+    while len(latencies) < min_runs or clock() - t0 < min_s:
+        t = clock()
+        run(x)
+        ends.append(clock())
+        latencies.append(ends[-1] - t)
+    return Timing(int(x.shape[0]), latencies, ends, max(clock() - t0, 1e-9))
+
+
+def smallest_near_fastest(rates: Mapping[int, float], near: float = NEAR) -> int:
+    """The smallest batch size whose images/s is within `near` of the fastest one's."""
+    top = max(rates.values())
+    return min(b for b, r in rates.items() if r >= (1 - near) * top)
+
+
 def tune_batch(
     run: Callable[[npt.NDArray[np.float32]], Any],
     shape: tuple[int, int, int],
@@ -61,13 +105,7 @@ def tune_batch(
             break
         x = np.ascontiguousarray(np.broadcast_to(sample, (b, *shape)))
         try:
-            run(x)  # warm-up: allocations, kernel selection
-            t0 = clock()
-            n = 0
-            while n < 3 or clock() - t0 < MIN_TIMED_S:
-                run(x)
-                n += 1
-            rate = b * n / max(clock() - t0, 1e-9)
+            rate = time_runs(run, x, min_s=MIN_TIMED_S, clock=clock).images_per_s
         except Exception as exc:  # out of device memory: the batches below it are the choice
             text = str(exc).splitlines()[0] if str(exc) else repr(exc)
             stopped = f"batch {b} failed: {text}"
@@ -83,6 +121,4 @@ def tune_batch(
             break
     if not rates:
         return BatchChoice(1, {}, stopped, clock() - start)
-    top = max(rates.values())
-    chosen = min(b for b, r in rates.items() if r >= (1 - NEAR) * top)
-    return BatchChoice(chosen, rates, stopped, clock() - start)
+    return BatchChoice(smallest_near_fastest(rates), rates, stopped, clock() - start)

@@ -4,7 +4,7 @@ Each workload runs single-threaded for the network (one onnxruntime thread, so e
 is on a Python thread py-spy can see) under `py-spy record --format raw`; the samples are then
 grouped by pipeline stage from their Python stacks. Output: a table and `profile.json`.
 
-    python -m modnet_batch.bench.profile [--dataset DS [--prepared DS_PREPARED]] --out bench/profile
+    python -m benchmarks.profile [--dataset DS [--prepared DS_PREPARED]] --out bench/profile
 
 Without --dataset it ingests ppm100-dev from MODNET_SHARED_DIR (else synthetic portraits), as
 `make bench` does, both as is and prepared for seed-area.
@@ -24,6 +24,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.stamp import write_results
 from modnet_batch.storage import atomic_write_json
 
 # (stage, substrings of the collapsed stack); the first stage with a match takes the sample.
@@ -95,7 +96,7 @@ def record(kind: str, dataset: str, out: Path, rate: int) -> dict[str, Any]:
     raw = out / f"{kind}.raw.txt"
     result = out / f"{kind}.result.json"
     cmd = [pyspy, "record", "--rate", str(rate), "--format", "raw", "--output", str(raw)]
-    cmd += ["--", sys.executable, "-m", "modnet_batch.bench.profile", "--run", kind]
+    cmd += ["--", sys.executable, "-m", "benchmarks.profile", "--run", kind]
     cmd += ["--dataset", dataset, "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0 or not raw.is_file():
@@ -107,7 +108,7 @@ def record(kind: str, dataset: str, out: Path, rate: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__)
     parser.add_argument("--dataset", help="dataset as ingested (original files)")
     parser.add_argument("--prepared", help="the same, ingested with --prepare seed-area")
     parser.add_argument("--out", type=Path, default=Path("bench/profile"))
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     console = Console()
     made = None
     if not args.dataset:
-        from modnet_batch.bench.standard import prepare_data
+        from benchmarks.standard import prepare_data
 
         made = args.out / "data"
         data = prepare_data(made, console)
@@ -135,15 +136,15 @@ def main(argv: list[str] | None = None) -> None:
     for kind, dataset in runs.items():
         console.print(f"profiling {kind} on {dataset}", highlight=False)
         doc[kind] = record(kind, dataset, args.out, args.rate)
-    atomic_write_json(args.out / "profile.json", doc)
+    write_results(args.out / "profile.json", doc)
     if made is not None:  # re-ingested on every run; the raw profiles and the JSON stay
         shutil.rmtree(made, ignore_errors=True)
     table = Table(title="share of py-spy samples per stage (1 onnxruntime thread)")
     table.add_column("stage")
-    for kind in doc:
+    for kind in runs:
         table.add_column(f"{kind} ({doc[kind]['images_per_s']:.2f} img/s)", justify="right")
     for stage in STAGES:
-        cells = [doc[k]["stages"].get(stage, {}).get("share", 0.0) for k in doc]
+        cells = [doc[k]["stages"].get(stage, {}).get("share", 0.0) for k in runs]
         if any(cells):
             table.add_row(stage, *(f"{100 * c:.1f}%" for c in cells))
     console.print(table)

@@ -18,16 +18,17 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.memory import peak_submit_memory
+from benchmarks.stamp import stamp, write_results
+from benchmarks.tiny import make_tiny_model
 from modnet_batch.bench.config import BenchConfig
 from modnet_batch.bench.devices import Device
 from modnet_batch.bench.end_to_end import run_end_to_end
-from modnet_batch.bench.environment import LoadMonitor, environment, load_average
-from modnet_batch.bench.memory import peak_submit_memory
+from modnet_batch.bench.environment import LoadMonitor, load_average
 from modnet_batch.bench.model_only import measure
 from modnet_batch.bench.naive import run_naive
 from modnet_batch.bench.run import dataset_samples
 from modnet_batch.bench.stats import median
-from modnet_batch.bench.tiny import make_tiny_model
 from modnet_batch.data.ingest import ingest
 from modnet_batch.data.synthetic import make_synthetic
 from modnet_batch.errors import ModnetBatchError
@@ -35,7 +36,6 @@ from modnet_batch.execution.resources import available_cpus
 from modnet_batch.model.variants import VARIANTS, resolve_model, variant_info
 from modnet_batch.pipeline import DecodeMode
 from modnet_batch.protocol import get_protocol
-from modnet_batch.storage import atomic_write_json
 
 PROTOCOL = "seed-area"
 SHARD_SIZE = 4  # 41 ppm100-dev images -> 11 shards, enough for two workers to share evenly
@@ -215,6 +215,35 @@ def bench_model(
 CLEAN_CORES = 0.25  # a pair is "clean" when other processes used at most this many cores
 
 
+def _ratios(
+    e2e: list[dict[str, Any]],
+    peers: dict[tuple[int, str], dict[str, Any]],
+    field: str = "images_per_s",
+) -> dict[str, Any]:
+    """Each end-to-end run over its peer of the same round, per pair: the median over all
+    rounds, and over the clean ones."""
+    out: dict[str, Any] = {}
+    for pair in sorted({r["pair"] for r in e2e}):
+        vals, clean = [], []
+        for r in (r for r in e2e if r["pair"] == pair):
+            peer = peers.get((r["round"], pair))
+            if peer is None or peer["images_per_s"] <= 0 or not r.get(field):
+                continue
+            v = r[field] / peer["images_per_s"]
+            vals.append(v)
+            load = max(r["machine_load"]["foreign_cores"], peer["machine_load"]["foreign_cores"])
+            if load <= CLEAN_CORES:
+                clean.append(v)
+        if vals:
+            out[pair] = {
+                "median": median(vals),
+                "per_round": vals,
+                "clean_median": median(clean) if clean else None,
+                "clean_rounds": len(clean),
+            }
+    return out
+
+
 def summarize_model(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over rounds; each ratio per round from its adjacent pair, then the median (over
     all rounds, and over the clean ones where nobody else used the machine)."""
@@ -235,32 +264,6 @@ def summarize_model(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
     nv = {(r["round"], r["pair"]): r for r in records if r["kind"] == "naive"}
 
-    def ratios(
-        peers: dict[tuple[int, str], dict[str, Any]], field: str = "images_per_s"
-    ) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for pair in sorted({r["pair"] for r in e2e}):
-            vals, clean = [], []
-            for r in (r for r in e2e if r["pair"] == pair):
-                peer = peers.get((r["round"], pair))
-                if peer is None or peer["images_per_s"] <= 0 or not r.get(field):
-                    continue
-                v = r[field] / peer["images_per_s"]
-                vals.append(v)
-                load = max(
-                    r["machine_load"]["foreign_cores"], peer["machine_load"]["foreign_cores"]
-                )
-                if load <= CLEAN_CORES:
-                    clean.append(v)
-            if vals:
-                out[pair] = {
-                    "median": median(vals),
-                    "per_round": vals,
-                    "clean_median": median(clean) if clean else None,
-                    "clean_rounds": len(clean),
-                }
-        return out
-
     groups: dict[str, list[float]] = defaultdict(list)
     for r in records:
         if r["kind"] == "model_only":
@@ -273,11 +276,11 @@ def summarize_model(records: list[dict[str, Any]]) -> dict[str, Any]:
     first = {r["pair"]: r for r in reversed(e2e)}
     return {
         "images_per_s": {k: median(v) for k, v in sorted(groups.items())},
-        "pipeline_efficiency_derived": ratios(mo),
+        "pipeline_efficiency_derived": _ratios(e2e, mo),
         # the same over the steady part of each job (between its 10% and 90% results): the
         # pipeline's own cost, without the start (first decode) and the tail (one worker left)
-        "steady_efficiency_derived": ratios(mo, "steady_images_per_s"),
-        "speedup_vs_naive_derived": ratios(nv),
+        "steady_efficiency_derived": _ratios(e2e, mo, "steady_images_per_s"),
+        "speedup_vs_naive_derived": _ratios(e2e, nv),
         "metrics": {p: first[p]["metrics"] for p in pairs},
         "ray_startup_s": median([r["startup_s"] for r in e2e]),
         "ray_startup_max_s": max(r["startup_s"] for r in e2e),
@@ -306,7 +309,7 @@ def memory_bench(out: Path, log: Console) -> dict[str, Any]:
     shutil.rmtree(base, ignore_errors=True)
     model = make_tiny_model(base / "tiny.onnx")
     src_all = make_synthetic(base / "src", n=max(MEMORY_SIZES), height=96, width=64, seed=3)
-    result: dict[str, Any] = {"model": "tiny (bench/tiny.py)", "image_size": "64x96"}
+    result: dict[str, Any] = {"model": "tiny (benchmarks/tiny.py)", "image_size": "64x96"}
     for n in MEMORY_SIZES:
         src = base / f"src-{n}"
         for sub in ("image", "matte"):
@@ -408,7 +411,7 @@ def print_standard(doc: dict[str, Any], console: Console) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.standard", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("bench"))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=8.0, help="s per model-only run")
@@ -434,9 +437,9 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     doc: dict[str, Any] = {
         "schema": 1,
+        **stamp(),
         "protocol": PROTOCOL,
         "rounds": args.rounds,
-        "environment": environment(),
         "models": {},
         "skipped_models": {},
     }
@@ -468,7 +471,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.keep_data:  # re-ingested on every run; only the JSON is worth keeping
         for sub in ("runs", "data", "memory"):
             shutil.rmtree(out / sub, ignore_errors=True)
-    atomic_write_json(out / "standard.json", json.loads(json.dumps(doc)))
+    write_results(out / "standard.json", doc)
     print_standard(doc, console)
     console.print(f"wrote {out / 'standard.json'}", highlight=False)
 

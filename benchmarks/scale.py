@@ -1,5 +1,5 @@
 """`make bench-scale`: a load run of `submit` on this machine, 100,000 small images through the
-tiny model (modnet_batch.bench.tiny), so that what is measured is the machinery, not the network:
+tiny model (benchmarks.tiny), so that what is measured is the machinery, not the network:
 
 - the driver's CPU per shard (its dispatch loop, summary.json `dispatch`, and the whole process);
 - the peak memory (RSS) of the driver and of each worker at 10%, 50% and 100% of the images done
@@ -10,8 +10,8 @@ tiny model (modnet_batch.bench.tiny), so that what is measured is the machinery,
   `alpha/<id>.npz` layout against one sub-folder per 256-way bucket.
 
 `--images N` makes a quick run (tests/test_bench_scale.py runs 2,000). JSON to bench/scale.json.
-The dataset is made fast: a few synthetic 64x64 images ingested once, their rows replicated into
-shards under new ids (the shard schema, written as ingest writes it).
+The dataset is made fast: a few synthetic 64x64 images ingested once, their rows ingested again
+under new ids without decoding them.
 """
 
 from __future__ import annotations
@@ -25,35 +25,25 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from modnet_batch import __version__
-from modnet_batch.bench.environment import environment
-from modnet_batch.bench.tiny import make_tiny_model
+from benchmarks.memory import TreeWatch
+from benchmarks.stamp import stamp, write_results
+from benchmarks.tiny import make_tiny_model
 from modnet_batch.data.dataset import (
-    META_FILE,
-    SCHEMA_VERSION,
-    SHARD_DIR,
-    SHARD_SCHEMA,
     Dataset,
-    shard_name,
 )
-from modnet_batch.data.ingest import ingest
+from modnet_batch.data.ingest import Item, Loaded, ingest
+from modnet_batch.data.loading import Row
 from modnet_batch.data.synthetic import make_synthetic
-from modnet_batch.digest import sha256_file
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.results import RunDir
 from modnet_batch.results.alpha import write_alpha
-from modnet_batch.storage import atomic_write_json
 
 DEFAULT_IMAGES = 100_000
 SHARD_SIZE = 64  # ingest's default
@@ -63,7 +53,6 @@ CHECKPOINTS = (0.1, 0.5, 1.0)  # of the images done: 10k / 50k / 100k
 GROWTH_FLAG = 0.10  # RSS growth from the first checkpoint to the last above 10% ...
 GROWTH_FLAG_MIB = 16.0  # ... and 16 MiB is flagged
 SAMPLE_S = 0.25
-MIB = 2**20
 
 
 # --- the dataset --------------------------------------------------------------------------------
@@ -71,7 +60,8 @@ def make_dataset(
     root: Path, images: int, shard_size: int = SHARD_SIZE, pool: int = POOL, seed: int = 0
 ) -> dict[str, Any]:
     """A dataset of `images` images in shards of `shard_size`: `pool` synthetic images (with
-    mattes) ingested once, their rows repeated under new ids img-0000000, img-0000001, ..."""
+    mattes) ingested once, then `ingest` of `images` empty placeholder pairs img-0000000,
+    img-0000001, ... whose loader hands it the pool's checked rows instead of reading them."""
     t0 = time.perf_counter()
     if root.exists():
         shutil.rmtree(root)
@@ -80,135 +70,43 @@ def make_dataset(
     src = make_synthetic(work / "src", n=pool, height=SIDE, width=SIDE, seed=seed)
     ingest(src, work / "ds", shard_size=pool)
     base = Dataset.open(work / "ds")
-    rows = pq.read_table(base.shard_path(base.shards[0]))
-    (root / SHARD_DIR).mkdir(parents=True)
-    shards: list[dict[str, Any]] = []
-    with_matte = 0
-    for index, first in enumerate(range(0, images, shard_size)):
-        count = min(shard_size, images - first)
-        picked = rows.take(pa.array([(first + k) % rows.num_rows for k in range(count)]))
-        ids = pa.array([f"img-{first + k:07d}" for k in range(count)], pa.string())
-        table = picked.set_column(picked.schema.get_field_index("image_id"), "image_id", ids)
-        table = table.cast(SHARD_SCHEMA)
-        name = shard_name(index)
-        path = root / SHARD_DIR / f"{name}.parquet"
-        pq.write_table(
-            table,
-            path,
-            # as ingest writes them: encoded images uncompressed, zstd on the small columns
-            compression={c: "zstd" for c in SHARD_SCHEMA.names}
-            | {"image": "none", "matte": "none"},
-            use_dictionary=["image_format", "matte_format"],
-            write_statistics=["image_id", "width", "height"],
-            row_group_size=16,
-        )
-        mattes = count - int(pc.sum(pc.is_null(table.column("matte"))).as_py() or 0)
-        with_matte += mattes
-        shards.append(
-            {
-                "name": name,
-                "path": f"{SHARD_DIR}/{name}.parquet",
-                "rows": count,
-                "with_matte": mattes,
-                "bytes": path.stat().st_size,
-                "sha256": sha256_file(path),
-                "first_image_id": f"img-{first:07d}",
-            }
-        )
-    meta = {
-        "schema_version": SCHEMA_VERSION,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "tool_version": __version__,
-        "source": f"bench.scale: {pool} synthetic {SIDE}x{SIDE} images, replicated",
-        "layout": "ppm100",
-        "shard_size": shard_size,
-        "row_group_rows": 16,
-        "counts": {
-            "images": images,
-            "with_matte": with_matte,
-            "skipped": 0,
-            "ignored": 0,
-            "shards": len(shards),
-        },
-        "shards": shards,
-        "skipped": [],
-        "ignored": [],
-    }
-    (root / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    rows = pq.read_table(base.shard_path(base.shards[0])).to_pylist()
+    names = work / "names"
+    for folder in ("image", "matte"):
+        (names / folder).mkdir(parents=True)
+        for k in range(images):
+            (names / folder / f"img-{k:07d}.png").touch()
+
+    def replicate(
+        src: Path, items: Sequence[Item], prepare: str | None
+    ) -> Generator[Loaded, None, None]:
+        for item in items:
+            row = rows[int(item.image_id.removeprefix("img-")) % len(rows)]
+            yield Row(
+                item.image_id,
+                row["image"],
+                row["matte"],
+                row["width"],
+                row["height"],
+                item.image,
+                item.matte,
+            )
+
+    report = ingest(names, root, shard_size=shard_size, loader=replicate)
     shutil.rmtree(work, ignore_errors=True)
-    Dataset.open(root)  # readable as any dataset
+    shards = Dataset.open(root).shards
     return {
-        "images": images,
+        "images": report.images,
         "shards": len(shards),
         "shard_size": shard_size,
         "distinct_images": pool,
         "image_size": f"{SIDE}x{SIDE}",
-        "bytes": sum(int(s["bytes"]) for s in shards),
+        "bytes": sum((root / s.path).stat().st_size for s in shards),
         "seconds": time.perf_counter() - t0,
     }
 
 
 # --- the load run -------------------------------------------------------------------------------
-def _mib(n: float) -> float:
-    return round(n / MIB, 1)
-
-
-class _Watch:
-    """Samples the submit process tree: the driver (the submit process), its workers (Ray's
-    `ShardWorker` processes) and everything else Ray runs, RSS now and peak, CPU seconds."""
-
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self.root = psutil.Process(proc.pid)
-        self.peak: dict[int, int] = {}
-        self.now: dict[int, int] = {}
-        self.kind: dict[int, str] = {}
-        self.driver_cpu = 0.0
-
-    def sample(self) -> None:
-        try:
-            family = [self.root, *self.root.children(recursive=True)]
-        except psutil.Error:
-            return
-        now: dict[int, int] = {}
-        for p in family:
-            try:
-                rss = int(p.memory_info().rss)
-                if self.kind.get(p.pid, "ray") == "ray":  # Ray renames a worker once it is one
-                    cmd = " ".join(p.cmdline())
-                    self.kind[p.pid] = (
-                        "driver"
-                        if p.pid == self.root.pid
-                        else "worker"
-                        if "ShardWorker" in cmd
-                        else "ray"
-                    )
-                if p.pid == self.root.pid:
-                    t = p.cpu_times()
-                    self.driver_cpu = t.user + t.system
-            except psutil.Error:
-                continue
-            now[p.pid] = rss
-            self.peak[p.pid] = max(self.peak.get(p.pid, 0), rss)
-        if now:
-            self.now = now
-
-    def snapshot(self) -> dict[str, Any]:
-        def of(kind: str) -> list[int]:
-            return sorted(pid for pid, k in self.kind.items() if k == kind and pid in self.now)
-
-        driver = self.root.pid
-        return {
-            "driver_rss_mib": _mib(self.now.get(driver, 0)),
-            "driver_peak_rss_mib": _mib(self.peak.get(driver, 0)),
-            "driver_cpu_s": round(self.driver_cpu, 2),
-            "workers": {
-                str(pid): {"rss_mib": _mib(self.now[pid]), "peak_rss_mib": _mib(self.peak[pid])}
-                for pid in of("worker")
-            },
-            "ray_other_rss_mib": _mib(sum(self.now[pid] for pid in of("ray"))),
-        }
-
-
 def _submit_cmd(dataset: Path, out: Path, model: Path, extra: list[str]) -> list[str]:
     cmd = [sys.executable, "-m", "modnet_batch", "submit", "--dataset", str(dataset)]
     return [*cmd, "--out", str(out), "--model", str(model), *extra]
@@ -234,7 +132,7 @@ def load_run(
         proc = subprocess.Popen(
             _submit_cmd(dataset, out, model, extra), stdout=fh, stderr=subprocess.STDOUT, env=env
         )
-        watch = _Watch(proc)
+        watch = TreeWatch(proc.pid)
         first_result = all_done = None
         before: dict[str, Any] = {}  # the previous sample, with its images done
         while proc.poll() is None:
@@ -476,6 +374,7 @@ def run_bench(
     data = make_dataset(work / "dataset", images, shard_size)
     run = work / "run"
     doc: dict[str, Any] = {
+        **stamp(),
         "benchmark": "scale",
         "images": images,
         "dataset": data,
@@ -490,7 +389,6 @@ def run_bench(
             "tiny.onnx",
             *extra,
         ],
-        "environment": environment(),
     }
     doc["run"] = load_run(
         work / "dataset", run, model, images, shard_size, extra, work / "submit.log"
@@ -500,8 +398,7 @@ def run_bench(
     if layouts:
         doc["layouts"] = layout_costs(work / "layouts", images)
     doc["seconds"] = round(time.perf_counter() - t0, 1)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "scale.json", doc)
+    write_results(out / "scale.json", doc)
     if not keep:
         shutil.rmtree(work, ignore_errors=True)
     return doc
@@ -531,7 +428,9 @@ def print_bench(doc: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.scale", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--out", type=Path, default=Path("bench"))
     parser.add_argument("--images", type=int, default=DEFAULT_IMAGES)
     parser.add_argument("--shard-size", type=int, default=SHARD_SIZE)

@@ -5,7 +5,7 @@ The source is synthetic portraits of realistic size (default 1800x1200 JPEG + PN
 size of a phone photo's long side halved; `--distinct` of them rendered, repeated under other
 names up to `--images`), so decoding dominates as it does on real photos.
 
-    python -m modnet_batch.bench.ingest --out bench/ingest.json [--images 160] [--rounds 3]
+    python -m benchmarks.ingest --out bench/ingest.json [--images 160] [--rounds 3]
 
 Per run: images/s over the checking span (from the first file handed out to dataset.json
 written, so without Ray's start-up), the whole call's wall time (with it), the start-up apart,
@@ -25,7 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from modnet_batch.bench.environment import LoadMonitor, environment
+from benchmarks.stamp import write_results
+from modnet_batch.bench.environment import LoadMonitor
 from modnet_batch.bench.stats import steady_rate
 from modnet_batch.data.ingest import Loader, ingest, thread_loader
 from modnet_batch.data.synthetic import make_synthetic
@@ -88,7 +89,7 @@ def run_once(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.ingest", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("bench/ingest.json"))
     parser.add_argument("--images", type=int, default=160)
     parser.add_argument("--distinct", type=int, default=8)
@@ -150,10 +151,8 @@ def main(argv: list[str] | None = None) -> None:
         },
         "rounds": rounds,
         "median": summary,
-        "environment": environment(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    write_results(args.out, doc)
     print(
         "| peer | images/s | 10%-90% of results | whole call s | start-up s "
         "| driver CPU ms/image | other processes' cores |"

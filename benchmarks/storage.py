@@ -3,7 +3,7 @@ from local disk to local disk, and from S3 to S3 (moto's S3 server on 127.0.0.1,
 process), rounds alternating, images/s as each job measured it (its processing span) and the
 whole command's wall time; medians over the rounds.
 
-    python -m modnet_batch.bench.storage SRC --out bench/storage.json [--rounds 3] [--model M]
+    python -m benchmarks.storage SRC --out bench/storage.json [--rounds 3] [--model M]
 
 SRC is ingested once locally; the S3 copy is that dataset's files uploaded unchanged (the same
 shards). The model is local in both cases (only the dataset and run directory move). Needs
@@ -16,33 +16,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from modnet_batch.bench.environment import environment
+from benchmarks.stamp import write_results
 from modnet_batch.data.ingest import ingest
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.model.variants import resolve_model
 from modnet_batch.storage import UriPath
 
-ACCESS_KEY, SECRET_KEY, REGION = "bench-key", "bench-secret", "us-east-1"
+if TYPE_CHECKING:
+    from tests.s3 import S3Server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_moto(log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """moto's S3 server on a free loopback port; (process, endpoint)."""
+def start_s3(log: Path) -> S3Server:
+    """moto's S3 server on a free loopback port, as the tests run it (tests/s3.py)."""
     try:
         import moto.server  # noqa: F401
     except ImportError:
@@ -50,24 +43,12 @@ def start_moto(log: Path) -> tuple[subprocess.Popen[bytes], str]:
             "the storage bench needs moto's S3 server: pip install 'moto[server]' (in the dev "
             "extra, `make install`)"
         ) from None
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    with log.open("w") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2).close()
-            return proc, endpoint
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise ModnetBatchError(f"moto's S3 server did not start (see {log})") from None
-            time.sleep(0.2)
+    from tests.s3 import S3Server
+
+    try:
+        return S3Server(log)
+    except RuntimeError as exc:
+        raise ModnetBatchError(str(exc)) from None
 
 
 def _submit(dataset: str, out: str, model: Path, env: dict[str, str]) -> dict[str, Any]:
@@ -99,30 +80,14 @@ def run(src: Path, out: Path, rounds: int, model_spec: str | None) -> dict[str, 
     model = resolve_model(model_spec)
     with tempfile.TemporaryDirectory(prefix="bench-storage-") as tmp_name:
         tmp = Path(tmp_name)
-        proc, endpoint = start_moto(tmp / "moto.log")
-        env = {
-            **os.environ,
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_EC2_METADATA_DISABLED": "true",
-        }
-        os.environ.update({k: env[k] for k in env if k.startswith("AWS_")})
+        server = start_s3(tmp / "moto.log")
+        os.environ.update(server.env)
+        env = {**os.environ}
         try:
-            import pyarrow.fs as pafs
-
-            pafs.S3FileSystem(
-                access_key=ACCESS_KEY,
-                secret_key=SECRET_KEY,
-                region=REGION,
-                endpoint_override=endpoint.removeprefix("http://"),
-                scheme="http",
-                allow_bucket_creation=True,
-            ).create_dir("bench")
+            bucket = server.make_bucket("bench")
             local_ds = tmp / "dataset"
             ingest(src, local_ds)
-            s3_ds = "s3://bench/dataset"
+            s3_ds = f"{bucket}/dataset"
             for path in sorted(p for p in local_ds.rglob("*") if p.is_file()):
                 UriPath(f"{s3_ds}/{path.relative_to(local_ds).as_posix()}").upload(path)
             results: dict[str, list[dict[str, Any]]] = {"local": [], "s3": []}
@@ -132,7 +97,7 @@ def run(src: Path, out: Path, rounds: int, model_spec: str | None) -> dict[str, 
                     if mode == "local":
                         res = _submit(str(local_ds), str(tmp / f"run-local-{r}"), model, env)
                     else:
-                        res = _submit(s3_ds, f"s3://bench/run-{r}", model, env)
+                        res = _submit(s3_ds, f"{bucket}/run-{r}", model, env)
                     res["round"] = r
                     results[mode].append(res)
                     print(
@@ -141,8 +106,7 @@ def run(src: Path, out: Path, rounds: int, model_spec: str | None) -> dict[str, 
                         flush=True,
                     )
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+            server.stop()
     same = all(r["metrics"] == results["local"][0]["metrics"] for m in results.values() for r in m)
 
     def median(mode: str, key: str) -> float:
@@ -160,20 +124,20 @@ def run(src: Path, out: Path, rounds: int, model_spec: str | None) -> dict[str, 
         },
         "metrics_equal": same,
         "runs": results,
-        "environment": environment(),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2) + "\n")
+    write_results(out, doc)
     return doc
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.storage", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("src", type=Path, help="source folder (image/ + matte/)")
     parser.add_argument("--out", type=Path, default=Path("bench/storage.json"))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--model", default=None, help="model (default: the reference)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     try:
         doc = run(args.src, args.out, args.rounds, args.model)
     except ModnetBatchError as exc:
