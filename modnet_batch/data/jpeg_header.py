@@ -10,6 +10,8 @@ Pure bytes parsing: no decode, no torch.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from modnet_batch.data.decode import EncodedBytes, sniff_format
 
 # Start-of-frame markers (ITU T.81 table B.1) and what they mean for a device decoder.
@@ -36,21 +38,12 @@ def device_fallback_reason(data: EncodedBytes) -> str | None:
     fmt = sniff_format(buf)
     if fmt != "jpeg":
         return f"{fmt} image" if fmt != "unknown" else "not a JPEG"
-    i = 2
     adobe_transform = None
-    while i + 4 <= len(buf):
-        if buf[i] != 0xFF:
+    for marker, i, length in _segments(buf):
+        if marker == _CORRUPT:
             return "corrupt JPEG header"
-        marker = buf[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in _NO_LENGTH:
-            i += 2
-            continue
         if marker in (0xD9, 0xDA):  # end of image, or scan data before any frame header
             return "JPEG without a frame header"
-        length = int.from_bytes(buf[i + 2 : i + 4], "big")
         if marker == 0xE1 and _exif_orientation(buf[i + 4 : i + 2 + length]) not in (None, 1):
             return "EXIF-rotated JPEG"
         if marker == 0xEE and buf[i + 4 : i + 9] == b"Adobe" and length >= 14:
@@ -58,16 +51,43 @@ def device_fallback_reason(data: EncodedBytes) -> str | None:
         if marker in _SOF_OTHER:
             return _SOF_OTHER[marker]
         if marker in _SOF_SEQUENTIAL:
-            if i + 10 > len(buf):
-                return "truncated JPEG header"
-            components = buf[i + 9]
-            if components not in (1, 3):
-                return f"JPEG with {components} components (CMYK or other)"
-            if components == 3 and adobe_transform == 0:
-                return "RGB-coded JPEG (Adobe, no YCbCr)"
-            return None
-        i += 2 + length
+            return _sequential_frame_reason(buf, i, adobe_transform)
     return "truncated JPEG header"
+
+
+_CORRUPT = -1  # what _segments yields where a marker should start and does not
+
+
+def _segments(buf: bytes) -> Iterator[tuple[int, int, int]]:
+    """(marker, offset, length field) of each header segment in order, skipping fill bytes and
+    markers without a length; (_CORRUPT, offset, 0) where a marker should start and does not.
+    Ends where the header is truncated."""
+    i = 2
+    while i + 4 <= len(buf):
+        if buf[i] != 0xFF:
+            yield _CORRUPT, i, 0
+            return
+        marker = buf[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker in _NO_LENGTH:
+            i += 2
+        else:
+            length = int.from_bytes(buf[i + 2 : i + 4], "big")
+            yield marker, i, length
+            i += 2 + length
+
+
+def _sequential_frame_reason(buf: bytes, i: int, adobe_transform: int | None) -> str | None:
+    """None when the sequential frame header at `i` is one a device decoder takes."""
+    if i + 10 > len(buf):
+        return "truncated JPEG header"
+    components = buf[i + 9]
+    if components not in (1, 3):
+        return f"JPEG with {components} components (CMYK or other)"
+    if components == 3 and adobe_transform == 0:
+        return "RGB-coded JPEG (Adobe, no YCbCr)"
+    return None
 
 
 def _exif_orientation(segment: bytes) -> int | None:
