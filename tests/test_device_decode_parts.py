@@ -1,8 +1,9 @@
-"""Parts of issue 15's device decode built so far: which images a hardware JPEG decoder takes
-(the rest fall back to the CPU decode, with a reason) and batches sized by pixels."""
+"""Parts of the device decode: which images a hardware JPEG decoder takes (the rest fall back
+to the CPU decode, with a reason) and groups sized by pixels (PixelBudget)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import cv2
@@ -11,7 +12,25 @@ import pytest
 
 from modnet_batch.data.jpeg_header import device_fallback_reason
 from modnet_batch.errors import ModnetBatchError
-from modnet_batch.execution.pixel_batches import pixel_batches
+from modnet_batch.execution.pixel_batches import PixelBudget
+
+
+def pixel_batches(
+    sizes: Iterable[tuple[int, int]], budget_pixels: int, max_images: int
+) -> Iterator[list[int]]:
+    """Indices of `sizes` cut into consecutive groups as the unit loop's device groups cut
+    photos (execution/device_prepare.py): a PixelBudget per group."""
+    budget = PixelBudget(budget_pixels, max_images)
+    batch: list[int] = []
+    for i, (h, w) in enumerate(sizes):
+        if budget.full_for(h * w):
+            yield batch
+            batch = []
+            budget.clear()
+        batch.append(i)
+        budget.add(h * w)
+    if batch:
+        yield batch
 
 
 def _encode(ext: str, img: np.ndarray, params: list[int] | None = None) -> bytes:

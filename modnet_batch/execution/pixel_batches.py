@@ -4,8 +4,6 @@ the headers' sizes) reach a budget; an image larger than the budget is a batch a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-
 from modnet_batch.errors import ModnetBatchError
 
 
@@ -36,21 +34,3 @@ class PixelBudget:
 
     def clear(self) -> None:
         self.held = self.images = 0
-
-
-def pixel_batches(
-    sizes: Iterable[tuple[int, int]], budget_pixels: int, max_images: int
-) -> Iterator[list[int]]:
-    """Indices of `sizes` ((height, width) each, in order) cut into consecutive batches of at
-    most `max_images` images whose pixels sum to at most `budget_pixels` (or one image)."""
-    budget = PixelBudget(budget_pixels, max_images)
-    batch: list[int] = []
-    for i, (h, w) in enumerate(sizes):
-        if budget.full_for(h * w):
-            yield batch
-            batch = []
-            budget.clear()
-        batch.append(i)
-        budget.add(h * w)
-    if batch:
-        yield batch
