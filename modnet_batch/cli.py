@@ -535,8 +535,10 @@ def _submit_local(job: Any, what: str = "submit") -> int:
         outcome = run_job(
             job, on_images=live.images, on_plan=on_plan, on_phase=live.phase, on_shard=on_shard
         )
-    finally:
+    except BaseException:
         live.close()
+        raise
+    live.close(outcome.summary.throughput)  # the last line shows the figures the summary records
     print_summary(outcome.summary, outcome.run_dir, out)
     startup = live.startup_text()
     if startup:

@@ -35,8 +35,8 @@ def main(argv: list[str]) -> int:
         console.print(f"error: {exc}", highlight=False, markup=False)
         return 1
     print_summary(outcome.summary, outcome.run_dir, console)
-    for node, entry in outcome.summary.throughput["per_node"].items():
-        console.print(f"node {node}: {entry['images']} images", highlight=False)
+    for node, share in outcome.summary.throughput.per_node.items():
+        console.print(f"node {node}: {share.images} images", highlight=False)
     for warning in outcome.warnings:
         console.print(f"warning: {warning}", highlight=False, markup=False)
     return outcome.exit_status

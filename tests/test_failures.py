@@ -80,7 +80,7 @@ def test_transient_failures_are_counted_and_a_resume_retries_them(
     assert again.summary.metrics == clean.metrics
     assert again.summary.accumulator == clean.accumulator
     assert again.summary.images.scored == 12
-    assert again.summary.throughput["images"] == 14  # 12 in the first attempt, 2 retried
+    assert again.summary.throughput.images == 14  # 12 in the first attempt, 2 retried
     assert again.summary.shards.skipped_done == 1  # the shard without a failure was not redone
 
 

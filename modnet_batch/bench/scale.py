@@ -266,7 +266,7 @@ def load_run(
         "startup_s": round(float(summary["startup_seconds"]), 2),
         "time_to_first_result_s": round(first_result or 0.0, 2),
         "images_per_s": round(images / wall, 1),
-        "processing_images_per_s": round(float(summary["throughput"]["images_per_s"]), 1),
+        "processing_images_per_s": round(float(summary["throughput"]["overall_images_per_s"]), 1),
         "shards": shards,
         "workers": len(summary["workers"]),
         # the last result to the exit: the summary (every marker read), metrics.parquet, Ray's

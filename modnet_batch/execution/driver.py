@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import socket
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,6 +42,7 @@ from modnet_batch.results import (
     RunDir,
     ShardCounts,
     Summary,
+    Throughput,
     UnitResult,
     WorkUnit,
 )
@@ -404,13 +404,13 @@ def run_job(
     StorageError line; a signal stops it with JobInterrupted. Either way the shards already
     finished are kept and the same command resumes.
     """
+    started, started_at = time.perf_counter(), time.time()
     try:
         plan = plan_job(job)
     except OSError as exc:
         raise _os_error(exc, resume=False) from None
     if on_plan is not None:
         on_plan(plan)
-    started, started_at = time.perf_counter(), time.time()
     fresh: list[UnitResult] = []
 
     def on_result(result: UnitResult) -> None:
@@ -501,7 +501,7 @@ def finalize(
             retried=sum(len(r.rows) for r in fresh if r.shard in plan.retrying),
         ),
         metrics={k: stats[k] for k in DATASET},
-        throughput=_merge_throughput(_previous_throughput(plan), _throughput(fresh, wall)),
+        throughput=Throughput.measure(fresh, wall).after(_previous_throughput(plan)),
         shards=ShardCounts(
             total=len({r.shard for r in results} | report.failed.keys()),
             processed=len(fresh),
@@ -603,7 +603,7 @@ def _decode_check(
     return None if check is None else check.to_dict()
 
 
-def _previous_throughput(plan: JobPlan) -> dict[str, Any] | None:
+def _previous_throughput(plan: JobPlan) -> Throughput | None:
     """What earlier attempts of a resumed job measured (None for a fresh job)."""
     if not plan.resumed or not plan.run.summary.exists():
         return None
@@ -611,54 +611,3 @@ def _previous_throughput(plan: JobPlan) -> dict[str, Any] | None:
         return plan.run.read_summary().throughput
     except ModnetBatchError:
         return None  # an unreadable summary is rewritten; the markers hold the results
-
-
-def _merge_throughput(previous: dict[str, Any] | None, current: dict[str, Any]) -> dict[str, Any]:
-    """A resume keeps what earlier attempts measured and adds its own: images, seconds and stage
-    times add up, rates are recomputed (a resume with nothing left to do changes nothing)."""
-    if not previous or not previous.get("images"):
-        attempts = int(previous.get("attempts", 1)) + 1 if previous is not None else 1
-        return {**current, "attempts": attempts}
-    merged: dict[str, Any] = {
-        "images": previous["images"] + current["images"],
-        "wall_s": previous["wall_s"] + current["wall_s"],
-        "stages_s": dict(previous.get("stages_s", {})),
-        "attempts": int(previous.get("attempts", 1)) + 1,
-    }
-    for k, v in current["stages_s"].items():
-        merged["stages_s"][k] = merged["stages_s"].get(k, 0.0) + v
-    merged["images_per_s"] = merged["images"] / merged["wall_s"] if merged["wall_s"] > 0 else 0.0
-    for table in ("per_device", "per_node"):
-        entries = {k: dict(v) for k, v in previous.get(table, {}).items()}
-        for key, entry in current[table].items():
-            old = entries.setdefault(key, {"images": 0, "seconds": 0.0})
-            old["images"] += entry["images"]
-            old["seconds"] += entry["seconds"]
-        for entry in entries.values():
-            entry["images_per_s"] = entry["images"] / entry["seconds"] if entry["seconds"] else 0.0
-        merged[table] = dict(sorted(entries.items()))
-    return merged
-
-
-def _throughput(fresh: list[UnitResult], wall: float) -> dict[str, Any]:
-    per_device: dict[str, dict[str, float]] = defaultdict(lambda: {"images": 0, "seconds": 0.0})
-    per_node: dict[str, dict[str, float]] = defaultdict(lambda: {"images": 0, "seconds": 0.0})
-    stages: dict[str, float] = defaultdict(float)
-    for res in fresh:
-        for table, key in ((per_device, res.worker), (per_node, res.node)):
-            table[key]["images"] += res.images
-            table[key]["seconds"] += res.seconds
-        for k, v in res.stages.items():
-            stages[k] += v
-    for table in (per_device, per_node):
-        for entry in table.values():
-            entry["images_per_s"] = entry["images"] / entry["seconds"] if entry["seconds"] else 0.0
-    images = sum(r.images for r in fresh)
-    return {
-        "images": images,
-        "wall_s": wall,
-        "images_per_s": images / wall if wall > 0 and images else 0.0,
-        "per_device": dict(sorted(per_device.items())),
-        "per_node": dict(sorted(per_node.items())),
-        "stages_s": dict(stages),
-    }

@@ -21,7 +21,7 @@ from modnet_batch.metrics import DATASET, PER_IMAGE, ImageRow
 from modnet_batch.reporting import plots
 from modnet_batch.reporting.facts import (
     METRICS,
-    THROUGHPUT,
+    RATES,
     RunView,
     job_facts,
     model_facts,
@@ -204,10 +204,10 @@ def _metric_table(view: RunView) -> str:
         f"<td>{_e(info.meaning)}</td><td>{_e(info.direction)}</td></tr>"
         for key, info in METRICS.items()
     ]
-    rate = view.images_per_s
-    rows.append(
-        f"<tr><th>{THROUGHPUT.title}</th><td class='num'>{fmt(rate, 2)}</td>"
-        f"<td>{_e(THROUGHPUT.meaning)}</td><td>{_e(THROUGHPUT.direction)}</td></tr>"
+    rows.extend(
+        f"<tr><th>{info.title}</th><td class='num'>{fmt(rate, 2)}</td>"
+        f"<td>{_e(info.meaning)}</td><td>{_e(info.direction)}</td></tr>"
+        for info, rate in zip(RATES, view.rates, strict=True)
     )
     head = "<tr><th>metric</th><th>value</th><th>meaning</th><th>direction</th></tr>"
     return (
@@ -258,12 +258,15 @@ def _run_warnings(view: RunView) -> list[str]:
     return lines
 
 
+RATE_TITLES = tuple(r.title for r in RATES)
+
+
 def _job_section(view: RunView) -> str:
     workers = worker_rows(view.summary)
     return (
         f"<h2 id='job'>Job</h2>{_kv_table(job_facts(view))}"
         f"<h3>Model</h3>{_kv_table(model_facts(view.summary))}"
-        f"<h3>Workers</h3>{_table(workers, numeric=('images', 'busy s', 'img/s'))}"
+        f"<h3>Workers</h3>{_table(workers, numeric=('images', 'steady s', *RATE_TITLES))}"
     )
 
 
@@ -276,7 +279,7 @@ def _timeline_section(views: Sequence[RunView]) -> str:
             parts.append(
                 f"<p class='muted'>{_e(view.name)}: no per-shard times recorded (a run made "
                 "before modnet-batch recorded them; run it again to see its timeline); "
-                "images/s per device:</p>"
+                "steady img/s per device:</p>"
             )
             parts.append(_plot(plots.throughput_bars(view.summary), f"{view.name} throughput"))
         else:
@@ -304,7 +307,7 @@ def run_page(view: RunView, metric: str = "mse", panels: int = DEFAULT_PANELS) -
         body.append(
             "<h2 id='metric-section'>Metrics</h2><p id='no-gt'>No ground truth: this run "
             f"matted {s.images.unscored} image(s) without scoring them. Throughput "
-            f"{fmt(view.images_per_s, 2)} images/s.</p>"
+            f"{view.rates_text()}.</p>"
         )
     body.append(_failed_section(view))
     if view.has_ground_truth:
@@ -398,7 +401,7 @@ def _jobs_side_by_side(views: Sequence[RunView]) -> str:
             "workers": str(len(s.workers)),
             "batch size": str(s.job.batch_size),
             "start-up s": f"{s.startup_seconds:.1f}",
-            "wall s": f"{float(s.throughput.get('wall_s', 0.0)):.1f}",
+            "wall s": f"{s.throughput.wall_s:.1f}",
         }
 
     cols = [row(v) for v in views]
@@ -426,7 +429,8 @@ def _compare_table(views: Sequence[RunView]) -> str:
     head = (
         "<tr><th>run</th><th>precision</th><th>protocol</th><th>scored</th>"
         + "".join(f"<th>{TITLES[k]}</th>" for k in DATASET)
-        + "<th>img/s</th></tr>"
+        + "".join(f"<th>{r.title}</th>" for r in RATES)
+        + "</tr>"
     )
     rows = []
     a = views[0]
@@ -438,7 +442,8 @@ def _compare_table(views: Sequence[RunView]) -> str:
         rows.append(
             f"<tr><th>{_e(v.name)}</th><td>{_e(s.job.variant.get('precision', '?'))}</td>"
             f"<td>{_e(s.job.protocol)}</td><td class='num'>{s.images.scored}</td>{cells}"
-            f"<td class='num'>{fmt(v.images_per_s, 2)}</td></tr>"
+            + "".join(f"<td class='num'>{fmt(r, 2)}</td>" for r in v.rates)
+            + "</tr>"
         )
     for v in views[1:]:
         cells = "".join(
@@ -450,14 +455,14 @@ def _compare_table(views: Sequence[RunView]) -> str:
             )
             for k in DATASET
         )
-        rate = _delta_cell(a.images_per_s, v.images_per_s, False, 2)
+        rate = "".join(_delta_cell(x, y, False, 2) for x, y in zip(a.rates, v.rates, strict=True))
         rows.append(
             f"<tr class='delta'><th>{_e(v.name)} &minus; {_e(a.name)}</th><td></td><td></td>"
             f"<td></td>{cells}{rate}</tr>"
         )
     legend = "".join(
         f"<tr><th>{_e(i.title)}</th><td>{_e(i.meaning)}</td><td>{_e(i.direction)}</td></tr>"
-        for i in [*METRICS.values(), THROUGHPUT]
+        for i in [*METRICS.values(), *RATES]
     )
     return (
         f"<table id='metrics'>{head}{''.join(rows)}</table>"

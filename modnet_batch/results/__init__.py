@@ -8,6 +8,7 @@ from modnet_batch.results.records import ReturnedFile, UnitResult, WorkUnit
 from modnet_batch.results.rundir import RunDir
 from modnet_batch.results.summary import SUMMARY_SCHEMA, ImageCounts, JobFacts, ShardCounts, Summary
 from modnet_batch.results.table import METRICS_SCHEMA, read_rows, write_rows
+from modnet_batch.results.throughput import Share, Throughput
 
 __all__ = [
     "METRICS_SCHEMA",
@@ -17,7 +18,9 @@ __all__ = [
     "ReturnedFile",
     "RunDir",
     "ShardCounts",
+    "Share",
     "Summary",
+    "Throughput",
     "UnitResult",
     "WorkUnit",
     "atomic_write_bytes",

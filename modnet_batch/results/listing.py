@@ -35,7 +35,7 @@ class RunState:
     scored: int | None = None
     failed: int | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
-    images_per_s: float | None = None
+    images_per_s: float | None = None  # overall img/s (results.throughput)
 
 
 def _is_run(folder: AnyPath) -> bool:
@@ -117,7 +117,7 @@ def run_state(path: AnyPath) -> RunState:
     state.scored = summary.images.scored
     state.failed = summary.images.failed
     state.metrics = {k: v for k, v in summary.metrics.items() if v is not None}
-    state.images_per_s = summary.throughput.get("images_per_s")
+    state.images_per_s = summary.throughput.overall_images_per_s
     newer = run.last_result_time()
     if newer is not None and newer > run.summary.stat().st_mtime + 1e-3:
         state.detail = "shards finished after the summary: a resume stopped; rerun to finish"

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from modnet_batch.errors import ModnetBatchError
+from modnet_batch.results.throughput import Throughput
 from modnet_batch.storage import AnyPath
 
 # 2: first versioned summary (1 = the unversioned layout, the same keys without `schema`).
@@ -51,8 +52,7 @@ class JobFacts:
 class Summary:
     images: ImageCounts
     metrics: dict[str, float | None]  # metrics.DATASET
-    # images, wall_s, images_per_s, per_device / per_node {images, seconds, images_per_s}, stages_s
-    throughput: dict[str, Any]
+    throughput: Throughput
     shards: ShardCounts
     complete: bool
     job: JobFacts
@@ -82,6 +82,7 @@ class Summary:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data["throughput"] = self.throughput.to_dict()
         return {**data.pop("extra"), **data}
 
     @classmethod
@@ -98,6 +99,7 @@ class Summary:
                 "images": ImageCounts(**values.pop("images")),
                 "shards": ShardCounts(**values.pop("shards")),
                 "job": JobFacts(**values.pop("job")),
+                "throughput": Throughput.from_dict(values.pop("throughput")),
             }
             known = {f for f in cls.__dataclass_fields__ if f not in {"extra", "schema"}}
             extra = {k: values.pop(k) for k in list(values) if k not in known}
