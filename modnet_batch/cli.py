@@ -511,7 +511,8 @@ def _submit_remote(job: Any, follow: bool) -> None:
 
 
 def _submit_local(job: Any, what: str = "submit") -> int:
-    from modnet_batch.execution.driver import JobPlan, run_job
+    from modnet_batch.execution.driver import run_job
+    from modnet_batch.execution.plan import JobPlan
     from modnet_batch.reporting.live import LiveProgress
     from modnet_batch.reporting.table import print_summary
     from modnet_batch.results import UnitResult

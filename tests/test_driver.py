@@ -144,7 +144,7 @@ def test_decode_mode_resolution(protocol: str, precision: str, asked: str, facto
 
 
 def test_defaults_batch_one_on_cpu_measured_on_accelerators() -> None:
-    from modnet_batch.execution.driver import batch_size
+    from modnet_batch.execution.plan import batch_size
 
     assert batch_size(load_job(None, {"dataset": "d", "out": "r"})) == 1
     # 0: each accelerator's actor measures its own (tests/test_batching.py)
@@ -355,7 +355,7 @@ def test_compute_precision(
     engine: str, model_precision: str, asked: str | None, expected: str
 ) -> None:
     from modnet_batch.errors import ModnetBatchError
-    from modnet_batch.execution.driver import compute_precision
+    from modnet_batch.execution.plan import compute_precision
     from modnet_batch.options import JobConfig
 
     job = JobConfig(dataset="d", out="r", engine=engine, precision=asked)
@@ -371,7 +371,7 @@ def test_a_model_calibrated_on_evaluated_images_is_warned_about(
 ) -> None:
     """The shards' ids are read only for a model with a calibration set (a resume of a large
     run no longer reads every shard for nothing); the warning still names the overlap."""
-    from modnet_batch.execution.driver import plan_job
+    from modnet_batch.execution.plan import plan_job
 
     model = tmp_path / "calibrated.onnx"
     shutil.copy(tiny_model, model)

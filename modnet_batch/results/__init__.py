@@ -4,6 +4,7 @@ bench read runs only through it."""
 
 from modnet_batch.results.alpha import read_alpha, write_alpha
 from modnet_batch.results.atomic import atomic_write_bytes, atomic_write_json
+from modnet_batch.results.identity import RunIdentity
 from modnet_batch.results.records import ReturnedFile, UnitResult, WorkUnit
 from modnet_batch.results.rundir import RunDir
 from modnet_batch.results.summary import SUMMARY_SCHEMA, ImageCounts, JobFacts, ShardCounts, Summary
@@ -17,6 +18,7 @@ __all__ = [
     "JobFacts",
     "ReturnedFile",
     "RunDir",
+    "RunIdentity",
     "ShardCounts",
     "Share",
     "Summary",

@@ -103,7 +103,7 @@ def run_state(path: AnyPath) -> RunState:
         protocol=str(job.get("protocol", "")),
         model=str(job.get("model") or "reference"),
     )
-    done = run.done_shards()
+    done = run.done_units()
     if not run.summary.is_file():
         state.detail = f"{len(done)} shard(s) finished, no summary yet: rerun to resume"
         return state

@@ -26,7 +26,8 @@ from modnet_batch.errors import ModnetBatchError
 from modnet_batch.metrics import ImageRow
 from modnet_batch.results.alpha import read_alpha, write_alpha
 from modnet_batch.results.atomic import TEMP_SUFFIX, atomic_write_bytes, atomic_write_json
-from modnet_batch.results.outputs import OutputKind, OutputSize, OutputSpec
+from modnet_batch.results.identity import RunIdentity
+from modnet_batch.results.outputs import OutputKind, OutputSpec
 from modnet_batch.results.records import ReturnedFile, UnitResult
 from modnet_batch.results.summary import Summary
 from modnet_batch.results.table import read_rows, write_rows
@@ -178,21 +179,24 @@ class RunDir:
             return {}
         return data if isinstance(data, dict) else {}
 
+    def recorded_identity(self) -> dict[str, Any] | None:
+        """state/identity.json as the job's first attempt wrote it (None: a fresh run)."""
+        if not self.identity_file.exists():
+            return None
+        data = json.loads(self.identity_file.read_text())
+        if not isinstance(data, dict):
+            raise ModnetBatchError(
+                f"{self.identity_file} is not a run identity; choose a new --out"
+            )
+        return data
+
     def output_spec(self) -> OutputSpec:
         """What the job wrote per image, as its identity recorded it (npz alone when it says
         nothing: the default of every scored run)."""
         try:
-            recorded = json.loads(self.identity_file.read_text()).get("outputs")
-        except (OSError, json.JSONDecodeError, AttributeError):
-            recorded = None
-        if not isinstance(recorded, dict):
-            return OutputSpec()
-        try:
-            return OutputSpec(
-                kinds=tuple(OutputKind(k) for k in recorded["kinds"]),
-                size=OutputSize(recorded.get("size", OutputSize.SCORED.value)),
-            )
-        except (KeyError, TypeError, ValueError):
+            recorded = self.recorded_identity()
+            return OutputSpec() if recorded is None else RunIdentity.from_dict(recorded).outputs
+        except (OSError, ValueError, ModnetBatchError):
             return OutputSpec()
 
     def write_job(self, text: str) -> None:
@@ -201,7 +205,7 @@ class RunDir:
             atomic_write_bytes(self.job_yaml, text.encode())
 
     # --- shard results ------------------------------------------------------------------------
-    def done_shards(self) -> set[str]:
+    def done_units(self) -> set[str]:
         if not self.shard_state.exists():
             return set()
         return {p.stem for p in self.shard_state.glob("*.json")}
