@@ -47,7 +47,7 @@ def test_run_dir_contract(synth_dataset: Path, tiny_model: Path, tmp_path: Path)
     }
     mse = [r["mse"] for r in table]
     assert summary["metrics"]["mse"] == pytest.approx(sum(mse) / len(mse), rel=1e-12)
-    assert summary["shards"]["processed"] == 3 and summary["complete"]
+    assert summary["units"]["processed"] == 3 and summary["complete"]
 
 
 def test_bad_image_becomes_error_row_and_unmatted_image_is_unscored(
@@ -89,11 +89,11 @@ def test_rerun_resumes_without_redoing_shards(
 ) -> None:
     job = _job(synth_dataset, tmp_path / "run", tiny_model)
     first = run_job(job)  # type: ignore[arg-type]
-    marker = tmp_path / "run" / "state" / "shards" / "shard-00001.json"
+    marker = tmp_path / "run" / "state" / "units" / "shard-00001.json"
     marker.unlink()  # as if the driver died before that shard finished
     second = run_job(job)  # type: ignore[arg-type]
-    assert second.summary.shards.processed == 1
-    assert second.summary.shards.skipped_done == 2
+    assert second.summary.units.processed == 1
+    assert second.summary.units.skipped_done == 2
     assert second.summary.metrics == first.summary.metrics
     assert second.summary.accumulator == first.summary.accumulator
 
@@ -256,7 +256,7 @@ def test_a_damaged_shard_is_a_named_failed_shard_and_the_job_goes_on(
     second.write_bytes(bytes(data))
     outcome = run_job(_job(ds, tmp_path / "run", tiny_model))  # type: ignore[arg-type]
     assert not outcome.complete
-    failed = outcome.summary.shards.failed
+    failed = outcome.summary.units.failed
     assert failed == [first.stem, second.stem]
     rows = pq.read_table(tmp_path / "run" / "metrics.parquet").to_pylist()
     errors = [r["error"] for r in rows if r["error"]]

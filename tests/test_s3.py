@@ -134,7 +134,7 @@ def test_s3_round_trip_ingest_submit_resume_report(
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     again = _objects(run)
     resumed = json.loads(again["summary.json"])
-    assert resumed["shards"]["processed"] == 2 and resumed["shards"]["skipped_done"] == 1
+    assert resumed["units"]["processed"] == 2 and resumed["units"]["skipped_done"] == 1
     assert resumed["throughput"]["images"] == 12 + 8  # both attempts' images, added up
     assert resumed["metrics"] == reference["metrics"]
     assert pq.read_table(io.BytesIO(again["metrics.parquet"])).equals(table)

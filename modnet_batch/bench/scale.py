@@ -260,7 +260,7 @@ def load_run(
         raise ModnetBatchError(f"submit exited with {proc.returncode}; {log}:\n{tail}")
     summary = json.loads((out / "summary.json").read_text())
     dispatch = summary.get("dispatch") or {}
-    shards = int(summary["shards"]["processed"])
+    shards = int(summary["units"]["processed"])
     return {
         "wall_s": round(wall, 2),
         "startup_s": round(float(summary["startup_seconds"]), 2),
@@ -337,8 +337,8 @@ def resume_run(
     summary = json.loads((out / "summary.json").read_text())
     return {
         "wall_s": round(wall, 2),
-        "shards_processed": summary["shards"]["processed"],
-        "shards_skipped_done": summary["shards"]["skipped_done"],
+        "shards_processed": summary["units"]["processed"],
+        "shards_skipped_done": summary["units"]["skipped_done"],
     }
 
 
@@ -376,7 +376,7 @@ def rundir_costs(run: Path) -> dict[str, Any]:
     for folder, dirs, files in os.walk(run):
         folders[str(Path(folder).relative_to(run)) or "."] = len(files) + len(dirs)
     results = []
-    for p in rd.shard_state.glob("*.json"):
+    for p in rd.unit_state.glob("*.json"):
         data = json.loads(p.read_text())
         results.append(
             (data.get("started") or 0.0, data["stages"].get("cpu_write", 0.0), data["images"])
@@ -393,7 +393,7 @@ def rundir_costs(run: Path) -> dict[str, Any]:
         "files_per_folder": dict(sorted(folders.items(), key=lambda kv: -kv[1])[:6]),
         "alpha": _listing(rd.alpha, "*.npz")
         | {"bytes": sum(p.stat().st_size for p in alpha_files)},
-        "markers": _listing(Path(str(rd.shard_state)), "*.json"),
+        "markers": _listing(Path(str(rd.unit_state)), "*.json"),
         "write_ms_per_image": {
             "first_tenth": per_image_ms(results[:tenth]),
             "last_tenth": per_image_ms(results[-tenth:]),

@@ -17,9 +17,9 @@ from modnet_batch.pipeline import DecodeMode
 from modnet_batch.results import (
     ImageCounts,
     JobFacts,
-    ShardCounts,
     Summary,
     Throughput,
+    UnitCounts,
     UnitResult,
 )
 from modnet_batch.storage import is_uri, resolved, shown
@@ -48,7 +48,7 @@ def finalize(
         images=_image_counts(plan, rows, fresh, int(stats["scored"] or 0)),
         metrics={k: stats[k] for k in DATASET},
         throughput=Throughput.measure(fresh, wall).after(_previous_throughput(plan)),
-        shards=ShardCounts(
+        units=UnitCounts(
             total=len({r.shard for r in results} | report.failed.keys()),
             processed=len(fresh),
             skipped_done=len(plan.done_before),

@@ -212,16 +212,18 @@ def job_facts(view: RunView) -> list[tuple[str, Any]]:
         ("start-up", f"{s.startup_seconds:.1f} s ({STARTUP.get(s.job.backend, STARTUP['ray'])})"),
         ("wall", f"{s.throughput.wall_s:.1f} s, start-up included"),
         (
-            "shards",
-            f"{s.shards.total} ({s.shards.processed} this attempt, "
-            f"{s.shards.skipped_done} earlier, {len(s.shards.failed)} failed)",
+            "work units",
+            f"{s.units.total} ({s.units.processed} this attempt, "
+            f"{s.units.skipped_done} earlier, {len(s.units.failed)} failed)",
         ),
         ("finished", f"{s.finished} on {s.driver}, modnet-batch {s.version}"),
     ]
     if job.get("output_dir"):
         facts.append(("outputs", job["output_dir"]))
     if not s.complete:
-        facts.append(("incomplete", "some shards failed every retry: run the same command again"))
+        facts.append(
+            ("incomplete", "some work units failed every retry: run the same command again")
+        )
     return facts
 
 

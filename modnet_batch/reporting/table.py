@@ -85,10 +85,10 @@ def print_summary(summary: Summary, run_dir: AnyPath, console: Console | None = 
     console.print(summary_table(summary))
     if summary.throughput.per_device:
         console.print(device_table(summary))
-    shards = summary.shards
+    units = summary.units
     console.print(
-        f"run dir {run_dir}: {shards.processed} shard(s) processed, "
-        f"{shards.skipped_done} already done, {len(shards.failed)} failed; "
+        f"run dir {run_dir}: {units.processed} work unit(s) processed, "
+        f"{units.skipped_done} already done, {len(units.failed)} failed; "
         f"wall {summary.throughput.wall_s:.1f} s (start-up included)"
     )
     # how the numbers were made: exact or reduced decode

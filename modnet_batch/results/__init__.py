@@ -7,7 +7,7 @@ from modnet_batch.results.atomic import atomic_write_bytes, atomic_write_json
 from modnet_batch.results.identity import RunIdentity
 from modnet_batch.results.records import ReturnedFile, UnitResult, WorkUnit
 from modnet_batch.results.rundir import RunDir
-from modnet_batch.results.summary import SUMMARY_SCHEMA, ImageCounts, JobFacts, ShardCounts, Summary
+from modnet_batch.results.summary import SUMMARY_SCHEMA, ImageCounts, JobFacts, Summary, UnitCounts
 from modnet_batch.results.table import METRICS_SCHEMA, read_rows, write_rows
 from modnet_batch.results.throughput import Share, Throughput
 
@@ -19,10 +19,10 @@ __all__ = [
     "ReturnedFile",
     "RunDir",
     "RunIdentity",
-    "ShardCounts",
     "Share",
     "Summary",
     "Throughput",
+    "UnitCounts",
     "UnitResult",
     "WorkUnit",
     "atomic_write_bytes",

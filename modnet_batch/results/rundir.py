@@ -1,8 +1,9 @@
-"""The run directory: its layout, per-shard completion markers and the job's identity for resume.
+"""The run directory: its layout, per-unit completion markers and the job's identity for resume.
 
 Layout: job.yaml, alpha/<image_id>.npz, outputs/ (image files, results.outputs), metrics.parquet,
-summary.json, state/identity.json,
-state/shards/<shard>.json (one per finished shard; its presence means the shard is done).
+summary.json, state/identity.json (results.identity),
+state/units/<unit>.json (one per finished work unit; its presence means the unit is done; runs
+made before work units were named so keep theirs in state/shards/).
 
 The root is a local path or a URI (modnet_batch.storage): every file is read and written
 through it, complete or absent, the markers last.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +71,17 @@ class RunDir:
         self.outputs: AnyPath = location(outputs) if outputs is not None else self.root / "outputs"
         self.alpha = self.root / "alpha"
         self.state = self.root / "state"
-        self.shard_state = self.state / "shards"
         self.job_yaml = self.root / "job.yaml"
         self.metrics = self.root / "metrics.parquet"
         self.summary = self.root / "summary.json"
         self.identity_file = self.state / "identity.json"
+
+    @cached_property
+    def unit_state(self) -> AnyPath:
+        """Where the completion markers are: state/units/, or state/shards/ in a run that
+        began before work units were named so (it resumes and reports where it is)."""
+        legacy = self.state / "shards"
+        return legacy if legacy.is_dir() else self.state / "units"
 
     # --- layout -------------------------------------------------------------------------------
     def alpha_path(self, image_id: str) -> AnyPath:
@@ -121,8 +129,8 @@ class RunDir:
         directory (the same path may exist, empty or another's, on a node that does not)."""
         return self.state / f"probe-{_checked(token, 'probe token')}"
 
-    def marker(self, shard: str) -> AnyPath:
-        return self.shard_state / f"{_checked(shard, 'shard name')}.json"
+    def marker(self, unit: str) -> AnyPath:
+        return self.unit_state / f"{_checked(unit, 'work unit name')}.json"
 
     # --- identity and resume ------------------------------------------------------------------
     def prepare(self, identity: dict[str, Any]) -> bool:
@@ -156,7 +164,7 @@ class RunDir:
                 f"run directory {self.root} exists and is not a modnet-batch run; "
                 "choose a new --out"
             )
-        self.shard_state.mkdir(parents=True, exist_ok=True)
+        self.unit_state.mkdir(parents=True, exist_ok=True)
         self.alpha.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.identity_file, identity)
         return False
@@ -164,7 +172,7 @@ class RunDir:
     def _remove_stale_temps(self) -> None:
         """Half-written files of an attempt that was killed (never a finished file: those are
         renamed into place complete)."""
-        for folder in (self.root, self.alpha, self.state, self.shard_state):
+        for folder in (self.root, self.alpha, self.state, self.unit_state):
             for tmp in folder.glob(f".*{TEMP_SUFFIX}"):
                 tmp.unlink(missing_ok=True)
         if self.outputs.is_dir():  # the run owns its outputs folder (checked at the first run)
@@ -204,14 +212,14 @@ class RunDir:
         if not self.job_yaml.exists():
             atomic_write_bytes(self.job_yaml, text.encode())
 
-    # --- shard results ------------------------------------------------------------------------
+    # --- unit results -------------------------------------------------------------------------
     def done_units(self) -> set[str]:
-        if not self.shard_state.exists():
+        if not self.unit_state.exists():
             return set()
-        return {p.stem for p in self.shard_state.glob("*.json")}
+        return {p.stem for p in self.unit_state.glob("*.json")}
 
     def write_result(self, result: UnitResult) -> None:
-        """The shard's completion marker; written last, so a present marker means done."""
+        """The unit's completion marker; written last, so a present marker means done."""
         atomic_write_json(self.marker(result.shard), result.to_dict())
 
     def load_results(self) -> list[UnitResult]:
@@ -219,11 +227,11 @@ class RunDir:
 
     def _markers(self) -> list[AnyPath]:
         """The completion markers, by name."""
-        found: list[AnyPath] = list(self.shard_state.glob("*.json"))
+        found: list[AnyPath] = list(self.unit_state.glob("*.json"))
         return sorted(found, key=lambda p: p.name)
 
     def results_with_failures(self) -> list[UnitResult]:
-        """The finished shards with at least one failed image (what a resume may retry): every
+        """The finished units with at least one failed image (what a resume may retry): every
         marker is read, only those are decoded into rows (on a finished 100k-image run, 0.5 s
         instead of 1.1 s for all of them)."""
         found = []
@@ -234,8 +242,8 @@ class RunDir:
         return found
 
     def last_result_time(self) -> float | None:
-        """When the last shard result was recorded (its marker's mtime, epoch seconds)."""
-        marks = _mtimes(self.shard_state, "*.json")
+        """When the last unit result was recorded (its marker's mtime, epoch seconds)."""
+        marks = _mtimes(self.unit_state, "*.json")
         return max(marks) if marks else None
 
     # --- per-image outputs --------------------------------------------------------------------

@@ -25,7 +25,9 @@ class ImageCounts:
 
 
 @dataclass(frozen=True)
-class ShardCounts:
+class UnitCounts:
+    """The job's work units (runs of a shard's row groups): the unit of scheduling and resume."""
+
     total: int
     processed: int  # by this run
     skipped_done: int  # finished by an earlier run of the same job
@@ -53,7 +55,7 @@ class Summary:
     images: ImageCounts
     metrics: dict[str, float | None]  # metrics.DATASET
     throughput: Throughput
-    shards: ShardCounts
+    units: UnitCounts
     complete: bool
     job: JobFacts
     startup_seconds: float
@@ -97,7 +99,8 @@ class Summary:
         try:
             nested: dict[str, Any] = {
                 "images": ImageCounts(**values.pop("images")),
-                "shards": ShardCounts(**values.pop("shards")),
+                # `shards` in summaries written before work units were named so
+                "units": UnitCounts(**(values.pop("units", None) or values.pop("shards"))),
                 "job": JobFacts(**values.pop("job")),
                 "throughput": Throughput.from_dict(values.pop("throughput")),
             }
