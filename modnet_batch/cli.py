@@ -529,12 +529,12 @@ def _submit_local(job: Any, what: str = "submit") -> int:
         if not plan.tasks:
             live.phase("nothing left to run: every shard is finished")
 
-    def on_shard(result: UnitResult) -> None:
+    def on_unit(result: UnitResult) -> None:
         live.failed(result.failed)
 
     try:
         outcome = run_job(
-            job, on_images=live.images, on_plan=on_plan, on_phase=live.phase, on_shard=on_shard
+            job, on_images=live.images, on_plan=on_plan, on_phase=live.phase, on_unit=on_unit
         )
     except BaseException:
         live.close()

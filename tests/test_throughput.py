@@ -19,7 +19,7 @@ from modnet_batch.results import Share, Throughput, UnitResult
 
 def _unit(worker: str, images: int, started: float, finished: float) -> UnitResult:
     return UnitResult(
-        shard=f"s-{worker}-{started}",
+        unit=f"s-{worker}-{started}",
         rows=[],
         accumulator={},
         images=images,

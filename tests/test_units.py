@@ -132,7 +132,7 @@ def test_a_run_made_before_units_resumes(
     run = tmp_path / "run"
     run_job(_job(grouped["two"], run, tiny_model))
     state = RunDir(run)
-    results = {r.shard: r for r in state.load_results()}
+    results = {r.unit: r for r in state.load_results()}
     # shard-00000 as the old code wrote it: one marker for the whole shard
     parts = sorted(n for n in results if n.startswith("shard-00000"))
     merged: UnitResult = results[parts[0]]
@@ -140,7 +140,7 @@ def test_a_run_made_before_units_resumes(
         merged = merged.with_retry(results[name])
     for name in parts:
         state.marker(name).unlink()
-    state.write_result(replace(merged, shard="shard-00000"))
+    state.write_result(replace(merged, unit="shard-00000"))
     # shard-00001 half done: only its first unit's marker is left
     later = sorted(n for n in results if n.startswith("shard-00001"))
     for name in later[1:]:
@@ -205,9 +205,13 @@ def test_a_unit_reads_only_its_row_groups_and_a_file_is_hashed_once(
 
 def _old_layout(run: Path) -> None:
     """Rewrite a finished run into the layout modnet-batch wrote before work units were named
-    so: markers in state/shards/, `shards` in summary.json, and a throughput of one rate per
-    device over its busy seconds (`seconds`, `images_per_s`)."""
+    so: markers in state/shards/ naming their `shard`, `shards` in summary.json, and a
+    throughput of one rate per device over its busy seconds (`seconds`, `images_per_s`)."""
     (run / "state" / "units").rename(run / "state" / "shards")
+    for marker in (run / "state" / "shards").glob("*.json"):
+        data = json.loads(marker.read_text())
+        data["shard"] = data.pop("unit")
+        marker.write_text(json.dumps(data))
     summary = json.loads((run / "summary.json").read_text())
     summary["shards"] = summary.pop("units")
     new = summary["throughput"]

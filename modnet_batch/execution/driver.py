@@ -111,12 +111,12 @@ class _Recorder:
         if result.files:  # a worker that cannot see the run directory: its files, then the marker
             run.write_returned(result.files)
             result = replace(result, files=[])
-        before = self.plan.retrying.get(result.shard)
+        before = self.plan.retrying.get(result.unit)
         run.write_result(result if before is None else before.with_retry(result))
         # the rows are in the marker now; kept in memory they grew the driver by about 1 KB per
         # image (measured: +17 MiB over 18k images), and finalize reads the markers. A resume's
         # retried rows stay: the summary counts them (and there are few)
-        retried = result.shard in self.plan.retrying
+        retried = result.unit in self.plan.retrying
         self.fresh.append(result if retried else replace(result, rows=[]))
         if self.on_unit is not None:
             self.on_unit(result)
@@ -128,7 +128,7 @@ def run_job(
     on_images: ProgressHook | None = None,
     on_plan: Callable[[JobPlan], None] | None = None,
     on_phase: Callable[[str], None] | None = None,
-    on_shard: Callable[[UnitResult], None] | None = None,
+    on_unit: Callable[[UnitResult], None] | None = None,
 ) -> JobOutcome:
     """Run (or resume) a job to completion and write its results.
 
@@ -143,7 +143,7 @@ def run_job(
         raise _os_error(exc, resume=False) from None
     if on_plan is not None:
         on_plan(plan)
-    recorder = _Recorder(plan, on_shard)
+    recorder = _Recorder(plan, on_unit)
     report = BackendReport()
     try:
         if plan.tasks:

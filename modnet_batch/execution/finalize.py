@@ -49,13 +49,13 @@ def finalize(
         metrics={k: stats[k] for k in DATASET},
         throughput=Throughput.measure(fresh, wall).after(_previous_throughput(plan)),
         units=UnitCounts(
-            total=len({r.shard for r in results} | report.failed.keys()),
+            total=len({r.unit for r in results} | report.failed.keys()),
             processed=len(fresh),
             skipped_done=len(plan.done_before),
             failed=sorted(report.failed),
             retries=report.retries,
         ),
-        complete=not report.failed and _all_covered(plan, {r.shard for r in results}),
+        complete=not report.failed and _all_covered(plan, {r.unit for r in results}),
         job=_job_facts(plan, check),
         decode_check=check,
         decoding=_decoding(plan, results, report),
@@ -103,7 +103,7 @@ def _image_counts(
         failed=failed,
         unscored=len(rows) - failed - scored,
         transient=sum(r.error is not None and r.transient for r in rows),
-        retried=sum(len(r.rows) for r in fresh if r.shard in plan.retrying),
+        retried=sum(len(r.rows) for r in fresh if r.unit in plan.retrying),
     )
 
 

@@ -205,7 +205,7 @@ def _plan_units(plan: JobPlan) -> None:
     plan.groups = {s.name: dataset.row_group_rows(s) for s in dataset.shards}
     # a finished unit's images that failed for a reason that may pass are tried again
     failed_before = run.results_with_failures() if plan.resumed else []
-    plan.retrying = {r.shard: r for r in failed_before if _transient_ids(r)}
+    plan.retrying = {r.unit: r for r in failed_before if _transient_ids(r)}
     plan.tasks = units.pending(dataset, plan.groups, done)
     for name, result in sorted(plan.retrying.items()):
         shard = units.parse_unit(name)[0]

@@ -665,7 +665,7 @@ class UnitProcessor:
         stages.update(extra)
         return UnitResult(
             decoded=decoded,
-            shard=task.name,
+            unit=task.name,
             rows=rows,
             accumulator=acc.to_dict(),
             images=len(rows) - kept,  # the work of this attempt: kept images cost nothing

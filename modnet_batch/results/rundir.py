@@ -220,7 +220,7 @@ class RunDir:
 
     def write_result(self, result: UnitResult) -> None:
         """The unit's completion marker; written last, so a present marker means done."""
-        atomic_write_json(self.marker(result.shard), result.to_dict())
+        atomic_write_json(self.marker(result.unit), result.to_dict())
 
     def load_results(self) -> list[UnitResult]:
         return [UnitResult.from_dict(json.loads(p.read_text())) for p in self._markers()]
