@@ -1,6 +1,6 @@
 """The run directory's contract: its layout, atomic writers, the alpha files, the metric table,
-shard task/result records and the typed summary. Execution writes through it; reporting and
-bench read runs only through it."""
+work unit records, the run identity, the typed summary and its throughput. Execution writes
+through it; reporting and bench read runs only through it."""
 
 from modnet_batch.results.alpha import read_alpha, write_alpha
 from modnet_batch.results.atomic import atomic_write_bytes, atomic_write_json

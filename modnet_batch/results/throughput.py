@@ -70,9 +70,13 @@ class Throughput:
       worker) and the driver's planning and finalising are left out. A device's steady img/s
       counts its own images over its own first start to last finish.
     - **overall img/s**: images / wall seconds of the whole job as its user waits for it, from
-      the moment the job is started (planning, start-up included) to its last result. A
-      device's overall img/s is its images over the same wall seconds, so the devices' figures
-      add up to the total.
+      the moment the job starts (planning, starting Ray and loading the model included) until
+      the backend has handed back its last result (writing the summary left out). A device's
+      overall img/s is its images over the same wall seconds, so the devices' figures add up
+      to the total.
+
+    While a job runs, the progress line estimates the steady img/s as the images since the
+    first result over the seconds since then; its last line shows this record's figures.
 
     A resumed job adds each attempt's images, steady seconds and wall seconds to the earlier
     attempts' and recomputes both rates; an attempt with nothing left to do changes nothing.
