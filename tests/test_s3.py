@@ -102,8 +102,8 @@ def test_s3_round_trip_ingest_submit_resume_report(
         for p in local_reference["run"].rglob("*")
         if p.is_file()
     }
-    assert {n for n in files if not n.startswith("state/shards/")} == {
-        n for n in local if not n.startswith("state/shards/")
+    assert {n for n in files if not n.startswith("state/units/")} == {
+        n for n in local if not n.startswith("state/units/")
     }
     summary = json.loads(files["summary.json"])
     reference = json.loads(local["summary.json"])
@@ -120,7 +120,7 @@ def test_s3_round_trip_ingest_submit_resume_report(
     assert len(workers) == 2  # Ray actors, each opening the URIs in its own process
 
     # resume: the markers of two units gone (their alphas too): only they are done again
-    markers = sorted(n for n in files if n.startswith("state/shards/"))
+    markers = sorted(n for n in files if n.startswith("state/units/"))
     assert len(markers) == 3
     redo = []
     for name in markers[:2]:

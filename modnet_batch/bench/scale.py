@@ -215,7 +215,7 @@ def _submit_cmd(dataset: Path, out: Path, model: Path, extra: list[str]) -> list
 
 def _images_done(run: Path, shard_size: int, images: int) -> int:
     try:
-        markers = len(os.listdir(run / "state" / "shards"))
+        markers = len(os.listdir(run / "state" / "units"))
     except FileNotFoundError:
         return 0
     return min(images, markers * shard_size)
