@@ -114,7 +114,7 @@ def _submit_cmd(dataset: Path, out: Path, model: Path, extra: list[str]) -> list
 
 def _images_done(run: Path, shard_size: int, images: int) -> int:
     try:
-        markers = len(os.listdir(run / "state" / "shards"))
+        markers = len(os.listdir(run / "state" / "units"))
     except FileNotFoundError:
         return 0
     return min(images, markers * shard_size)
@@ -159,13 +159,13 @@ def load_run(
         raise ModnetBatchError(f"submit exited with {proc.returncode}; {log}:\n{tail}")
     summary = json.loads((out / "summary.json").read_text())
     dispatch = summary.get("dispatch") or {}
-    shards = int(summary["shards"]["processed"])
+    shards = int(summary["units"]["processed"])
     return {
         "wall_s": round(wall, 2),
         "startup_s": round(float(summary["startup_seconds"]), 2),
         "time_to_first_result_s": round(first_result or 0.0, 2),
         "images_per_s": round(images / wall, 1),
-        "processing_images_per_s": round(float(summary["throughput"]["images_per_s"]), 1),
+        "processing_images_per_s": round(float(summary["throughput"]["overall_images_per_s"]), 1),
         "shards": shards,
         "workers": len(summary["workers"]),
         # the last result to the exit: the summary (every marker read), metrics.parquet, Ray's
@@ -236,8 +236,8 @@ def resume_run(
     summary = json.loads((out / "summary.json").read_text())
     return {
         "wall_s": round(wall, 2),
-        "shards_processed": summary["shards"]["processed"],
-        "shards_skipped_done": summary["shards"]["skipped_done"],
+        "shards_processed": summary["units"]["processed"],
+        "shards_skipped_done": summary["units"]["skipped_done"],
     }
 
 
@@ -275,7 +275,7 @@ def rundir_costs(run: Path) -> dict[str, Any]:
     for folder, dirs, files in os.walk(run):
         folders[str(Path(folder).relative_to(run)) or "."] = len(files) + len(dirs)
     results = []
-    for p in rd.shard_state.glob("*.json"):
+    for p in rd.unit_state.glob("*.json"):
         data = json.loads(p.read_text())
         results.append(
             (data.get("started") or 0.0, data["stages"].get("cpu_write", 0.0), data["images"])
@@ -292,7 +292,7 @@ def rundir_costs(run: Path) -> dict[str, Any]:
         "files_per_folder": dict(sorted(folders.items(), key=lambda kv: -kv[1])[:6]),
         "alpha": _listing(rd.alpha, "*.npz")
         | {"bytes": sum(p.stat().st_size for p in alpha_files)},
-        "markers": _listing(Path(str(rd.shard_state)), "*.json"),
+        "markers": _listing(Path(str(rd.unit_state)), "*.json"),
         "write_ms_per_image": {
             "first_tenth": per_image_ms(results[:tenth]),
             "last_tenth": per_image_ms(results[-tenth:]),

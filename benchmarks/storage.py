@@ -67,7 +67,7 @@ def _submit(dataset: str, out: str, model: Path, env: dict[str, str]) -> dict[st
     summary = json.loads(summary_text)
     tp = summary["throughput"]
     return {
-        "images_per_s": tp["images_per_s"],
+        "images_per_s": tp["overall_images_per_s"],
         "processing_s": tp["wall_s"],
         "command_s": wall,
         "startup_s": summary["startup_seconds"],

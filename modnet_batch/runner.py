@@ -15,8 +15,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from modnet_batch.errors import JobInterrupted
-from modnet_batch.execution.driver import EXIT_INCOMPLETE, JobOutcome, JobPlan, run_job
+from modnet_batch.execution.driver import EXIT_INCOMPLETE, JobOutcome, run_job
 from modnet_batch.execution.matte_job import MattePlan
+from modnet_batch.execution.plan import JobPlan
 from modnet_batch.options import JobConfig
 from modnet_batch.reporting.live import LiveProgress
 from modnet_batch.reporting.table import print_failures, print_summary
@@ -113,10 +114,12 @@ def _run_here(job: JobConfig, term: Terminal, what: str) -> JobOutcome:
     try:
         with stop_on_signals():  # `modnet-batch stop` sends SIGTERM; Ctrl-C sends SIGINT
             outcome = run_job(
-                job, on_images=live.images, on_plan=on_plan, on_phase=live.phase, on_shard=on_unit
+                job, on_images=live.images, on_plan=on_plan, on_phase=live.phase, on_unit=on_unit
             )
-    finally:
+    except BaseException:
         live.close()
+        raise
+    live.close(outcome.summary.throughput)  # the last line shows the figures the summary records
     for warning in outcome.warnings[len(shown) :]:  # found while running (the decode check)
         term.note(f"warning: {warning}", "yellow")
     startup = live.startup_text()
@@ -129,8 +132,8 @@ def _summary_ending(outcome: JobOutcome, term: Terminal) -> None:
     """`submit`'s closing lines: the summary table, and images per node on a cluster."""
     print_summary(outcome.summary, outcome.run_dir, term.out)
     if outcome.summary.job.address:
-        for node, entry in outcome.summary.throughput["per_node"].items():
-            term.out.print(f"node {node}: {entry['images']} images", highlight=False)
+        for node, share in outcome.summary.throughput.per_node.items():
+            term.out.print(f"node {node}: {share.images} images", highlight=False)
 
 
 def _submit_remote(job: JobConfig, term: Terminal, follow: bool) -> int:
@@ -174,12 +177,12 @@ def print_matte_summary(outcome: JobOutcome, plan: MattePlan, term: Terminal) ->
         markup=False,
     )
     rate = summary.throughput
-    if summary.shards.processed:
-        steady = rate.get("steady_images_per_s")
+    if summary.units.processed:
+        steady = rate.steady_images_per_s
         out.print(
-            f"{rate['images']} images in {rate['wall_s']:.1f} s: "
-            f"{rate['images_per_s']:.2f} img/s overall (start-up included)"
-            + (f", {steady:.2f} img/s steady" if steady else ""),
+            f"{rate.images} images in {rate.wall_s:.1f} s: "
+            f"{rate.overall_images_per_s:.2f} overall img/s (start-up included)"
+            + (f", {steady:.2f} steady img/s" if steady else ""),
             markup=False,
         )
     else:

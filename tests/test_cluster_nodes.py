@@ -117,7 +117,7 @@ def test_a_worker_node_killed_mid_job_costs_one_retry_and_the_job_completes(
     assert sorted(os.listdir(out / "alpha")) == sorted(os.listdir(data["clean"] / "alpha"))
     # the shard it was running is charged one retry, the one queued behind it goes back as it
     # was; its actor is lost (its node is gone), the two others did the rest
-    assert summary["shards"]["retries"] == 1 and summary["shards"]["processed"] == IMAGES // SHARD
+    assert summary["units"]["retries"] == 1 and summary["units"]["processed"] == IMAGES // SHARD
     lost = [w for w in summary["workers"] if w.get("lost")]
     assert len(lost) == 1 and lost[0]["node_id"] not in alive, summary["workers"]
     assert "is gone" in lost[0]["lost"]

@@ -64,7 +64,7 @@ def test_a_two_node_cluster_reads_and_writes_only_through_s3(
     assert summary["job"]["address"] == "auto"  # the driver ran inside the cluster
     busy = {n: e["images"] for n, e in summary["throughput"]["per_node"].items() if e["images"]}
     assert len(busy) == 2 and sum(busy.values()) == 12, summary["throughput"]["per_node"]
-    assert len(list((run / "state" / "shards").glob("*.json"))) == 6
+    assert len(list((run / "state" / "units").glob("*.json"))) == 6
     assert len(list((run / "alpha").glob("*.npz"))) == 12
     assert not any(Path(os.environ["MODNET_BATCH_CACHE"]).glob("remote/*/*.tmp"))
 

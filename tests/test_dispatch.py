@@ -80,7 +80,7 @@ def _run(
         plans = [types.SimpleNamespace(spec=types.SimpleNamespace(label=a.name)) for a in fakes]
         tasks = [WorkUnit(name=n, path="", rows=1) for n in shards]
         rb._dispatch(
-            job, fakes, plans, tasks, lambda r: done.append(r.shard), lambda w, n: None, report
+            job, fakes, plans, tasks, lambda r: done.append(r.unit), lambda w, n: None, report
         )  # type: ignore[arg-type]
     finally:
         mp.undo()

@@ -47,7 +47,7 @@ def test_run_dir_contract(synth_dataset: Path, tiny_model: Path, tmp_path: Path)
     }
     mse = [r["mse"] for r in table]
     assert summary["metrics"]["mse"] == pytest.approx(sum(mse) / len(mse), rel=1e-12)
-    assert summary["shards"]["processed"] == 3 and summary["complete"]
+    assert summary["units"]["processed"] == 3 and summary["complete"]
 
 
 def test_bad_image_becomes_error_row_and_unmatted_image_is_unscored(
@@ -89,11 +89,11 @@ def test_rerun_resumes_without_redoing_shards(
 ) -> None:
     job = _job(synth_dataset, tmp_path / "run", tiny_model)
     first = run_job(job)  # type: ignore[arg-type]
-    marker = tmp_path / "run" / "state" / "shards" / "shard-00001.json"
+    marker = tmp_path / "run" / "state" / "units" / "shard-00001.json"
     marker.unlink()  # as if the driver died before that shard finished
     second = run_job(job)  # type: ignore[arg-type]
-    assert second.summary.shards.processed == 1
-    assert second.summary.shards.skipped_done == 2
+    assert second.summary.units.processed == 1
+    assert second.summary.units.skipped_done == 2
     assert second.summary.metrics == first.summary.metrics
     assert second.summary.accumulator == first.summary.accumulator
 
@@ -144,7 +144,7 @@ def test_decode_mode_resolution(protocol: str, precision: str, asked: str, facto
 
 
 def test_defaults_batch_one_on_cpu_measured_on_accelerators() -> None:
-    from modnet_batch.execution.driver import batch_size
+    from modnet_batch.execution.plan import batch_size
 
     assert batch_size(load_job(None, {"dataset": "d", "out": "r"})) == 1
     # 0: each accelerator's actor measures its own (tests/test_batching.py)
@@ -230,10 +230,10 @@ def test_a_no_op_resume_keeps_the_measured_throughput(
     job = _job(synth_dataset, tmp_path / "run", tiny_model)
     first = run_job(job).summary.throughput  # type: ignore[arg-type]
     again = run_job(job).summary.throughput  # type: ignore[arg-type]
-    assert first["images"] == 12 and again["images"] == 12
-    assert again["per_device"] == first["per_device"]
-    assert again["images_per_s"] == pytest.approx(first["images_per_s"], rel=0.05)
-    assert (first["attempts"], again["attempts"]) == (1, 2)
+    assert first.images == 12 and again.images == 12
+    assert again.per_device == first.per_device
+    assert again.overall_images_per_s == pytest.approx(first.overall_images_per_s, rel=0.05)
+    assert (first.attempts, again.attempts) == (1, 2)
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())["throughput"]
     assert on_disk["images"] == 12
 
@@ -256,7 +256,7 @@ def test_a_damaged_shard_is_a_named_failed_shard_and_the_job_goes_on(
     second.write_bytes(bytes(data))
     outcome = run_job(_job(ds, tmp_path / "run", tiny_model))  # type: ignore[arg-type]
     assert not outcome.complete
-    failed = outcome.summary.shards.failed
+    failed = outcome.summary.units.failed
     assert failed == [first.stem, second.stem]
     rows = pq.read_table(tmp_path / "run" / "metrics.parquet").to_pylist()
     errors = [r["error"] for r in rows if r["error"]]
@@ -355,7 +355,7 @@ def test_compute_precision(
     engine: str, model_precision: str, asked: str | None, expected: str
 ) -> None:
     from modnet_batch.errors import ModnetBatchError
-    from modnet_batch.execution.driver import compute_precision
+    from modnet_batch.execution.plan import compute_precision
     from modnet_batch.options import JobConfig
 
     job = JobConfig(dataset="d", out="r", engine=engine, precision=asked)
@@ -371,7 +371,7 @@ def test_a_model_calibrated_on_evaluated_images_is_warned_about(
 ) -> None:
     """The shards' ids are read only for a model with a calibration set (a resume of a large
     run no longer reads every shard for nothing); the warning still names the overlap."""
-    from modnet_batch.execution.driver import plan_job
+    from modnet_batch.execution.plan import plan_job
 
     model = tmp_path / "calibrated.onnx"
     shutil.copy(tiny_model, model)

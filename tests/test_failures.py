@@ -80,8 +80,8 @@ def test_transient_failures_are_counted_and_a_resume_retries_them(
     assert again.summary.metrics == clean.metrics
     assert again.summary.accumulator == clean.accumulator
     assert again.summary.images.scored == 12
-    assert again.summary.throughput["images"] == 14  # 12 in the first attempt, 2 retried
-    assert again.summary.shards.skipped_done == 1  # the shard without a failure was not redone
+    assert again.summary.throughput.images == 14  # 12 in the first attempt, 2 retried
+    assert again.summary.units.skipped_done == 1  # the shard without a failure was not redone
 
 
 def test_deterministic_failures_are_kept_and_not_retried(tiny_model: Path, tmp_path: Path) -> None:
@@ -114,7 +114,7 @@ def test_deterministic_failures_are_kept_and_not_retried(tiny_model: Path, tmp_p
     again = runner.invoke(app, args)  # a resume: nothing transient, so nothing is redone
     assert again.exit_code == EXIT_IMAGES_FAILED
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["images"]["retried"] == 0 and summary["shards"]["processed"] == 0
+    assert summary["images"]["retried"] == 0 and summary["units"]["processed"] == 0
 
 
 def test_the_cli_names_transient_failures_and_how_to_retry(

@@ -93,12 +93,12 @@ def _same_as_clean(run: Path, clean: Path) -> dict[str, Any]:
     assert table.equals(pq.read_table(clean / "metrics.parquet"))
     alphas = sorted(p.name for p in (run / "alpha").iterdir())
     assert alphas == sorted(p.name for p in (clean / "alpha").iterdir())  # no temp file left
-    assert len(list((run / "state" / "shards").iterdir())) == IMAGES // SHARD
+    assert len(list((run / "state" / "units").iterdir())) == IMAGES // SHARD
     return summary
 
 
 def _markers(run: Path) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted((run / "state" / "shards").glob("*.json"))]
+    return [json.loads(p.read_text()) for p in sorted((run / "state" / "units").glob("*.json"))]
 
 
 def test_sigkill_of_a_worker_costs_one_retry_and_it_works_again(
@@ -115,7 +115,7 @@ def test_sigkill_of_a_worker_costs_one_retry_and_it_works_again(
     assert proc.returncode == EXIT_OK, stderr[-3000:]
     summary = _same_as_clean(out, data["clean"])
     # only the shard it was running is charged; the one queued behind it goes back as it was
-    assert summary["shards"]["retries"] == 1
+    assert summary["units"]["retries"] == 1
     back = [w for w in summary["workers"] if w.get("restarts")]
     assert len(back) == 1 and back[0]["restarts"] == 1 and back[0]["pid"] != victim.pid
     # the restarted worker took work again
@@ -133,7 +133,7 @@ def test_sigkill_without_retries_fails_only_the_running_shard(
     _stdout, stderr = proc.communicate(timeout=WAIT_S)
     assert proc.returncode == EXIT_INCOMPLETE, stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert len(summary["shards"]["failed"]) == 1
+    assert len(summary["units"]["failed"]) == 1
     assert summary["images"]["failed"] == SHARD and summary["images"]["transient"] == SHARD
     assert summary["images"]["scored"] == IMAGES - SHARD
     assert "job incomplete" in stderr
@@ -141,7 +141,7 @@ def test_sigkill_without_retries_fails_only_the_running_shard(
     code, _, stderr = _run(data, out)  # the resume runs the failed shard, nothing else
     assert code == EXIT_OK, stderr[-3000:]
     summary = _same_as_clean(out, data["clean"])
-    assert summary["shards"]["processed"] == 1
+    assert summary["units"]["processed"] == 1
 
 
 def test_sigkill_of_the_driver_then_a_resume(data: dict[str, Path], tmp_path: Path) -> None:
@@ -149,14 +149,14 @@ def test_sigkill_of_the_driver_then_a_resume(data: dict[str, Path], tmp_path: Pa
     proc = _submit(data, out)
     _wait_for_images(proc, out, 5)
     kill_job(proc)
-    done = len(list((out / "state" / "shards").glob("*.json")))
+    done = len(list((out / "state" / "units").glob("*.json")))
     assert done < IMAGES // SHARD
 
     code, _stdout, stderr = _run(data, out)
     assert code == EXIT_OK, stderr[-3000:]
     summary = _same_as_clean(out, data["clean"])
-    assert summary["shards"]["skipped_done"] == done
-    assert summary["shards"]["processed"] == IMAGES // SHARD - done
+    assert summary["units"]["skipped_done"] == done
+    assert summary["units"]["processed"] == IMAGES // SHARD - done
 
 
 def test_sigterm_stops_with_one_line_and_a_resume_completes(
@@ -213,11 +213,11 @@ def test_a_full_disk_stops_with_one_line_and_a_resume_after_freeing_space_comple
     lines = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "no space left on its device" in lines[0], stderr[-3000:]
     assert str(out) in lines[0] and "Traceback" not in stderr
-    kept = len(list((out / "state" / "shards").glob("*.json")))
+    kept = len(list((out / "state" / "units").glob("*.json")))
     assert 0 < kept < IMAGES // SHARD
 
     _resize(small_disk, "64m")  # space freed
     code, _, stderr = _run(data, out)
     assert code == EXIT_OK, stderr[-3000:]
     summary = _same_as_clean(out, data["clean"])
-    assert summary["shards"]["skipped_done"] == kept
+    assert summary["units"]["skipped_done"] == kept

@@ -63,7 +63,9 @@ def test_each_state_and_its_figures(runs_dir: Path) -> None:
     failed = states["failed"]
     assert failed.state == "failed" and "12 image(s) failed" in failed.detail
     partial = states["partial"]
-    assert partial.state == "partial" and "3 shard(s) finished, no summary yet" in partial.detail
+    assert (
+        partial.state == "partial" and "3 work unit(s) finished, no summary yet" in partial.detail
+    )
     matted = states["matted"]
     assert matted.state == "complete" and matted.scored == 0 and matted.images == 12
 
@@ -72,7 +74,7 @@ def test_a_resume_that_stopped_is_partial(runs_dir: Path, tmp_path: Path) -> Non
     run = tmp_path / "run"
     shutil.copytree(runs_dir / "complete", run)
     summary_time = (run / "summary.json").stat().st_mtime
-    marker = next((run / "state" / "shards").glob("*.json"))
+    marker = next((run / "state" / "units").glob("*.json"))
     os.utime(marker, (summary_time + 5, summary_time + 5))
     (state,) = list_runs(tmp_path)
     assert state.state == "partial" and "a resume stopped" in state.detail

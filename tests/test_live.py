@@ -53,7 +53,9 @@ def test_not_on_a_terminal_it_prints_plain_phase_and_periodic_lines() -> None:
     last = lines[-1]
     now = live.rate.current(clock.now)
     assert now is not None and 1.8 < now < 2.1  # two devices at 1 img/s each
-    assert last.startswith(f"[   0:20] submit: 19/100 images, {now:.2f} img/s now, 2.00 mean")
+    assert last.startswith(
+        f"[   0:20] submit: 19/100 images, {now:.2f} img/s now, 2.00 steady img/s"
+    )
     assert f"ETA {round(81 / now) // 60}:{round(81 / now) % 60:02d}" in last  # 81 left
     assert "2 failed" in last
     assert "cpu0 10 (" in last and "cpu1 9 (" in last
@@ -73,7 +75,7 @@ def test_current_rate_follows_a_slowdown_that_the_mean_hides() -> None:
     mean_rate = live.rate.mean(clock.now, live.done)
     assert now_rate == 1.0  # the last 10 s
     assert mean_rate == pytest.approx(80 / 25.9)  # 80 images since the first, 25.9 s ago
-    assert status.startswith("1.00 img/s now, 3.09 mean")
+    assert status.startswith("1.00 img/s now, 3.09 steady img/s")
     assert "ETA 15:20" in status  # 920 left at the current 1 img/s, not at the mean
 
 

@@ -73,7 +73,7 @@ def test_a_folder_is_matted_upright_at_each_size_mirroring_its_paths(
     again = _matte(str(folder), str(out), "--model", str(tiny_model))  # a resume: all done
     assert again.exit_code == 4 and "resuming" in again.output
     summary = json.loads((out / ".modnet-batch" / "run" / "summary.json").read_text())
-    assert summary["shards"]["processed"] == 0
+    assert summary["units"]["processed"] == 0
 
 
 def test_cutouts_carry_the_matte_as_alpha(folder: Path, tmp_path: Path, tiny_model: Path) -> None:
@@ -153,7 +153,7 @@ def test_a_killed_matte_finishes_the_rest_without_redoing_finished_shards(tmp_pa
     cmd = [sys.executable, "-m", "modnet_batch", "matte", str(src), str(out), "--model", str(model)]
     cmd += ["--workers", "2", "--threads", "1", "--protocol", "seed-area"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    markers = out / ".modnet-batch" / "run" / "state" / "shards"
+    markers = out / ".modnet-batch" / "run" / "state" / "units"
     deadline = time.monotonic() + 240
     while not list(markers.glob("*.json")) if markers.exists() else True:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
@@ -168,8 +168,8 @@ def test_a_killed_matte_finishes_the_rest_without_redoing_finished_shards(tmp_pa
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     summary = json.loads((out / ".modnet-batch" / "run" / "summary.json").read_text())
-    assert summary["shards"]["skipped_done"] == len(done)
-    assert summary["shards"]["processed"] == shards - len(done)
+    assert summary["units"]["skipped_done"] == len(done)
+    assert summary["units"]["processed"] == shards - len(done)
     assert all(markers.joinpath(n).stat().st_mtime_ns == t for n, t in done.items())  # not redone
     pngs = [p for p in out.rglob("*.png") if ".modnet-batch" not in p.parts]
     assert len(pngs) == 64 and all(cv2.imread(str(p), -1).shape == (48, 32) for p in pngs)

@@ -79,11 +79,11 @@ def test_a_hugging_face_export_equals_the_same_images_ingested(
             tmp_path / "inplace" / "alpha" / name
         ).read_bytes()
     # work units are runs of row groups, as for ingested shards (inline: ceil(10 / 4) = 3)
-    markers = sorted(p.stem for p in (tmp_path / "inplace" / "state" / "shards").iterdir())
+    markers = sorted(p.stem for p in (tmp_path / "inplace" / "state" / "units").iterdir())
     assert markers == [f"shard-00000.rg{g}-{g}" for g in range(4)]
     # resume: the same job is recognised, nothing is redone
     again = run_job(_job(tmp_path / "hf", tmp_path / "inplace", tiny_model))
-    assert again.summary.shards.processed == 0 and again.complete
+    assert again.summary.units.processed == 0 and again.complete
 
 
 def test_bad_rows_become_error_rows_and_the_job_goes_on(

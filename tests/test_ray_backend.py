@@ -58,9 +58,9 @@ def test_embedded_ray_equals_inline_exactly(
     outcome = run_job(_job(synth_dataset, tmp_path / "run", tiny_model, threads=1))
     assert outcome.complete
     _same_results(inline_run, tmp_path / "run")
-    per_device = outcome.summary.throughput["per_device"]
+    per_device = outcome.summary.throughput.per_device
     assert len(per_device) == 2  # 2 CPUs / 1 thread = 2 workers
-    assert sum(d["images"] for d in per_device.values()) == 12
+    assert sum(d.images for d in per_device.values()) == 12
     assert {w["provider"] for w in outcome.summary.workers} == {"CPUExecutionProvider"}
 
 
@@ -143,8 +143,8 @@ def test_a_changed_shard_fails_on_ray_without_retries(
     shard.write_bytes(bytes(data))
     outcome = run_job(_job(ds, tmp_path / "run", tiny_model, threads=1))
     assert not outcome.complete
-    assert outcome.summary.shards.failed == [shard.stem]
-    assert outcome.summary.shards.retries == 0
+    assert outcome.summary.units.failed == [shard.stem]
+    assert outcome.summary.units.retries == 0
     assert outcome.summary.images.scored == 8
 
 
@@ -160,9 +160,9 @@ def test_one_shard_keeps_every_worker_busy(
     ingest(src, tmp_path / "ds", row_group_rows=4)
     run_job(_job(tmp_path / "ds", tmp_path / "inline", tiny_model, backend="inline"))
     outcome = run_job(_job(tmp_path / "ds", tmp_path / "run", tiny_model, threads=1))
-    per_device = outcome.summary.throughput["per_device"]
-    assert len(per_device) == 2 and all(d["images"] > 0 for d in per_device.values())
-    assert outcome.summary.shards.total == 4  # ceil(16 / (4 * 2)) = 2 images: one row group each
+    per_device = outcome.summary.throughput.per_device
+    assert len(per_device) == 2 and all(d.images > 0 for d in per_device.values())
+    assert outcome.summary.units.total == 4  # ceil(16 / (4 * 2)) = 2 images: one row group each
     _same_results(tmp_path / "inline", tmp_path / "run")
 
 

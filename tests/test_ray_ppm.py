@@ -48,7 +48,7 @@ def _start(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
 def _wait_for_markers(out: Path, proc: subprocess.Popen[bytes], at_least: int) -> int:
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
-        done = len(list((out / "state" / "shards").glob("*.json")))
+        done = len(list((out / "state" / "units").glob("*.json")))
         if done >= at_least:
             return done
         if proc.poll() is not None:
@@ -100,7 +100,7 @@ def test_ray_equals_single_process(
     _assert_same_as(inline_run("seed-area"), out)  # submit's default decode: exact when scored
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["throughput"]["per_device"]) == 2
-    assert summary["shards"]["processed"] == SHARDS
+    assert summary["units"]["processed"] == SHARDS
 
 
 def test_killed_worker_is_replaced_and_nothing_is_lost(
@@ -122,7 +122,7 @@ def test_killed_worker_is_replaced_and_nothing_is_lost(
         if proc.poll() is None:
             _kill_tree(proc)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["shards"]["retries"] >= 1 and summary["complete"]
+    assert summary["units"]["retries"] >= 1 and summary["complete"]
     _assert_same_as(inline_run("seed-area"), out)  # submit's default decode: exact when scored
 
 
@@ -135,13 +135,13 @@ def test_killed_driver_resumes_without_redoing_shards(
         _wait_for_markers(out, proc, 2)
     finally:
         _kill_tree(proc)
-    done_before = len(list((out / "state" / "shards").glob("*.json")))
+    done_before = len(list((out / "state" / "units").glob("*.json")))
     assert 2 <= done_before < SHARDS
     again = subprocess.run(
         _submit_cmd(ppm_dataset, real_model, out), capture_output=True, text=True
     )
     assert again.returncode == 0, again.stdout + again.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["shards"]["skipped_done"] == done_before
-    assert summary["shards"]["processed"] == SHARDS - done_before
+    assert summary["units"]["skipped_done"] == done_before
+    assert summary["units"]["processed"] == SHARDS - done_before
     _assert_same_as(inline_run("seed-area"), out)  # submit's default decode: exact when scored

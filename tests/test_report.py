@@ -185,7 +185,7 @@ def test_runs_made_before_shard_times_were_recorded_still_report(
     data = json.loads((old / "summary.json").read_text())
     del data["started"], data["timeline"]
     (old / "summary.json").write_text(json.dumps(data))
-    for marker in (old / "state" / "shards").glob("*.json"):
+    for marker in (old / "state" / "units").glob("*.json"):
         record = json.loads(marker.read_text())
         del record["started"], record["finished"]
         assert UnitResult.from_dict(record).started is None

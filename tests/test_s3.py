@@ -102,8 +102,8 @@ def test_s3_round_trip_ingest_submit_resume_report(
         for p in local_reference["run"].rglob("*")
         if p.is_file()
     }
-    assert {n for n in files if not n.startswith("state/shards/")} == {
-        n for n in local if not n.startswith("state/shards/")
+    assert {n for n in files if not n.startswith("state/units/")} == {
+        n for n in local if not n.startswith("state/units/")
     }
     summary = json.loads(files["summary.json"])
     reference = json.loads(local["summary.json"])
@@ -120,7 +120,7 @@ def test_s3_round_trip_ingest_submit_resume_report(
     assert len(workers) == 2  # Ray actors, each opening the URIs in its own process
 
     # resume: the markers of two units gone (their alphas too): only they are done again
-    markers = sorted(n for n in files if n.startswith("state/shards/"))
+    markers = sorted(n for n in files if n.startswith("state/units/"))
     assert len(markers) == 3
     redo = []
     for name in markers[:2]:
@@ -134,7 +134,7 @@ def test_s3_round_trip_ingest_submit_resume_report(
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     again = _objects(run)
     resumed = json.loads(again["summary.json"])
-    assert resumed["shards"]["processed"] == 2 and resumed["shards"]["skipped_done"] == 1
+    assert resumed["units"]["processed"] == 2 and resumed["units"]["skipped_done"] == 1
     assert resumed["throughput"]["images"] == 12 + 8  # both attempts' images, added up
     assert resumed["metrics"] == reference["metrics"]
     assert pq.read_table(io.BytesIO(again["metrics.parquet"])).equals(table)

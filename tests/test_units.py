@@ -119,10 +119,10 @@ def test_split_run_equals_whole_shard_run_and_markers_are_per_unit(
     outcome = run_job(_job(grouped["big"], tmp_path / "run", tiny_model))
     assert outcome.complete
     _same(reference, tmp_path / "run")
-    markers = sorted(p.stem for p in (tmp_path / "run" / "state" / "shards").glob("*.json"))
+    markers = sorted(p.stem for p in (tmp_path / "run" / "state" / "units").glob("*.json"))
     # inline is one worker: units of up to ceil(22 / 4) = 6 images
     assert markers == [f"shard-00000.rg{g}-{g}" for g in range(4)] + ["shard-00000.rg4-5"]
-    assert outcome.summary.shards.total == 5 and outcome.summary.shards.processed == 5
+    assert outcome.summary.units.total == 5 and outcome.summary.units.processed == 5
 
 
 def test_a_run_made_before_units_resumes(
@@ -133,7 +133,7 @@ def test_a_run_made_before_units_resumes(
     run = tmp_path / "run"
     run_job(_job(grouped["two"], run, tiny_model))
     state = RunDir(run)
-    results = {r.shard: r for r in state.load_results()}
+    results = {r.unit: r for r in state.load_results()}
     # shard-00000 as the old code wrote it: one marker for the whole shard
     parts = sorted(n for n in results if n.startswith("shard-00000"))
     merged: UnitResult = results[parts[0]]
@@ -141,7 +141,7 @@ def test_a_run_made_before_units_resumes(
         merged = merged.with_retry(results[name])
     for name in parts:
         state.marker(name).unlink()
-    state.write_result(replace(merged, shard="shard-00000"))
+    state.write_result(replace(merged, unit="shard-00000"))
     # shard-00001 half done: only its first unit's marker is left
     later = sorted(n for n in results if n.startswith("shard-00001"))
     for name in later[1:]:
@@ -152,15 +152,15 @@ def test_a_run_made_before_units_resumes(
     state.metrics.unlink()
     again = run_job(_job(grouped["two"], run, tiny_model))
     assert again.complete
-    assert again.summary.shards.skipped_done == 2
+    assert again.summary.units.skipped_done == 2
     # what was left (row groups 1-2 of shard-00001, 6 images) is cut for the work left
-    assert sorted(p.stem for p in state.shard_state.glob("*.json")) == [
+    assert sorted(p.stem for p in state.unit_state.glob("*.json")) == [
         "shard-00000",
         "shard-00001.rg0-0",
         "shard-00001.rg1-1",
         "shard-00001.rg2-2",
     ]
-    assert again.summary.shards.processed == 2
+    assert again.summary.units.processed == 2
     assert sorted(r.image_id for r in state.read_rows()) == sorted(
         r.image_id for r in RunDir(reference).read_rows()
     )  # every image exactly once
@@ -202,3 +202,60 @@ def test_a_unit_reads_only_its_row_groups_and_a_file_is_hashed_once(
         wanted = ds.image_ids(ds.shards[0], list(task.row_groups or ()))
         assert [r.image_id for r in result.rows] == sorted(wanted)
         assert len(wanted) == task.rows
+
+
+def _old_layout(run: Path) -> None:
+    """Rewrite a finished run into the layout modnet-batch wrote before work units were named
+    so: markers in state/shards/ naming their `shard`, `shards` in summary.json, and a
+    throughput of one rate per device over its busy seconds (`seconds`, `images_per_s`)."""
+    (run / "state" / "units").rename(run / "state" / "shards")
+    for marker in (run / "state" / "shards").glob("*.json"):
+        data = json.loads(marker.read_text())
+        data["shard"] = data.pop("unit")
+        marker.write_text(json.dumps(data))
+    summary = json.loads((run / "summary.json").read_text())
+    summary["shards"] = summary.pop("units")
+    new = summary["throughput"]
+
+    def entries(table: dict[str, Any]) -> dict[str, Any]:
+        return {
+            k: {"images": v["images"], "seconds": v["steady_s"], "images_per_s": 1.0}
+            for k, v in table.items()
+        }
+
+    summary["throughput"] = {
+        "attempts": 1,
+        "images": new["images"],
+        "images_per_s": new["overall_images_per_s"],
+        "wall_s": new["wall_s"],
+        "per_device": entries(new["per_device"]),
+        "per_node": entries(new["per_node"]),
+        "stages_s": new["stages_s"],
+    }
+    (run / "summary.json").write_text(json.dumps(summary))
+
+
+def test_a_run_directory_of_the_old_layout_reports_and_resumes(
+    synth_dataset: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from modnet_batch.cli import app
+
+    run = tmp_path / "run"
+    run_job(_job(synth_dataset, run, tiny_model))
+    _old_layout(run)
+    report = CliRunner().invoke(app, ["report", str(run)])
+    assert report.exit_code == 0, report.output
+    assert "3 work unit(s) processed" in report.output and "steady img/s" in report.output
+    old = run / "state" / "shards"
+    (old / "shard-00001.json").unlink()  # one unit left to do
+    again = run_job(_job(synth_dataset, run, tiny_model))
+    assert again.complete and again.summary.images.total == 12
+    assert (again.summary.units.processed, again.summary.units.skipped_done) == (1, 2)
+    assert sorted(p.name for p in old.glob("*.json")) == [f"shard-0000{i}.json" for i in range(3)]
+    assert not (run / "state" / "units").exists()  # the run keeps its layout
+    assert again.summary.throughput.images == 16  # 12 in the first attempt, 4 in this one
+    assert again.summary.throughput.attempts == 2
+    on_disk = json.loads((run / "summary.json").read_text())
+    assert on_disk["units"]["processed"] == 1 and "shards" not in on_disk

@@ -82,12 +82,12 @@ def end_to_end(
             "mode": mode,
             "inputs": inputs,
             "batch_size": batch,
-            "images": int(thr["images"]),
-            "images_per_s": thr.get("images_per_s"),
-            "wall_s": thr.get("wall_s"),
+            "images": thr.images,
+            "images_per_s": thr.overall_images_per_s,
+            "wall_s": thr.wall_s,
             "startup_s": outcome.summary.startup_seconds,
             "ingest_s": round(ingest_s, 2),
-            "stages_s": thr.get("stages_s"),
+            "stages_s": thr.stages_s,
             "metrics": outcome.summary.metrics,
             **util,
         }
@@ -145,12 +145,12 @@ def _decoding_run(
         outcome = _decoding_job(cfg, dataset, out, how, spec, batch, output="alpha-png", **reduce)
     thr = outcome.summary.throughput
     return {
-        "images": int(thr["images"]),
+        "images": thr.images,
         "failed": outcome.summary.images.failed,
-        "images_per_s": thr.get("images_per_s"),
-        "wall_s": thr.get("wall_s"),
+        "images_per_s": thr.overall_images_per_s,
+        "wall_s": thr.wall_s,
         "startup_s": outcome.summary.startup_seconds,
-        "stages_s": thr.get("stages_s"),
+        "stages_s": thr.stages_s,
         "decoded": outcome.summary.decoding,
         "decode": outcome.summary.job.decode,  # how the pool threads decoded
         "torch_memory_peak_mib": torch_memory_peak(cfg.device),

@@ -13,7 +13,8 @@ from typing import Any
 
 from modnet_batch.bench.config import BenchConfig
 from modnet_batch.bench.stats import stability, steady_rate, window_rates
-from modnet_batch.execution.driver import JobPlan, run_job
+from modnet_batch.execution.driver import run_job
+from modnet_batch.execution.plan import JobPlan
 from modnet_batch.execution.stages import LOOP_STAGES, POOL_STAGES
 from modnet_batch.options import load_job
 from modnet_batch.results import RunDir, Summary
@@ -75,8 +76,9 @@ def describe(
     `run_job` was called and when its plan was ready (the backend starts right after)."""
     thr = summary.throughput
     startup = float(summary.startup_seconds)
-    wall = float(thr["wall_s"])  # backend start to backend end: start-up and teardown included
-    images = int(thr["images"])
+    # the job's wall less its planning: the backend's start to its end, start-up included
+    wall = thr.wall_s - (plan_epoch - started_epoch)
+    images = thr.images
     ready_epoch = plan_epoch + startup  # workers up, sessions loaded
     # the job's processing span: workers ready -> last shard result in the driver's hands
     # (Ray's shutdown afterwards is teardown, reported apart)
@@ -86,10 +88,10 @@ def describe(
     teardown = max(0.0, wall - startup - processing)
     finishes = run_dir.alpha_times()
     first = (finishes[0] - ready_epoch) if finishes else None
-    workers = max(1, len(thr["per_device"]))
-    stages = thr["stages_s"]
+    workers = max(1, len(thr.per_device))
+    stages = thr.stages_s
     loop = {k: float(stages.get(k, 0.0)) / workers for k in LOOP_STAGES}
-    in_loops = sum(float(v["seconds"]) for v in thr["per_device"].values()) / workers
+    in_loops = sum(loop.values())  # the loops' stages add up to their seconds
     # the part of the processing span no shard loop accounts for: dispatch, load imbalance
     loop["outside_shard_loops"] = processing - in_loops
     return {
@@ -108,12 +110,12 @@ def describe(
         "time_to_first_result_from_submit_s": (finishes[0] - started_epoch) if finishes else None,
         "per_device": {
             k: {
-                "images": v["images"],
-                "busy_s": v["seconds"],
-                "images_per_s": v["images_per_s"],
-                "images_per_processing_s": v["images"] / processing,
+                "images": v.images,
+                "steady_s": v.steady_s,
+                "steady_images_per_s": v.steady_images_per_s,
+                "images_per_processing_s": v.images / processing,
             }
-            for k, v in thr["per_device"].items()
+            for k, v in thr.per_device.items()
         },
         "workers": [
             {k: w.get(k) for k in ("label", "provider", "session_seconds")} for w in summary.workers

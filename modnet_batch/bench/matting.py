@@ -63,7 +63,7 @@ def matte(src: Path, out: Path, model: Path, level: int) -> dict[str, Any]:
         "seconds": seconds,
         "images_per_s": images / seconds,
         "startup_s": summary["startup_seconds"],
-        "steady_images_per_s": summary["throughput"]["images_per_s"],
+        "steady_images_per_s": summary["throughput"]["steady_images_per_s"],
     }
 
 

@@ -52,7 +52,9 @@ def runs(
 
 def runs_table(found: list[RunState]) -> Table:
     """One row per run: its state and headline figures."""
-    table = Table("run", "state", "protocol", "model", "images", "MSE", "MAD", "mIoU", "img/s")
+    table = Table(
+        "run", "state", "protocol", "model", "images", "MSE", "MAD", "mIoU", "overall img/s"
+    )
     colour = {"complete": "green", "failed": "red", "partial": "yellow"}
     for r in found:
         metric = r.metrics.get

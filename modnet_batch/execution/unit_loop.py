@@ -211,7 +211,7 @@ class UnitRun:
         rows = sorted(self.rows, key=lambda r: r.image_id)
         return UnitResult(
             decoded=self.decoded,
-            shard=self.unit.name,
+            unit=self.unit.name,
             rows=rows,
             accumulator=acc.to_dict(),
             images=len(rows) - self.kept,  # the work of this attempt: kept images cost nothing

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from modnet_batch.metrics import DATASET
 from modnet_batch.reporting import plots
-from modnet_batch.reporting.facts import METRICS, THROUGHPUT, RunView
+from modnet_batch.reporting.facts import METRICS, RATES, RunView
 from modnet_batch.reporting.markup import (
     _check_metric,
     _e,
@@ -78,7 +78,7 @@ def _jobs_side_by_side(views: Sequence[RunView]) -> str:
             "workers": str(len(s.workers)),
             "batch size": str(s.job.batch_size),
             "start-up s": f"{s.startup_seconds:.1f}",
-            "wall s": f"{float(s.throughput.get('wall_s', 0.0)):.1f}",
+            "wall s": f"{s.throughput.wall_s:.1f}",
         }
 
     cols = [row(v) for v in views]
@@ -106,7 +106,8 @@ def _compare_table(views: Sequence[RunView]) -> str:
     head = (
         "<tr><th>run</th><th>precision</th><th>protocol</th><th>scored</th>"
         + "".join(f"<th>{TITLES[k]}</th>" for k in DATASET)
-        + "<th>img/s</th></tr>"
+        + "".join(f"<th>{r.title}</th>" for r in RATES)
+        + "</tr>"
     )
     rows = []
     a = views[0]
@@ -118,7 +119,8 @@ def _compare_table(views: Sequence[RunView]) -> str:
         rows.append(
             f"<tr><th>{_e(v.name)}</th><td>{_e(s.job.variant.get('precision', '?'))}</td>"
             f"<td>{_e(s.job.protocol)}</td><td class='num'>{s.images.scored}</td>{cells}"
-            f"<td class='num'>{fmt(v.images_per_s, 2)}</td></tr>"
+            + "".join(f"<td class='num'>{fmt(r, 2)}</td>" for r in v.rates)
+            + "</tr>"
         )
     for v in views[1:]:
         cells = "".join(
@@ -130,14 +132,14 @@ def _compare_table(views: Sequence[RunView]) -> str:
             )
             for k in DATASET
         )
-        rate = _delta_cell(a.images_per_s, v.images_per_s, False, 2)
+        rate = "".join(_delta_cell(x, y, False, 2) for x, y in zip(a.rates, v.rates, strict=True))
         rows.append(
             f"<tr class='delta'><th>{_e(v.name)} &minus; {_e(a.name)}</th><td></td><td></td>"
             f"<td></td>{cells}{rate}</tr>"
         )
     legend = "".join(
         f"<tr><th>{_e(i.title)}</th><td>{_e(i.meaning)}</td><td>{_e(i.direction)}</td></tr>"
-        for i in [*METRICS.values(), THROUGHPUT]
+        for i in [*METRICS.values(), *RATES]
     )
     return (
         f"<table id='metrics'>{head}{''.join(rows)}</table>"

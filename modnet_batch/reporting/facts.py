@@ -12,7 +12,8 @@ from typing import Any
 
 from modnet_batch.metrics import DATASET, ImageRow
 from modnet_batch.reporting.table import DIGITS, TITLES, fmt
-from modnet_batch.results import RunDir, Summary
+from modnet_batch.results import RunDir, Share, Summary
+from modnet_batch.results.throughput import OVERALL, STEADY
 from modnet_batch.storage import AnyPath, resolved
 
 
@@ -58,8 +59,17 @@ METRICS: dict[str, MetricInfo] = {
         False,
     ),
 }
-THROUGHPUT = MetricInfo(
-    "img/s", "images per second over the job's wall time, start-up included", False
+# The two rates (results.throughput.Throughput defines them), after the metrics.
+RATES = (
+    MetricInfo(
+        STEADY,
+        "images per second while workers run work units (first unit's start to last unit's "
+        "finish), start-up excluded",
+        False,
+    ),
+    MetricInfo(
+        OVERALL, "images per second over the job's whole wall time, start-up included", False
+    ),
 )
 assert tuple(METRICS) == DATASET
 
@@ -110,9 +120,14 @@ class RunView:
         return Path(self.summary.job.dataset).name
 
     @property
-    def images_per_s(self) -> float | None:
-        value = self.summary.throughput.get("images_per_s")
-        return float(value) if isinstance(value, int | float) else None
+    def rates(self) -> tuple[float, float]:
+        """Its steady and overall img/s, in the order of RATES."""
+        rates = self.summary.throughput
+        return rates.steady_images_per_s, rates.overall_images_per_s
+
+    def rates_text(self) -> str:
+        """ "2.10 steady img/s, 1.50 overall img/s"."""
+        return ", ".join(f"{fmt(r, 2)} {i.title}" for i, r in zip(RATES, self.rates, strict=True))
 
     def metric_title(self) -> str:
         """As the terminal table titles it: a mean over survivors never passes for the whole."""
@@ -195,28 +210,30 @@ def job_facts(view: RunView) -> list[tuple[str, Any]]:
         ),
         ("batch size", s.job.batch_size if s.job.batch_size is not None else "?"),
         ("start-up", f"{s.startup_seconds:.1f} s ({STARTUP.get(s.job.backend, STARTUP['ray'])})"),
-        ("wall", f"{float(s.throughput.get('wall_s', 0.0)):.1f} s"),
+        ("wall", f"{s.throughput.wall_s:.1f} s, start-up included"),
         (
-            "shards",
-            f"{s.shards.total} ({s.shards.processed} this attempt, "
-            f"{s.shards.skipped_done} earlier, {len(s.shards.failed)} failed)",
+            "work units",
+            f"{s.units.total} ({s.units.processed} this attempt, "
+            f"{s.units.skipped_done} earlier, {len(s.units.failed)} failed)",
         ),
         ("finished", f"{s.finished} on {s.driver}, modnet-batch {s.version}"),
     ]
     if job.get("output_dir"):
         facts.append(("outputs", job["output_dir"]))
     if not s.complete:
-        facts.append(("incomplete", "some shards failed every retry: run the same command again"))
+        facts.append(
+            ("incomplete", "some work units failed every retry: run the same command again")
+        )
     return facts
 
 
 def worker_rows(summary: Summary) -> list[dict[str, Any]]:
-    """One entry per worker: label, node, threads, provider, images, busy s, img/s."""
-    per_device = summary.throughput.get("per_device", {})
+    """One entry per worker: label, node, threads, provider, images, steady s, both rates."""
+    rates = summary.throughput
     rows = []
     for w in summary.workers:
         label = str(w.get("label", "?"))
-        entry = per_device.get(label, {})
+        share = rates.per_device.get(label, Share(0, 0.0))
         rows.append(
             {
                 "worker": label,
@@ -224,9 +241,10 @@ def worker_rows(summary: Summary) -> list[dict[str, Any]]:
                 "threads": w.get("threads", "?"),
                 "provider": w.get("provider", "?"),
                 "session load s": fmt(w.get("session_seconds"), 2),
-                "images": entry.get("images", 0),
-                "busy s": fmt(entry.get("seconds"), 1),
-                "img/s": fmt(entry.get("images_per_s"), 2),
+                "images": share.images,
+                "steady s": fmt(share.steady_s, 1),
+                STEADY: fmt(share.steady_images_per_s, 2),
+                OVERALL: fmt(rates.overall_of(share), 2),
             }
         )
     return rows

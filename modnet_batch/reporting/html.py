@@ -20,7 +20,7 @@ from modnet_batch.reporting import plots
 from modnet_batch.reporting.compare_page import compare_page
 from modnet_batch.reporting.facts import (
     METRICS,
-    THROUGHPUT,
+    RATES,
     RunView,
     job_facts,
     model_facts,
@@ -94,10 +94,10 @@ def _metric_table(view: RunView) -> str:
         f"<td>{_e(info.meaning)}</td><td>{_e(info.direction)}</td></tr>"
         for key, info in METRICS.items()
     ]
-    rate = view.images_per_s
-    rows.append(
-        f"<tr><th>{THROUGHPUT.title}</th><td class='num'>{fmt(rate, 2)}</td>"
-        f"<td>{_e(THROUGHPUT.meaning)}</td><td>{_e(THROUGHPUT.direction)}</td></tr>"
+    rows.extend(
+        f"<tr><th>{info.title}</th><td class='num'>{fmt(rate, 2)}</td>"
+        f"<td>{_e(info.meaning)}</td><td>{_e(info.direction)}</td></tr>"
+        for info, rate in zip(RATES, view.rates, strict=True)
     )
     head = "<tr><th>metric</th><th>value</th><th>meaning</th><th>direction</th></tr>"
     return (
@@ -119,12 +119,15 @@ def _run_warnings(view: RunView) -> list[str]:
     return lines
 
 
+RATE_TITLES = tuple(r.title for r in RATES)
+
+
 def _job_section(view: RunView) -> str:
     workers = worker_rows(view.summary)
     return (
         f"<h2 id='job'>Job</h2>{_kv_table(job_facts(view))}"
         f"<h3>Model</h3>{_kv_table(model_facts(view.summary))}"
-        f"<h3>Workers</h3>{_table(workers, numeric=('images', 'busy s', 'img/s'))}"
+        f"<h3>Workers</h3>{_table(workers, numeric=('images', 'steady s', *RATE_TITLES))}"
     )
 
 
@@ -144,7 +147,7 @@ def run_page(view: RunView, metric: str = "mse", panels: int = DEFAULT_PANELS) -
         body.append(
             "<h2 id='metric-section'>Metrics</h2><p id='no-gt'>No ground truth: this run "
             f"matted {s.images.unscored} image(s) without scoring them. Throughput "
-            f"{fmt(view.images_per_s, 2)} images/s.</p>"
+            f"{view.rates_text()}.</p>"
         )
     body.append(_failed_section(view))
     if view.has_ground_truth:

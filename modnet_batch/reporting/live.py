@@ -1,6 +1,8 @@
 """Live progress of a long command (`submit`, `matte`, `ingest`): what it is doing while it
-starts, then images done of the total, the rate over the last seconds and since the first
-result, the time left, per-device counts and rates, and failures.
+starts, then images done of the total, the rate over the last seconds ("now") and the steady
+img/s since the first result, the time left, per-device counts and rates, and failures. Its last
+line shows the job's measured steady and overall img/s (results.throughput), the figures the
+tables, summary.json and the report show.
 
 On a terminal it is one rich line redrawn in place; anywhere else (a pipe, CI, a Ray job's log)
 it prints a plain line per phase and then one every `interval_s` seconds (MODNET_BATCH_PROGRESS_S,
@@ -13,7 +15,7 @@ import itertools
 import os
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from rich.console import Console
 from rich.progress import (
@@ -24,6 +26,8 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+
+from modnet_batch.results.throughput import OVERALL, STEADY, Throughput
 
 WINDOW_S = 10.0  # the "current" rate is over this many seconds
 INTERVAL_ENV = "MODNET_BATCH_PROGRESS_S"
@@ -37,7 +41,8 @@ def _clock_text(seconds: float) -> str:
 
 
 class _Rate:
-    """Images/s over the last `window` seconds and since the first result."""
+    """Images/s over the last `window` seconds, and since the first result (while running, the
+    estimate of the steady img/s)."""
 
     def __init__(self, window: float) -> None:
         self.window = window
@@ -61,6 +66,15 @@ class _Rate:
         if self.first is None or now <= self.first[0]:
             return None
         return count / (now - self.first[0])
+
+
+def _devices(devices: Mapping[str, tuple[int, float | None]]) -> str:
+    """ "cpu0 8 (4.59 steady img/s) cpu1 8 (...)": each device's images and rate."""
+    parts = []
+    for name, (count, rate) in sorted(devices.items()):
+        short = name.split("@")[0]
+        parts.append(f"{short} {count}" + (f" ({rate:.2f} {STEADY})" if rate else ""))
+    return " ".join(parts)
 
 
 class LiveProgress:
@@ -97,6 +111,7 @@ class LiveProgress:
         self.per_device: dict[str, int] = defaultdict(int)
         self.device_rates: dict[str, _Rate] = {}
         self.rate = _Rate(WINDOW_S)
+        self.measured: Throughput | None = None  # the job's, once it has finished
         self.first_result_s: float | None = None
         self.phases: list[tuple[float, str]] = [] if first_step is None else [(0.0, first_step)]
         self._last_line = -1e9
@@ -149,7 +164,10 @@ class LiveProgress:
     def failed(self, n: int) -> None:
         self.failures += n
 
-    def close(self) -> None:
+    def close(self, measured: Throughput | None = None) -> None:
+        """The last line; with the job's `measured` throughput, its steady and overall img/s
+        (what the summary records) in place of the running estimates."""
+        self.measured = measured
         now = self.clock()
         if self._bar is not None and self._task is not None:
             self._bar.update(self._task, completed=self.done, status=self.status(now))
@@ -160,12 +178,14 @@ class LiveProgress:
     # --- text ---------------------------------------------------------------------------------
     def status(self, now: float) -> str:
         """Rates, time left, failures and devices: everything after the image count."""
+        if self.measured is not None:
+            return self._measured_status(self.measured)
         parts = []
         current, mean = self.rate.current(now), self.rate.mean(now, self.done)
         if current is not None:
             parts.append(f"{current:.2f} img/s now")
         if mean is not None:
-            parts.append(f"{mean:.2f} mean")
+            parts.append(f"{mean:.2f} {STEADY}")
         speed = current or mean
         if self.total is not None and speed:
             left = max(0, self.total - self.done)
@@ -173,12 +193,23 @@ class LiveProgress:
         if self.failures:
             parts.append(f"{self.failures} failed")
         if len(self.per_device) > 1:  # one device's figures are the totals
-            devices = []
-            for name, count in sorted(self.per_device.items()):
-                r = self.device_rates[name].mean(now, count)
-                short = name.split("@")[0]
-                devices.append(f"{short} {count}" + (f" ({r:.2f}/s)" if r else ""))
-            parts.append(" ".join(devices))
+            devices = {
+                name: (count, self.device_rates[name].mean(now, count))
+                for name, count in self.per_device.items()
+            }
+            parts.append(_devices(devices))
+        return ", ".join(parts)
+
+    def _measured_status(self, measured: Throughput) -> str:
+        parts = [
+            f"{measured.steady_images_per_s:.2f} {STEADY}",
+            f"{measured.overall_images_per_s:.2f} {OVERALL}",
+        ]
+        if self.failures:
+            parts.append(f"{self.failures} failed")
+        if len(measured.per_device) > 1:
+            devices = {k: (s.images, s.steady_images_per_s) for k, s in measured.per_device.items()}
+            parts.append(_devices(devices))
         return ", ".join(parts)
 
     def line(self, now: float) -> str:

@@ -177,7 +177,7 @@ def _timeline_section(views: Sequence[RunView]) -> str:
             parts.append(
                 f"<p class='muted'>{_e(view.name)}: no per-shard times recorded (a run made "
                 "before modnet-batch recorded them; run it again to see its timeline); "
-                "images/s per device:</p>"
+                "steady img/s per device:</p>"
             )
             parts.append(_plot(plots.throughput_bars(view.summary), f"{view.name} throughput"))
         else:

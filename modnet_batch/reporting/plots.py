@@ -234,7 +234,7 @@ def timeline(summary: Summary, title: str = "") -> str | None:
     startup = float(summary.startup_seconds)
     end = max(
         max(t["finished"] for t in entries) - t0,
-        float(summary.throughput.get("wall_s", 0.0)),
+        summary.throughput.wall_s,
     )
     # every worker, those that never got a shard too (they waited the whole job)
     workers = sorted(
@@ -400,13 +400,13 @@ def _draw_spent(
 
 
 def throughput_bars(summary: Summary) -> str:
-    """A run without per-shard times: images/s per device as bars (no timeline recorded)."""
-    per_device = summary.throughput.get("per_device", {})
+    """A run without per-shard times: steady img/s per device as bars (no timeline recorded)."""
+    per_device = summary.throughput.per_device
     labels = list(per_device)
     fig = _figure(8.0, 1.2 + 0.4 * max(1, len(labels)))
     ax = fig.add_subplot()
-    ax.barh(labels, [float(per_device[k].get("images_per_s", 0.0)) for k in labels], color="C0")
+    ax.barh(labels, [per_device[k].steady_images_per_s for k in labels], color="C0")
     ax.invert_yaxis()
-    ax.set_xlabel("images/s while busy")
+    ax.set_xlabel("steady img/s")
     ax.grid(axis="x", alpha=0.3)
     return _uri(fig)

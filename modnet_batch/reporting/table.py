@@ -11,6 +11,7 @@ from rich.table import Table
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.metrics import DATASET, PER_IMAGE, ImageRow
 from modnet_batch.results import RunDir, Summary
+from modnet_batch.results.throughput import OVERALL, STEADY
 from modnet_batch.storage import AnyPath
 
 # How each metric is titled in every table.
@@ -46,26 +47,35 @@ def summary_table(summary: Summary, title: str = "") -> Table:
                 f": metrics over {images.scored} of {images.total} images, {images.failed} failed"
             )
     table = Table(title=title)
-    for col in ("images", "scored", "failed", *(TITLES[k] for k in DATASET), "img/s"):
+    columns = ("images", "scored", "failed", *(TITLES[k] for k in DATASET), STEADY, OVERALL)
+    for col in columns:
         table.add_column(col, justify="right")
     m = summary.metrics
+    rates = summary.throughput
     table.add_row(
         str(images.total),
         str(images.scored),
         str(images.failed),
         *[fmt(m.get(k), DIGITS[k]) for k in DATASET],
-        fmt(summary.throughput.get("images_per_s"), 2),
+        fmt(rates.steady_images_per_s, 2),
+        fmt(rates.overall_images_per_s, 2),
     )
     return table
 
 
 def device_table(summary: Summary) -> Table:
+    """Each device's images, steady seconds and both rates (results.throughput)."""
     table = Table(title="per device")
-    for col in ("device", "images", "busy s", "img/s"):
+    for col in ("device", "images", "steady s", STEADY, OVERALL):
         table.add_column(col, justify="right")
-    for label, entry in summary.throughput["per_device"].items():
+    rates = summary.throughput
+    for label, share in rates.per_device.items():
         table.add_row(
-            label, str(entry["images"]), fmt(entry["seconds"], 1), fmt(entry["images_per_s"], 2)
+            label,
+            str(share.images),
+            fmt(share.steady_s, 1),
+            fmt(share.steady_images_per_s, 2),
+            fmt(rates.overall_of(share), 2),
         )
     return table
 
@@ -73,13 +83,13 @@ def device_table(summary: Summary) -> Table:
 def print_summary(summary: Summary, run_dir: AnyPath, console: Console | None = None) -> None:
     console = console or Console()
     console.print(summary_table(summary))
-    if summary.throughput["per_device"]:
+    if summary.throughput.per_device:
         console.print(device_table(summary))
-    shards = summary.shards
+    units = summary.units
     console.print(
-        f"run dir {run_dir}: {shards.processed} shard(s) processed, "
-        f"{shards.skipped_done} already done, {len(shards.failed)} failed; "
-        f"wall {summary.throughput['wall_s']:.1f} s"
+        f"run dir {run_dir}: {units.processed} work unit(s) processed, "
+        f"{units.skipped_done} already done, {len(units.failed)} failed; "
+        f"wall {summary.throughput.wall_s:.1f} s (start-up included)"
     )
     # how the numbers were made: exact or reduced decode
     batch = str(summary.job.batch_size)

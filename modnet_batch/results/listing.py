@@ -1,8 +1,8 @@
 """The run directories under a folder and the state of each, for `modnet-batch runs [DIR]`.
 
-A run is complete when its summary says so and no image failed; failed when shards failed every
+A run is complete when its summary says so and no image failed; failed when work units failed every
 retry or images failed (the summary lists them); partial when it has no summary yet (running,
-or stopped: the same command resumes it) or when shards were finished after its summary was
+or stopped: the same command resumes it) or when units were finished after its summary was
 written (a resume that stopped).
 """
 
@@ -35,7 +35,7 @@ class RunState:
     scored: int | None = None
     failed: int | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
-    images_per_s: float | None = None
+    images_per_s: float | None = None  # overall img/s (results.throughput)
 
 
 def _is_run(folder: AnyPath) -> bool:
@@ -103,9 +103,9 @@ def run_state(path: AnyPath) -> RunState:
         protocol=str(job.get("protocol", "")),
         model=str(job.get("model") or "reference"),
     )
-    done = run.done_shards()
+    done = run.done_units()
     if not run.summary.is_file():
-        state.detail = f"{len(done)} shard(s) finished, no summary yet: rerun to resume"
+        state.detail = f"{len(done)} work unit(s) finished, no summary yet: rerun to resume"
         return state
     try:
         summary = run.read_summary()
@@ -117,14 +117,16 @@ def run_state(path: AnyPath) -> RunState:
     state.scored = summary.images.scored
     state.failed = summary.images.failed
     state.metrics = {k: v for k, v in summary.metrics.items() if v is not None}
-    state.images_per_s = summary.throughput.get("images_per_s")
+    state.images_per_s = summary.throughput.overall_images_per_s
     newer = run.last_result_time()
     if newer is not None and newer > run.summary.stat().st_mtime + 1e-3:
-        state.detail = "shards finished after the summary: a resume stopped; rerun to finish"
+        state.detail = "work units finished after the summary: a resume stopped; rerun to finish"
         return state
     if not summary.complete:
         state.state = "failed"
-        state.detail = f"{len(summary.shards.failed)} shard(s) failed every retry: rerun to resume"
+        state.detail = (
+            f"{len(summary.units.failed)} work unit(s) failed every retry: rerun to resume"
+        )
     elif summary.images.failed:
         state.state = "failed"
         state.detail = f"{summary.images.failed} image(s) failed (error rows in metrics.parquet)"

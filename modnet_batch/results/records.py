@@ -1,5 +1,5 @@
-"""What the driver sends a worker (a shard task: one work unit) and what comes back (a shard
-result, the unit's completion marker)."""
+"""What the driver sends a worker (a work unit) and what comes back (the unit's result, its
+completion marker)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 from modnet_batch.data.dataset import ShardReader
 from modnet_batch.metrics import ImageRow, MetricAccumulator
 
-# The shard loop's stages a timeline entry keeps (processor.LOOP_STAGES).
+# The unit loop's stages a timeline entry keeps (processor.LOOP_STAGES).
 TIMELINE_STAGES = ("read", "wait_decode", "device_decode", "infer", "wait_write", "other")
 
 
@@ -47,16 +47,17 @@ class ReturnedFile(NamedTuple):
 
 @dataclass
 class UnitResult:
-    """One shard's per-image rows, exact partial sums (MetricAccumulator.to_dict) and timings.
+    """One work unit's per-image rows, exact partial sums (MetricAccumulator.to_dict) and
+    timings. `unit` is the unit's name (WorkUnit.name).
 
-    `stages` holds the shard loop's wall seconds per stage (they add up to `seconds`) and, as
+    `stages` holds the unit loop's wall seconds per stage (they add up to `seconds`) and, as
     `cpu_<stage>`, the CPU seconds the pool threads spent per pipeline stage. `started` and
-    `finished` are when the shard got its worker's loop and when it let it go (epoch seconds,
+    `finished` are when the unit got its worker's loop and when it let it go (epoch seconds,
     the worker node's clock; a merged retry keeps the retry's); None in markers written before
     they were recorded.
     """
 
-    shard: str
+    unit: str
     rows: list[ImageRow]
     accumulator: dict[str, Any]
     images: int
@@ -76,7 +77,7 @@ class UnitResult:
     decoded: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form of the shard's completion marker (rows flat, as in metrics.parquet)."""
+        """The JSON form of the unit's completion marker (rows flat, as in metrics.parquet)."""
         data = dict(self.__dict__)
         data.pop("files")
         data["rows"] = [r.to_record() for r in self.rows]
@@ -86,10 +87,12 @@ class UnitResult:
     def from_dict(cls, data: dict[str, Any]) -> UnitResult:
         values = dict(data)
         values["rows"] = [ImageRow.from_record(r) for r in data["rows"]]
+        if "shard" in values:  # markers written before work units were named so
+            values["unit"] = values.pop("shard")
         return cls(**values)
 
     def with_retry(self, retry: UnitResult) -> UnitResult:
-        """This finished shard with some of its images done again (a resume retrying transient
+        """This finished unit with some of its images done again (a resume retrying transient
         failures): their new rows replace the old ones and their metrics join the exact sums
         (a failed row never entered them)."""
         again = {r.image_id for r in retry.rows}
@@ -106,7 +109,7 @@ class UnitResult:
         for k, n in retry.decoded.items():
             decoded[k] = decoded.get(k, 0) + n
         return UnitResult(
-            shard=self.shard,
+            unit=self.unit,
             rows=rows,
             accumulator=acc.to_dict(),
             images=len(rows),
@@ -124,9 +127,9 @@ class UnitResult:
 
     def timing(self) -> dict[str, Any]:
         """This attempt's entry in the summary's `timeline`: when, where, how many images and
-        the shard loop's waits (what a report draws per device over time)."""
+        the unit loop's waits (what a report draws per device over time)."""
         return {
-            "shard": self.shard,
+            "unit": self.unit,
             "worker": self.worker,
             "node": self.node,
             "attempt": self.attempt,

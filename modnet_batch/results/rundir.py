@@ -1,8 +1,9 @@
-"""The run directory: its layout, per-shard completion markers and the job's identity for resume.
+"""The run directory: its layout, per-unit completion markers and the job's identity for resume.
 
 Layout: job.yaml, alpha/<image_id>.npz, outputs/ (image files, results.outputs), metrics.parquet,
-summary.json, state/identity.json, state/lock (while a job writes the run),
-state/shards/<shard>.json (one per finished shard; its presence means the shard is done).
+summary.json, state/identity.json (results.identity), state/lock (while a job writes the run),
+state/units/<unit>.json (one per finished work unit; its presence means the unit is done; runs
+made before work units were named so keep theirs in state/shards/).
 
 The root is a local path or a URI (modnet_batch.storage): every file is read and written
 through it, complete or absent, the markers last. It is a storage.WorkFolder: the same job
@@ -15,6 +16,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,8 @@ from modnet_batch.data.ids import is_safe_name
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.metrics import ImageRow
 from modnet_batch.results.alpha import read_alpha, write_alpha
-from modnet_batch.results.outputs import OutputKind, OutputSize, OutputSpec
+from modnet_batch.results.identity import RunIdentity
+from modnet_batch.results.outputs import OutputKind, OutputSpec
 from modnet_batch.results.records import ReturnedFile, UnitResult
 from modnet_batch.results.summary import Summary
 from modnet_batch.results.table import read_rows, write_rows
@@ -81,7 +84,6 @@ class RunDir:
         self.outputs: AnyPath = location(outputs) if outputs is not None else self.root / "outputs"
         self.alpha = self.root / "alpha"
         self.state = self.root / "state"
-        self.shard_state = self.state / "shards"
         self.job_yaml = self.root / "job.yaml"
         self.metrics = self.root / "metrics.parquet"
         self.summary = self.root / "summary.json"
@@ -90,6 +92,13 @@ class RunDir:
         self._work = WorkFolder(
             self.identity_file, FolderLock(self.lock_file, job="job", target=self.root)
         )
+
+    @cached_property
+    def unit_state(self) -> AnyPath:
+        """Where the completion markers are: state/units/, or state/shards/ in a run that
+        began before work units were named so (it resumes and reports where it is)."""
+        legacy = self.state / "shards"
+        return legacy if legacy.is_dir() else self.state / "units"
 
     # --- layout -------------------------------------------------------------------------------
     def alpha_path(self, image_id: str) -> AnyPath:
@@ -137,8 +146,8 @@ class RunDir:
         directory (the same path may exist, empty or another's, on a node that does not)."""
         return self.state / f"probe-{_checked(token, 'probe token')}"
 
-    def marker(self, shard: str) -> AnyPath:
-        return self.shard_state / f"{_checked(shard, 'shard name')}.json"
+    def marker(self, unit: str) -> AnyPath:
+        return self.unit_state / f"{_checked(unit, 'work unit name')}.json"
 
     # --- identity and resume ------------------------------------------------------------------
     def prepare(self, identity: dict[str, Any]) -> bool:
@@ -167,7 +176,7 @@ class RunDir:
             if resumed:
                 self._remove_stale_temps()
             else:
-                self.shard_state.mkdir(parents=True, exist_ok=True)
+                self.unit_state.mkdir(parents=True, exist_ok=True)
                 self.alpha.mkdir(parents=True, exist_ok=True)
                 self._work.record_identity(identity)
         except BaseException:
@@ -188,7 +197,7 @@ class RunDir:
     def _remove_stale_temps(self) -> None:
         """Half-written files of an attempt that was killed (never a finished file: those are
         renamed into place complete)."""
-        for folder in (self.root, self.alpha, self.state, self.shard_state):
+        for folder in (self.root, self.alpha, self.state, self.unit_state):
             for tmp in folder.glob(f".*{TEMP_SUFFIX}"):
                 tmp.unlink(missing_ok=True)
         if self.outputs.is_dir():  # the run owns its outputs folder (checked at the first run)
@@ -203,21 +212,24 @@ class RunDir:
             return {}
         return data if isinstance(data, dict) else {}
 
+    def recorded_identity(self) -> dict[str, Any] | None:
+        """state/identity.json as the job's first attempt wrote it (None: a fresh run)."""
+        if not self.identity_file.exists():
+            return None
+        data = json.loads(self.identity_file.read_text())
+        if not isinstance(data, dict):
+            raise ModnetBatchError(
+                f"{self.identity_file} is not a run identity; choose a new --out"
+            )
+        return data
+
     def output_spec(self) -> OutputSpec:
         """What the job wrote per image, as its identity recorded it (npz alone when it says
         nothing: the default of every scored run)."""
         try:
-            recorded = json.loads(self.identity_file.read_text()).get("outputs")
-        except (OSError, json.JSONDecodeError, AttributeError):
-            recorded = None
-        if not isinstance(recorded, dict):
-            return OutputSpec()
-        try:
-            return OutputSpec(
-                kinds=tuple(OutputKind(k) for k in recorded["kinds"]),
-                size=OutputSize(recorded.get("size", OutputSize.SCORED.value)),
-            )
-        except (KeyError, TypeError, ValueError):
+            recorded = self.recorded_identity()
+            return OutputSpec() if recorded is None else RunIdentity.from_dict(recorded).outputs
+        except (OSError, ValueError, ModnetBatchError):
             return OutputSpec()
 
     def write_job(self, text: str) -> None:
@@ -225,26 +237,26 @@ class RunDir:
         if not self.job_yaml.exists():
             atomic_write_bytes(self.job_yaml, text.encode())
 
-    # --- shard results ------------------------------------------------------------------------
-    def done_shards(self) -> set[str]:
-        if not self.shard_state.exists():
+    # --- unit results -------------------------------------------------------------------------
+    def done_units(self) -> set[str]:
+        if not self.unit_state.exists():
             return set()
-        return {p.stem for p in self.shard_state.glob("*.json")}
+        return {p.stem for p in self.unit_state.glob("*.json")}
 
     def write_result(self, result: UnitResult) -> None:
-        """The shard's completion marker; written last, so a present marker means done."""
-        atomic_write_json(self.marker(result.shard), result.to_dict())
+        """The unit's completion marker; written last, so a present marker means done."""
+        atomic_write_json(self.marker(result.unit), result.to_dict())
 
     def load_results(self) -> list[UnitResult]:
         return [UnitResult.from_dict(json.loads(p.read_text())) for p in self._markers()]
 
     def _markers(self) -> list[AnyPath]:
         """The completion markers, by name."""
-        found: list[AnyPath] = list(self.shard_state.glob("*.json"))
+        found: list[AnyPath] = list(self.unit_state.glob("*.json"))
         return sorted(found, key=lambda p: p.name)
 
     def results_with_failures(self) -> list[UnitResult]:
-        """The finished shards with at least one failed image (what a resume may retry): every
+        """The finished units with at least one failed image (what a resume may retry): every
         marker is read, only those are decoded into rows (on a finished 100k-image run, 0.5 s
         instead of 1.1 s for all of them)."""
         found = []
@@ -255,8 +267,8 @@ class RunDir:
         return found
 
     def last_result_time(self) -> float | None:
-        """When the last shard result was recorded (its marker's mtime, epoch seconds)."""
-        marks = _mtimes(self.shard_state, "*.json")
+        """When the last unit result was recorded (its marker's mtime, epoch seconds)."""
+        marks = _mtimes(self.unit_state, "*.json")
         return max(marks) if marks else None
 
     # --- per-image outputs --------------------------------------------------------------------

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from modnet_batch.errors import ModnetBatchError
+from modnet_batch.results.throughput import Throughput
 from modnet_batch.storage import AnyPath
 
 # 2: first versioned summary (1 = the unversioned layout, the same keys without `schema`).
@@ -24,7 +25,9 @@ class ImageCounts:
 
 
 @dataclass(frozen=True)
-class ShardCounts:
+class UnitCounts:
+    """The job's work units (runs of a shard's row groups): the unit of scheduling and resume."""
+
     total: int
     processed: int  # by this run
     skipped_done: int  # finished by an earlier run of the same job
@@ -51,9 +54,8 @@ class JobFacts:
 class Summary:
     images: ImageCounts
     metrics: dict[str, float | None]  # metrics.DATASET
-    # images, wall_s, images_per_s, per_device / per_node {images, seconds, images_per_s}, stages_s
-    throughput: dict[str, Any]
-    shards: ShardCounts
+    throughput: Throughput
+    units: UnitCounts
     complete: bool
     job: JobFacts
     startup_seconds: float
@@ -82,6 +84,7 @@ class Summary:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data["throughput"] = self.throughput.to_dict()
         return {**data.pop("extra"), **data}
 
     @classmethod
@@ -96,8 +99,10 @@ class Summary:
         try:
             nested: dict[str, Any] = {
                 "images": ImageCounts(**values.pop("images")),
-                "shards": ShardCounts(**values.pop("shards")),
+                # `shards` in summaries written before work units were named so
+                "units": UnitCounts(**(values.pop("units", None) or values.pop("shards"))),
                 "job": JobFacts(**values.pop("job")),
+                "throughput": Throughput.from_dict(values.pop("throughput")),
             }
             known = {f for f in cls.__dataclass_fields__ if f not in {"extra", "schema"}}
             extra = {k: values.pop(k) for k in list(values) if k not in known}
