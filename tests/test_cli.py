@@ -111,7 +111,7 @@ def test_the_cluster_entrypoint_runs_a_job_file_as_submit_does(
         f"dataset: {synth_dataset}\nout: {tmp_path / 'run'}\nmodel: {tiny_model}\nbackend: inline\n"
     )
     assert main([str(job)]) == 0
-    assert "3 shard(s) processed" in capsys.readouterr().out
+    assert "3 work unit(s) processed" in capsys.readouterr().out
     assert main([str(tmp_path / "none.yaml")]) == 1
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "none.yaml" in lines[0]

@@ -53,7 +53,16 @@ def runs(
 def runs_table(found: list[RunState]) -> Table:
     """One row per run: its state and headline figures."""
     table = Table(
-        "run", "state", "protocol", "model", "images", "MSE", "MAD", "mIoU", "overall img/s"
+        "run",
+        "state",
+        "protocol",
+        "model",
+        "images",
+        "MSE",
+        "MAD",
+        "mIoU",
+        "img/s",
+        caption="img/s: overall img/s, start-up included",
     )
     colour = {"complete": "green", "failed": "red", "partial": "yellow"}
     for r in found:
