@@ -34,7 +34,7 @@ def fake_device_ray() -> Iterator[None]:
     """A local Ray advertising 2 fake GPUs and 2 units of a custom accelerator resource."""
     import ray
 
-    from modnet_batch.execution.ray_backend import start_local_ray
+    from modnet_batch.execution.ray_join import start_local_ray
 
     start_local_ray(num_cpus=2, num_gpus=2, resources={"fake_npu": 2})
     yield
@@ -119,7 +119,7 @@ def test_cpu_worker_layout(
     fake_device_ray: None, tiny_model: Path, options: dict[str, int], layout: list[int]
 ) -> None:
     from modnet_batch.execution.processor import WorkerSpec
-    from modnet_batch.execution.ray_backend import plan_actors
+    from modnet_batch.execution.ray_plan import plan_actors
 
     job = load_job(None, {"dataset": "d", "out": "r", **options})
     plans = plan_actors(

@@ -154,7 +154,7 @@ def _mib(n: float) -> float:
 
 class _Watch:
     """Samples the submit process tree: the driver (the submit process), its workers (Ray's
-    `ShardWorker` processes) and everything else Ray runs, RSS now and peak, CPU seconds."""
+    `UnitWorker` processes) and everything else Ray runs, RSS now and peak, CPU seconds."""
 
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.root = psutil.Process(proc.pid)
@@ -178,7 +178,7 @@ class _Watch:
                         "driver"
                         if p.pid == self.root.pid
                         else "worker"
-                        if "ShardWorker" in cmd
+                        if "UnitWorker" in cmd
                         else "ray"
                     )
                 if p.pid == self.root.pid:
