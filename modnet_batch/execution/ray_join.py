@@ -2,20 +2,20 @@
 cluster at an address.
 
 Ray's own lines never reach the terminal: its driver-side Python logger writes to a log file (the
-run directory's `logs/ray.log` for a job), and an embedded Ray does not forward its workers'
-output (it stays in Ray's session log folder). `RaySession.where()` names both, for the message
-of a run that failed.
+run directory's `logs/ray.log` for a job, else Ray's session log folder), and an embedded Ray
+does not forward its workers' output (it stays in that folder). `RaySession.where()` names both,
+for the message of a run that failed.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from io import TextIOWrapper
+from logging.handlers import MemoryHandler
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +25,21 @@ from modnet_batch.errors import ModnetBatchError
 from modnet_batch.execution import signals
 
 RAY_LOG = "logs/ray.log"  # in a local run directory
+DRIVER_LOG = "modnet-batch-driver.log"  # in Ray's session log folder, when no file is given
 _RAY_LOGGER = "ray"
+_FORMAT = "%(asctime)s\t%(levelname)s %(filename)s:%(lineno)s -- %(message)s"  # Ray's own
 
 
 @dataclass
 class RaySession:
     """Where this session's Ray lines went."""
 
-    log_file: Path  # Ray's driver-side Python log (written only when it has something to say)
+    log_file: Path | None  # Ray's driver-side Python log (written when it has something to say)
     session_logs: str | None = None  # the folder of Ray's processes' logs, on this machine
 
     def where(self) -> str:
         """Both places, in words, for a message that points a user at them."""
-        places = [str(self.log_file)] if self.log_file.is_file() else []
+        places = [str(self.log_file)] if self.log_file and self.log_file.is_file() else []
         if self.session_logs:
             places.append(f"{self.session_logs} (its processes)")
         return "Ray's logs: " + (", ".join(places) or "none were written")
@@ -48,6 +50,7 @@ class _FileHandler(logging.FileHandler):
 
     def __init__(self, path: Path) -> None:
         super().__init__(path, delay=True, encoding="utf-8")
+        self.setFormatter(logging.Formatter(_FORMAT))
 
     def _open(self) -> TextIOWrapper:
         Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
@@ -64,27 +67,35 @@ def ray_session(
 ) -> Iterator[RaySession]:
     """Ray for the block, shut down after it: the cluster at `address` (`runtime_env` for the
     workers there), else an embedded local Ray (`local`: num_cpus, num_gpus, resources,
-    include_dashboard). Ray's log lines go to `log_file` (default: a file in the temp folder)."""
-    session = RaySession(
-        log_file or Path(tempfile.gettempdir()) / f"modnet-batch-ray-{os.getpid()}.log"
-    )
+    include_dashboard). Ray's log lines go to `log_file`, by default to DRIVER_LOG in Ray's
+    session log folder (held in memory until Ray has started and that folder is known)."""
     logger = logging.getLogger(_RAY_LOGGER)
-    handler = _FileHandler(session.log_file)
+    to_file = _FileHandler(log_file) if log_file is not None else None
+    held = MemoryHandler(capacity=10_000, flushLevel=logging.CRITICAL + 1, target=to_file)
     saved = logger.handlers[:]
-    logger.handlers[:] = [handler]  # before ray.init: its start-up lines go there too
+    logger.handlers[:] = [held]  # before ray.init: its start-up lines go there too
     try:
         if address:
             _join(address, runtime_env)
         else:
             start_local_ray(**local)
         signals.rearm()  # ray.init took SIGTERM over: a stop must still unwind through the job
-        session.session_logs = _session_logs()
+        session = RaySession(log_file, _session_logs())
+        if to_file is None and session.session_logs is not None:
+            session.log_file = Path(session.session_logs) / DRIVER_LOG
+            to_file = _FileHandler(session.log_file)
+        held.setTarget(to_file)
+        held.flush()
+        if to_file is not None:
+            logger.handlers[:] = [to_file]
         yield session
     finally:
         if ray.is_initialized():
             ray.shutdown()
         logger.handlers[:] = saved
-        handler.close()
+        held.close()
+        if to_file is not None:
+            to_file.close()
 
 
 def _join(address: str, runtime_env: dict[str, Any] | None) -> None:
