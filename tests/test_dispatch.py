@@ -9,10 +9,16 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from ray.exceptions import ActorDiedError, ActorUnavailableError, ActorUnschedulableError
+from ray.exceptions import (
+    ActorDiedError,
+    ActorUnavailableError,
+    ActorUnschedulableError,
+    RayTaskError,
+)
 
 import modnet_batch.execution.ray_dispatch as rd
 from modnet_batch.execution.backend import BackendReport
+from modnet_batch.execution.ray_worker import NotOpen
 from modnet_batch.results import UnitResult, WorkUnit
 
 
@@ -227,3 +233,22 @@ def test_two_units_on_two_actors_go_one_to_each() -> None:
     done, report = _run(script, "AB")
     assert sorted(done) == ["A", "B"] and not report.failed
     assert sent == [["A"], ["B"]]
+
+
+def test_a_unit_reaching_a_restarted_process_before_its_model_goes_back_uncharged() -> None:
+    """Ray restarted a0 before the driver heard of the death: its next unit finds no model
+    (NotOpen). Not run, so no retry is charged; a0 is opened again and works again."""
+
+    def script(turn: int, actors: list[FakeActor]) -> None:
+        a0, a1 = actors
+        if turn == 1:
+            ref = a0.sent[0]
+            ref.ready, ref.error = True, RayTaskError("process", "", NotOpen("no model yet"))
+        else:
+            _finish_all(a0)
+            _finish_all(a1)
+
+    done, report = _run(script, "ABCD")
+    assert sorted(done) == list("ABCD") and not report.failed
+    assert report.retries == 0
+    assert [w.get("restarts") for w in report.workers] == [1, None]
