@@ -22,7 +22,7 @@ def mib(n: float) -> float:
 
 class TreeWatch:
     """Samples process `pid` and all its descendants: each one's RSS now and at its peak (shared
-    pages counted in each), its role (`driver`: the root, `worker`: Ray's `ShardWorker`, `ray`:
+    pages counted in each), its role (`driver`: the root, `worker`: Ray's `UnitWorker`, `ray`:
     everything else Ray runs) and the root's CPU seconds."""
 
     def __init__(self, pid: int) -> None:
@@ -60,7 +60,7 @@ class TreeWatch:
     def _kind_of(self, p: psutil.Process) -> str:
         if p.pid == self.root.pid:
             return "driver"
-        return "worker" if "ShardWorker" in " ".join(p.cmdline()) else "ray"
+        return "worker" if "UnitWorker" in " ".join(p.cmdline()) else "ray"
 
     def snapshot(self) -> dict[str, Any]:
         """The latest sample: the driver's RSS and CPU, each worker's RSS, the rest of Ray's."""

@@ -511,7 +511,7 @@ def find_processes(
 ) -> list[psutil.Process]:
     """Every live process of one cluster.
 
-    Ray renames its workers (`ray::ShardWorker`), which also overwrites what /proc shows of their
+    Ray renames its workers (`ray::UnitWorker`), which also overwrites what /proc shows of their
     command line and environment; so a process belongs to the cluster when its command line, its
     working directory or one of its open files lies under the temp dir, its environment carries
     the marker, it is a recorded pid (same start time), or it descends from one of those."""

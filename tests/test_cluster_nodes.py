@@ -86,7 +86,7 @@ def test_a_worker_node_killed_mid_job_costs_one_retry_and_the_job_completes(
             assert time.monotonic() < deadline, "no 6 images within the wait"
             time.sleep(0.05)
         victim = lc.node_processes("worker2")
-        assert any("ShardWorker" in " ".join(p.cmdline()) for p in victim), "no worker there"
+        assert any("UnitWorker" in " ".join(p.cmdline()) for p in victim), "no worker there"
         killed_at = time.time()
         killed = lc.kill_node("worker2")  # raylet, agents, workers: SIGKILL, all at once
         assert {p.pid for p in victim} <= set(killed) and not lc.node_processes("worker2")

@@ -9,10 +9,16 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from ray.exceptions import ActorDiedError, ActorUnavailableError, ActorUnschedulableError
+from ray.exceptions import (
+    ActorDiedError,
+    ActorUnavailableError,
+    ActorUnschedulableError,
+    RayTaskError,
+)
 
-import modnet_batch.execution.ray_backend as rb
+import modnet_batch.execution.ray_dispatch as rd
 from modnet_batch.execution.backend import BackendReport
+from modnet_batch.execution.ray_worker import NotOpen
 from modnet_batch.results import UnitResult, WorkUnit
 
 
@@ -29,7 +35,7 @@ class FakeActor:
         self.sent: list[Ref] = []
         self.process = types.SimpleNamespace(remote=self._process)
         self.progress = types.SimpleNamespace(remote=lambda: Ref(None, (0, self.running)))
-        self.info = types.SimpleNamespace(remote=self._info)
+        self.open = types.SimpleNamespace(remote=lambda model: self._info())
         self.running: str | None = None
         self.node_gone = False  # its node died: Ray can no longer place it (pinned there)
 
@@ -73,14 +79,14 @@ def _run(
     done: list[str] = []
     report = BackendReport(workers=[{"label": a.name} for a in fakes])
     mp = pytest.MonkeyPatch()
-    mp.setattr(rb, "ray", types.SimpleNamespace(wait=wait, get=get))
-    mp.setattr(rb, "POLL_S", 0.0)
+    mp.setattr(rd, "ray", types.SimpleNamespace(wait=wait, get=get))
+    mp.setattr(rd, "POLL_S", 0.0)
     try:
         job = types.SimpleNamespace(shards_in_flight=2, max_retries=max_retries)
-        plans = [types.SimpleNamespace(spec=types.SimpleNamespace(label=a.name)) for a in fakes]
+        labels = [a.name for a in fakes]
         tasks = [WorkUnit(name=n, path="", rows=1) for n in shards]
-        rb._dispatch(
-            job, fakes, plans, tasks, lambda r: done.append(r.unit), lambda w, n: None, report
+        rd.dispatch(
+            job, fakes, labels, tasks, lambda r: done.append(r.unit), lambda w, n: None, report
         )  # type: ignore[arg-type]
     finally:
         mp.undo()
@@ -194,3 +200,55 @@ def test_when_the_last_node_is_lost_the_queue_fails_at_once() -> None:
     assert done == ["A", "B"]
     assert sorted(report.failed) == list("CDEF")
     assert all("lost with their nodes" in why for why in report.failed.values())
+
+
+@pytest.mark.parametrize(
+    ("held", "queued", "expected"),
+    [
+        ([0, 0], 2, [0, 1]),  # a small job: one unit each, not two for the first actor
+        ([0, 0], 3, [0, 1, 0]),  # a second unit only once every actor has one
+        ([0, 0], 9, [0, 1, 0, 1]),  # then no more than the limit each
+        ([2, 0], 1, [1]),  # the actor without work first
+        ([1, 0, 2], 3, [1, 0, 1]),
+        ([None, 0], 3, [1, 1]),  # a restarting actor takes nothing
+        ([0, 0], 0, []),
+    ],
+)
+def test_every_ready_actor_gets_a_unit_before_any_gets_a_second(
+    held: list[int | None], queued: int, expected: list[int]
+) -> None:
+    assert rd.fill_order(held, queued, limit=2) == expected
+
+
+def test_two_units_on_two_actors_go_one_to_each() -> None:
+    """Both actors are ready with room for two units each: the first does not take both."""
+    sent: list[list[str]] = []
+
+    def script(turn: int, actors: list[FakeActor]) -> None:
+        if turn == 1:
+            sent.extend([ref.value.name for ref in a.sent] for a in actors)
+        for actor in actors:
+            _finish_all(actor)
+
+    done, report = _run(script, "AB")
+    assert sorted(done) == ["A", "B"] and not report.failed
+    assert sent == [["A"], ["B"]]
+
+
+def test_a_unit_reaching_a_restarted_process_before_its_model_goes_back_uncharged() -> None:
+    """Ray restarted a0 before the driver heard of the death: its next unit finds no model
+    (NotOpen). Not run, so no retry is charged; a0 is opened again and works again."""
+
+    def script(turn: int, actors: list[FakeActor]) -> None:
+        a0, a1 = actors
+        if turn == 1:
+            ref = a0.sent[0]
+            ref.ready, ref.error = True, RayTaskError("process", "", NotOpen("no model yet"))
+        else:
+            _finish_all(a0)
+            _finish_all(a1)
+
+    done, report = _run(script, "ABCD")
+    assert sorted(done) == list("ABCD") and not report.failed
+    assert report.retries == 0
+    assert [w.get("restarts") for w in report.workers] == [1, None]

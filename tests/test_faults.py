@@ -78,7 +78,7 @@ def _wait_for_images(proc: subprocess.Popen[str], out: Path, n: int) -> None:
 def _workers(proc: subprocess.Popen[str]) -> list[psutil.Process]:
     """The job's Ray worker actors: descendants of the submit process, by Ray's process title."""
     kids = psutil.Process(proc.pid).children(recursive=True)
-    return [k for k in kids if "ShardWorker" in " ".join(k.cmdline())]
+    return [k for k in kids if "UnitWorker" in " ".join(k.cmdline())]
 
 
 def _same_as_clean(run: Path, clean: Path) -> dict[str, Any]:

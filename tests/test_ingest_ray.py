@@ -110,7 +110,7 @@ def local_ray() -> Iterator[None]:
     """A real local Ray of 2 CPUs (a raylet, a GCS and worker processes), shared by the tests."""
     import ray
 
-    from modnet_batch.execution.ray_backend import start_local_ray
+    from modnet_batch.execution.ray_join import start_local_ray
 
     start_local_ray(num_cpus=2)
     yield

@@ -34,7 +34,7 @@ def fake_device_ray() -> Iterator[None]:
     """A local Ray advertising 2 fake GPUs and 2 units of a custom accelerator resource."""
     import ray
 
-    from modnet_batch.execution.ray_backend import start_local_ray
+    from modnet_batch.execution.ray_join import start_local_ray
 
     start_local_ray(num_cpus=2, num_gpus=2, resources={"fake_npu": 2})
     yield
@@ -118,7 +118,7 @@ def test_missing_resource_is_a_clear_error(
 def test_cpu_worker_layout(
     fake_device_ray: None, tiny_model: Path, options: dict[str, int], layout: list[int]
 ) -> None:
-    from modnet_batch.execution.ray_backend import plan_actors
+    from modnet_batch.execution.ray_plan import plan_actors
     from modnet_batch.execution.worker_spec import WorkerSpec
 
     job = load_job(None, {"dataset": "d", "out": "r", **options})

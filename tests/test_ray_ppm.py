@@ -113,7 +113,7 @@ def test_killed_worker_is_replaced_and_nothing_is_lost(
         workers = [
             p
             for p in psutil.Process(proc.pid).children(recursive=True)
-            if "ShardWorker" in " ".join(p.cmdline())
+            if "UnitWorker" in " ".join(p.cmdline())
         ]
         assert len(workers) == 2, [p.cmdline() for p in workers]
         workers[0].send_signal(signal.SIGKILL)

@@ -144,7 +144,7 @@ class LoadMonitor:
             title = " ".join(p.cmdline()[:1]) or p.name()
         except self._psutil.Error:
             return "ray_system"
-        return "ray_workers" if "ShardWorker" in title else "ray_system"
+        return "ray_workers" if "UnitWorker" in title else "ray_system"
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

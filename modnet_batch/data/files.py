@@ -42,9 +42,10 @@ FILES_SCHEMA = pa.schema(
         pa.field("height", pa.int32(), nullable=False),
     ]
 )
-# Small shards: a matting job's unit of work. On ppm100-dev (8 MP photos, ~1.5 s of a core
-# each) 16 per shard left one of 2 workers idle for the last 9 photos (matte at 0.67x the naive
-# loop); 4 keeps the tail to a few photos per worker, for a marker file per 4 photos.
+# Small shards of one photo per row group: a work unit is a run of row groups (execution/units),
+# so a job cuts units as small as one photo when it has few photos for its workers (8 photos on
+# 2 workers: both get photos), and at most a shard of 4 otherwise: on ppm100-dev (8 MP photos,
+# ~1.5 s of a core each) 16 per unit left one of 2 workers idle for the last 9 photos.
 FILES_PER_SHARD = 4
 
 
@@ -137,7 +138,7 @@ def stage(src: Path, dst: Path, *, per_shard: int = FILES_PER_SHARD) -> StageRep
             name = shard_name(len(shards))
             path = tmp / SHARD_DIR / f"{name}.parquet"
             part = rows[k : k + per_shard]
-            pq.write_table(pa.Table.from_pylist(part, schema=schema), path)
+            pq.write_table(pa.Table.from_pylist(part, schema=schema), path, row_group_size=1)
             shards.append(
                 {
                     "name": name,

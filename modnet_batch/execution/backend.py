@@ -31,7 +31,7 @@ class BackendReport:
     startup_seconds: float = 0.0
     workers: list[dict[str, Any]] = field(default_factory=list)  # one entry per actor
     retries: int = 0
-    # the Ray driver's own cost of dispatching (ray_backend.DispatchStats); None inline
+    # the Ray driver's own cost of dispatching (ray_dispatch_stats.DispatchStats); None inline
     dispatch: dict[str, Any] | None = None
 
 

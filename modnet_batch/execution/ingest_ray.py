@@ -10,11 +10,10 @@ writes the shards) and nothing waits on resources that another stage holds.
 
 from __future__ import annotations
 
-import logging
 import math
-import os
 from collections import deque
 from collections.abc import Callable, Generator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +77,7 @@ class RayLoader:
     ) -> Generator[Loaded, None, None]:
         import ray  # here: `ingest` without Ray never pays for importing it
 
-        owns = not ray.is_initialized()
-        if owns:
-            self._start()
-        try:
+        with self._joined(ray.is_initialized()):
             workers = self.workers or _cluster_cpus()
             batch = self.batch or files_per_task(len(items), workers)
             self.used_workers = workers
@@ -104,41 +100,22 @@ class RayLoader:
             finally:
                 for ref in pending:
                     ray.cancel(ref)
-        finally:
-            if owns:
-                ray.shutdown()
 
-    def _start(self) -> None:
-        import ray
+    def _joined(self, already: bool) -> AbstractContextManager[object]:
+        """Ray for the run: the one this process already joined, else the cluster at the address
+        (the workers there run this driver's code, cf. submit's py_modules), else an embedded
+        local Ray of `workers` CPUs."""
+        from modnet_batch.execution.ray_join import ray_session
 
+        if already:
+            return nullcontext()
         if self.address:
             self.say(f"joining Ray at {self.address}")
-            saved = {}
-            if self.address != "auto" and "RAY_ADDRESS" in os.environ:
-                # Ray lets RAY_ADDRESS override the address it is given; the option must win
-                saved["RAY_ADDRESS"] = os.environ.pop("RAY_ADDRESS")
-            try:
-                ray.init(
-                    address=self.address,
-                    logging_level=logging.WARNING,
-                    # the cluster's workers run this driver's code (cf. submit's py_modules)
-                    runtime_env={"py_modules": [str(Path(modnet_batch.__file__).parent)]},
-                )
-            except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError...
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise ModnetBatchError(
-                    f"cannot join the Ray cluster at {self.address}: {first}; check the "
-                    "address (HOST:PORT of its GCS, or auto on a node) and, for token "
-                    "authentication, RAY_AUTH_MODE=token and RAY_AUTH_TOKEN(_PATH)"
-                ) from None
-            finally:
-                os.environ.update(saved)
-            return
-        from modnet_batch.execution.ray_backend import start_local_ray
-
+            modules = {"py_modules": [str(Path(modnet_batch.__file__).parent)]}
+            return ray_session(self.address, runtime_env=modules)
         cpus = self.workers or available_cpus()
         self.say(f"starting Ray ({cpus} CPUs)")
-        start_local_ray(num_cpus=cpus)
+        return ray_session(None, num_cpus=cpus)
 
 
 def _results(ref: Any) -> list[Loaded]:
