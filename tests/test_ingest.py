@@ -248,9 +248,14 @@ def test_ingest_is_deterministic(tmp_path: Path) -> None:
 
 
 def test_row_groups_are_small(tmp_path: Path) -> None:
+    """A row group per image by default (work units are cut at row groups, so every worker of a
+    small job gets images); `row_group_rows` sets another size."""
     src = _make_ppm(tmp_path / "src", [f"i{i:02d}" for i in range(20)])
     ingest(src, tmp_path / "ds", shard_size=20)
     md = pq.ParquetFile(tmp_path / "ds" / "shards" / "shard-00000.parquet").metadata
+    assert [md.row_group(g).num_rows for g in range(md.num_row_groups)] == [1] * 20
+    ingest(src, tmp_path / "ds8", shard_size=20, row_group_rows=8)
+    md = pq.ParquetFile(tmp_path / "ds8" / "shards" / "shard-00000.parquet").metadata
     assert [md.row_group(g).num_rows for g in range(md.num_row_groups)] == [8, 8, 4]
 
 

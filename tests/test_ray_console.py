@@ -84,3 +84,17 @@ def test_the_logs_named_on_failure_are_those_written(tmp_path: Path) -> None:
     session.log_file.parent.mkdir()
     session.log_file.write_text("a line\n")
     assert session.where().startswith(f"Ray's logs: {session.log_file}, ")
+
+
+def test_submit_of_as_many_images_as_workers_keeps_both_busy(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """3 ingested images (one shard) on 2 workers: both workers score images."""
+    from modnet_batch.data.ingest import ingest
+
+    src = make_synthetic(tmp_path / "src", n=3, height=96, width=64, seed=3)
+    ingest(src, tmp_path / "ds")
+    run = tmp_path / "run"
+    _run("submit", "--dataset", str(tmp_path / "ds"), "--model", str(tiny_model), "--out", str(run))
+    per_device = json.loads((run / "summary.json").read_text())["throughput"]["per_device"]
+    assert len(per_device) == 2 and all(d["images"] > 0 for d in per_device.values())

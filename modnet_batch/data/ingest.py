@@ -227,7 +227,7 @@ def ingest(
     strict: bool = False,
     workers: int = 2,
     progress: Callable[[int, int], None] | None = None,
-    row_group_rows: int = 8,
+    row_group_rows: int = 1,
     prepare: str | None = None,
     loader: Loader | None = None,
     restart: bool = False,

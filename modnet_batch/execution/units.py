@@ -1,7 +1,8 @@
 """Work units: what one worker runs at a time, planned from the shards' Parquet footers.
 
 A unit is a run of consecutive row groups of one shard file, never part of a row group (ingest
-writes row groups of `row_group_rows`, 8 images by default). The rule, for the images left to
+writes a row group per image by default, so a job of as many images as workers gives every
+worker one). The rule, for the images left to
 do and the job's workers:
 
     unit size = min(MAX_UNIT_IMAGES, ceil(images / (UNITS_PER_WORKER * workers)))
