@@ -46,13 +46,14 @@ def real_model() -> Path:
 
 @pytest.fixture(scope="session")
 def synth_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 12-image synthetic dataset (small images) in 3 shards of 4."""
+    """A 12-image synthetic dataset (small images) in 3 shards of 4, each one row group (so
+    each shard is one work unit)."""
     from modnet_batch.data.ingest import ingest
     from modnet_batch.data.synthetic import make_synthetic
 
     base = tmp_path_factory.mktemp("synth")
     src = make_synthetic(base / "src", n=12, height=160, width=120, seed=1)
-    ingest(src, base / "dataset", shard_size=4)
+    ingest(src, base / "dataset", shard_size=4, row_group_rows=4)
     return base / "dataset"
 
 
@@ -62,7 +63,7 @@ def ppm_dataset(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from modnet_batch.data.ingest import ingest
 
     out = tmp_path_factory.mktemp("ppm") / "ppm100-dev"
-    ingest(shared / "datasets" / "ppm100-dev", out, shard_size=4)
+    ingest(shared / "datasets" / "ppm100-dev", out, shard_size=4, row_group_rows=4)
     return out
 
 

@@ -37,7 +37,7 @@ def grouped(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     src = make_synthetic(base / "src", n=22, height=96, width=64, seed=7)
     ingest(src, base / "big", shard_size=64, row_group_rows=4)
     ingest(src, base / "two", shard_size=12, row_group_rows=4)
-    ingest(src, base / "small", shard_size=4)
+    ingest(src, base / "small", shard_size=4, row_group_rows=4)
     return {k: base / k for k in ("big", "two", "small")}
 
 
