@@ -391,13 +391,16 @@ def matte(
 ) -> None:
     """Matte a folder: a source-size alpha PNG per image (or --output cutout, ...) under OUT.
 
-    Runs like `submit` (Ray, devices, progress, resume, error rows) with no ingest step; the
-    job's state lives in OUT/.modnet-batch, so the same command resumes. The network sees each
+    Runs like `submit` (Ray, devices, progress, resume, error rows) with no ingest step; on a
+    machine of 2 cores or fewer, with no --backend, --address or --workers, it runs in this
+    process (no Ray start-up). The job's state lives in OUT/.modnet-batch, so the same command
+    resumes. The network sees each
     photo at MODNet's own inference size (--protocol paper) unless --protocol says otherwise.
     Exit status as `submit`, and 4 when some files could not be read.
     """
     from modnet_batch.data.files import stage
     from modnet_batch.execution.driver import EXIT_IMAGES_FAILED
+    from modnet_batch.execution.resources import local_backend
     from modnet_batch.options import load_job
 
     for flag in ("dataset", "out", "output_dir"):
@@ -451,6 +454,8 @@ def matte(
         values.setdefault("protocol", None)
         if values["protocol"] is None:
             values["protocol"] = "paper"
+        if not (values.get("backend") or values.get("address") or values.get("workers")):
+            values["backend"] = local_backend(values.get("device"))  # no Ray start-up if small
         job = load_job(None, values, cli=True)
         status = _run_here(job, "matte")
     except ModnetBatchError as exc:
