@@ -9,9 +9,10 @@ In one sitting, on the same photos:
   stages per image), the network counted in core-ms (ms x its threads) at its cheaper thread
   count;
 - rounds, alternating: the whole `modnet-batch matte SRC OUT` command (subprocess, start-up
-  included; `matte-inline`: with `--backend inline`) and the hand-written loop (subprocess too:
-  decode, MODNet's own preprocessing, one onnxruntime session on every core, resize back, PNG
-  alpha at source size), medians reported as the ratio to the loop and the fraction of the bound.
+  included; `matte-inline`, `matte-ray`: with that --backend) and the hand-written loop
+  (subprocess too: decode, MODNet's own preprocessing, one onnxruntime session on every core,
+  resize back, PNG alpha at source size), medians reported as the ratio to the loop and the
+  fraction of the bound.
 
     python -m benchmarks.matting PHOTOS [--images N] [--rounds 2] [--out JSON]
     python -m benchmarks.matting --synthetic 1920x1080 --images 8     # synthetic photos
@@ -40,7 +41,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-PEERS = ("matte", "matte-inline", "loop")
+PEERS = ("matte", "matte-inline", "matte-ray", "loop")
+DEFAULT_PEERS = ("matte", "matte-ray", "loop")
+BACKEND_OF = {"matte-inline": "inline", "matte-ray": "ray"}
 
 
 # --- the loop a user writes (only cv2, numpy and onnxruntime, as a script would) --------------
@@ -79,7 +82,8 @@ def run_peer(name: str, src: Path, out: Path, model: Path, level: int) -> dict[s
         cmd += ["--model", str(model)]
     else:
         cmd = [sys.executable, "-m", "modnet_batch", "matte", str(src), str(out)]
-        cmd += ["--model", str(model)] + (["--backend", "inline"] if name == "matte-inline" else [])
+        cmd += ["--model", str(model)]
+        cmd += ["--backend", BACKEND_OF[name]] if name in BACKEND_OF else []
     cmd += ["--png-level", str(level)]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -288,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--synthetic", metavar="WxH", help="synthetic photos of this size instead")
     parser.add_argument("--images", type=int, help="use the first N photos (synthetic: make N)")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--peers", type=lambda s: s.split(","), default=list(PEERS))
+    parser.add_argument("--peers", type=lambda s: s.split(","), default=list(DEFAULT_PEERS))
     parser.add_argument("--png-level", type=int)
     parser.add_argument("--model", help="an ONNX path; none = the reference model")
     stamp_now = datetime.now(UTC).strftime("%Y%m%dT%H%M")
