@@ -4,10 +4,9 @@ In one sitting, on the same photos:
 - stages: each step of matting one photo, single-threaded, on the photos themselves (ms per
   image, medians): read, decode, preprocess (the product's, and the hand-written numpy one for
   comparison), the network at 1 thread and at every core, postprocess (resize back, 8-bit),
-  PNG encode, write;
+  PNG encode, write; as CPU time (core-ms), which a busy machine inflates less than wall time;
 - the bound: on N cores with every stage overlapping, images/s <= N * 1000 / (CPU ms of all
-  stages per image), the network counted in core-ms (ms x its threads) at its cheaper thread
-  count;
+  stages per image), the network at its cheaper thread count;
 - rounds, alternating: the whole `modnet-batch matte SRC OUT` command (subprocess, start-up
   included; `matte-inline`, `matte-ray`: with that --backend) and the hand-written loop
   (subprocess too: decode, MODNet's own preprocessing, one onnxruntime session on every core,
@@ -25,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -85,13 +85,18 @@ def run_peer(name: str, src: Path, out: Path, model: Path, level: int) -> dict[s
         cmd += ["--model", str(model)]
         cmd += ["--backend", BACKEND_OF[name]] if name in BACKEND_OF else []
     cmd += ["--png-level", str(level)]
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     seconds = time.perf_counter() - t0
     if done.returncode != 0:
         raise SystemExit(f"{name} failed ({done.returncode}): {done.stderr[-2000:]}")
+    now = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU time of the command and the processes it waited for (Ray's daemons may escape it)
+    cpu = now.ru_utime - used.ru_utime + now.ru_stime - used.ru_stime
     images = sum(1 for p in out.rglob("*.png") if ".modnet-batch" not in p.parts)
     row: dict[str, Any] = {"images": images, "seconds": seconds, "images_per_s": images / seconds}
+    row.update(cpu_s=cpu, cpu_ms_per_image=1000 * cpu / max(1, images))
     summary = out / ".modnet-batch" / "run" / "summary.json"
     if summary.is_file():
         doc = json.loads(summary.read_text())
@@ -116,9 +121,11 @@ def rounds(
 
 # --- stages, single-threaded, on the photos ---------------------------------------------------
 def _ms(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
-    t0 = time.perf_counter()
+    """The value and the CPU ms that this process (every thread of it) spent on it: core-ms,
+    which a busy machine does not inflate as it does wall time."""
+    t0 = time.process_time()
     value = fn(*args)
-    return value, (time.perf_counter() - t0) * 1000
+    return value, (time.process_time() - t0) * 1000
 
 
 def _numpy_normalise(rgb: np.ndarray) -> np.ndarray:
@@ -139,7 +146,7 @@ def _photo_stages(
     x, t["preprocess"] = _ms(protocol.preprocess, rgb)
     _, t["preprocess_numpy_normalise"] = _ms(_numpy_normalise, rgb)
     y, t["network_1_thread"] = _ms(sessions[0].run, x[None])
-    _, t["network_all_threads_wall"] = _ms(sessions[1].run, x[None])
+    _, t["network_all_threads"] = _ms(sessions[1].run, x[None])
     scored, t["postprocess"] = _ms(protocol.postprocess, y[0, 0], *rgb.shape[:2])
     params = [cv2.IMWRITE_PNG_COMPRESSION, level]
     (_ok, png), t["png"] = _ms(cv2.imencode, ".png", scored.stored, params)
@@ -150,9 +157,9 @@ def _photo_stages(
 def stages(
     files: list[Path], model: Path, level: int, cores: int, keep: int = 0
 ) -> tuple[dict[str, float], list[np.ndarray]]:
-    """Median ms per image of each step of `matte` (paper protocol, alpha PNG at source size),
-    one thread each; the network also at `cores` threads (wall ms). Also the first `keep`
-    alphas."""
+    """Median CPU ms per image of each step of `matte` (paper protocol, alpha PNG at source
+    size), one thread each; the network also at `cores` threads (core-ms, all its threads).
+    Also the first `keep` alphas."""
     from modnet_batch.engine import EngineSpec, open_session
 
     sessions = (
@@ -194,10 +201,12 @@ def png_levels(alphas: list[np.ndarray]) -> dict[str, Any]:
 
 def bound(per_stage: dict[str, float], cores: int) -> dict[str, float]:
     """Images/s that `cores` cores reach when every stage overlaps and none waits."""
-    network = min(per_stage["network_1_thread"], cores * per_stage["network_all_threads_wall"])
+    network = min(per_stage["network_1_thread"], per_stage["network_all_threads"])
     steps = ("read", "decode", "preprocess", "postprocess", "png", "write")
     core_ms = network + sum(per_stage[k] for k in steps)
+    at_all = per_stage["network_all_threads"] + sum(per_stage[k] for k in steps)
     return {
+        "images_per_s_network_on_all_cores": cores * 1000 / at_all,
         "core_ms_per_image": core_ms,
         "network_core_ms": network,
         "images_per_s": cores * 1000 / core_ms,
@@ -269,6 +278,13 @@ def sitting(args: argparse.Namespace) -> dict[str, Any]:
     doc["median_images_per_s"] = med
     top = doc["bound"]["images_per_s"]
     doc["fraction_of_bound"] = {k: v / top for k, v in med.items()}
+    # load-independent: what each peer spends per image, against the stages' sum
+    doc["median_cpu_ms_per_image"] = {
+        k: statistics.median(r["cpu_ms_per_image"] for r in v) for k, v in doc["rounds"].items()
+    }
+    # the bound's core-ms over each peer's: how close its work is to the stages' sum
+    core_ms = doc["bound"]["core_ms_per_image"]
+    doc["cpu_efficiency"] = {k: core_ms / v for k, v in doc["median_cpu_ms_per_image"].items()}
     if "loop" in med:
         doc["over_loop"] = {k: v / med["loop"] for k, v in med.items() if k != "loop"}
     return doc
@@ -308,6 +324,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     keys = ("bound", "median_images_per_s", "over_loop", "fraction_of_bound")
+    keys += ("median_cpu_ms_per_image", "cpu_efficiency")
     print(json.dumps({k: doc.get(k) for k in keys}, indent=1))
     print(f"written: {args.out}")
 
