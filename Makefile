@@ -84,7 +84,7 @@ bench-ingest: $(STAMP)
 	$(PY) -m benchmarks.ingest --out bench/ingest.json
 
 bench-matte: $(STAMP)
-	$(PY) -m modnet_batch.bench.matting $(SHARED)/datasets/ppm100-dev/image --out bench/matting.json
+	$(PY) -m benchmarks.matting $(SHARED)/datasets/ppm100-dev/image
 
 # The device benchmark (benchmarks/accelerator/): on a GPU machine it measures CUDA, here the
 # CPU. `make device-kit` packs what the GPU machine lacks into .device/ (model, real images,

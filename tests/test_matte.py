@@ -178,23 +178,6 @@ def test_a_killed_matte_finishes_the_rest_without_redoing_finished_shards(tmp_pa
     assert summary["throughput"]["images"] == 64 - len(before)  # the work this attempt did
 
 
-def test_the_matting_bench_peers_write_what_they_claim(
-    folder: Path, tmp_path: Path, tiny_model: Path
-) -> None:
-    from modnet_batch.bench.matting import naive, png_levels
-
-    src = folder / "home"
-    (src / "broken.jpg").unlink()  # the naive loop has no error handling, as hand-written ones
-    out = tmp_path / "naive"
-    out.mkdir()
-    got = naive(src, out, tiny_model, 1)
-    assert got["images"] == 4 and got["images_per_s"] > 0  # cat, deep, twin.jpg, twin.png
-    assert cv2.imread(str(out / "cat.png"), -1).shape == (120, 160)
-    levels = png_levels(out)
-    assert set(levels) == {"megapixels_median", *map(str, range(10))}
-    assert levels["0"]["kib"] >= levels["9"]["kib"]
-
-
 def test_an_out_of_other_photos_and_a_foreign_output_dir_are_refused(
     folder: Path, tmp_path: Path, tiny_model: Path, synth_dataset: Path
 ) -> None:

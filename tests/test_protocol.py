@@ -97,3 +97,68 @@ def test_reference_per_image_values(name: str, shared: Path, real_model: Path) -
         assert m.mad == pytest.approx(float(row["mad"]), abs=1e-5)
         tol = sad_tolerance(name, float(row["sad"]), alpha.score.size)
         assert m.sad == pytest.approx(float(row["sad"]), abs=tol)
+
+
+def _paper_by_arithmetic(
+    rgb: np.ndarray, out: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """MODNet's float32 steps written out: normalise, INTER_AREA down; the output INTER_AREA
+    back up, float64, rounded to 8 bits."""
+    p = get_protocol("paper")
+    h, w = p.network_size(*rgb.shape[:2])
+    x = (rgb.astype(np.float32) - np.float32(127.5)) / np.float32(127.5)
+    small = cv2.resize(x, (w, h), interpolation=cv2.INTER_AREA).transpose(2, 0, 1)
+    full = cv2.resize(out, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_AREA)
+    score = full.astype(np.float64)
+    return small, score, np.clip(np.rint(score * 255.0), 0, 255).astype(np.uint8)
+
+
+def _assert_paper_bit_identical(rgb: np.ndarray, rng: np.random.Generator) -> None:
+    p = get_protocol("paper")
+    x = p.preprocess(rgb)
+    out = rng.random(x.shape[1:], dtype=np.float32)
+    out[0, 0] = 0.5  # the one float32 whose x 255 is a tie (127.5 rounds to 128)
+    small, score, stored = _paper_by_arithmetic(rgb, out)
+    assert x.dtype == np.float32 and x.flags.c_contiguous
+    assert np.array_equal(x, small)  # bit for bit: the table holds the same float32 values
+    alpha = p.postprocess(out, *rgb.shape[:2])
+    assert np.array_equal(alpha.stored, stored) and alpha.stored.dtype == np.uint8
+    assert alpha.score.dtype == np.float64 and np.array_equal(alpha.score, score)
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (7, 3), (31, 33), (513, 1025), (1001, 667), (2000, 3001)])
+def test_paper_steps_are_bit_identical_to_the_arithmetic_on_odd_sizes(hw: tuple[int, int]) -> None:
+    rng = np.random.default_rng(hw[0] * 10_000 + hw[1])
+    _assert_paper_bit_identical(rng.integers(0, 256, (*hw, 3), dtype=np.uint8), rng)
+
+
+def test_paper_preprocess_is_thread_safe_and_does_not_keep_the_previous_photo() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    p = get_protocol("paper")
+    rng = np.random.default_rng(7)
+    photos = [rng.integers(0, 256, (600 + 37 * i, 500 - 29 * i, 3), np.uint8) for i in range(6)]
+    expected = [_paper_by_arithmetic(rgb, np.zeros((1, 1), np.float32))[0] for rgb in photos]
+    with ThreadPoolExecutor(3) as pool:
+        got = list(pool.map(p.preprocess, photos * 3))
+    assert all(np.array_equal(g, e) for g, e in zip(got, expected * 3, strict=True))
+
+
+def test_rounding_to_8_bits_is_the_float64_rule_near_every_half_level() -> None:
+    from modnet_batch.protocol.base import rounded_uint8
+
+    halves = ((np.arange(256, dtype=np.float64) + 0.5) / 255.0).astype(np.float32)
+    near = [np.nextafter(halves, np.float32(d)) for d in (-1, 2)]
+    values = np.concatenate([halves, *near, np.linspace(-0.1, 1.1, 200_001, dtype=np.float32)])
+    grid = values[: values.size // 7 * 7].reshape(-1, 7)  # a band covers several rows
+    expected = np.clip(np.rint(grid.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
+    assert np.array_equal(rounded_uint8(grid), expected)
+
+
+@pytest.mark.parametrize("folder", ["ppm100-dev", "p3m10k-sample"])
+def test_paper_steps_are_bit_identical_on_real_photos(shared: Path, folder: str) -> None:
+    from modnet_batch.data.decode import decode_image
+
+    rng = np.random.default_rng(3)
+    for path in sorted((shared / "datasets" / folder / "image").iterdir())[:2]:
+        _assert_paper_bit_identical(decode_image(path.read_bytes(), name=path.name), rng)

@@ -71,8 +71,10 @@ def matte(
 ) -> None:
     """Matte a folder: a source-size alpha PNG per image (or --output cutout, ...) under OUT.
 
-    Runs like `submit` (Ray, devices, progress, resume, error rows) with no ingest step; the
-    job's state lives in OUT/.modnet-batch, so the same command resumes. The network sees each
+    Runs like `submit` (Ray, devices, progress, resume, error rows) with no ingest step; on a
+    machine of 2 cores or fewer, with no --backend, --address or --workers, it runs in this
+    process (no Ray start-up). The job's state lives in OUT/.modnet-batch, so the same command
+    resumes. The network sees each
     photo at MODNet's own inference size (--protocol paper) unless --protocol says otherwise.
     Exit status as `submit`, and 4 when some files could not be read.
     """

@@ -12,6 +12,7 @@ from modnet_batch.data.decode import IMAGE_EXTENSIONS
 from modnet_batch.data.files import stage
 from modnet_batch.data.parquet import is_parquet_source
 from modnet_batch.errors import ModnetBatchError
+from modnet_batch.execution.resources import local_backend
 from modnet_batch.options import JobConfig, load_job
 from modnet_batch.options.spec import command_defaults
 
@@ -31,7 +32,8 @@ class MattePlan:
 def plan_matte(src: Path, out: Path, options: dict[str, Any]) -> MattePlan:
     """The matte job of SRC into OUT; `options` are the job options given on the command line
     (flag text, None = not given). A folder or list file is listed into OUT/.modnet-batch once;
-    the same command later resumes from that listing."""
+    the same command later resumes from that listing. With no --backend, --address or --workers,
+    a CPU job on a machine of at most 2 cores runs in this process (no Ray start-up)."""
     _check_out(out)
     state = out / STATE
     staged = state / "dataset"
@@ -56,6 +58,8 @@ def plan_matte(src: Path, out: Path, options: dict[str, Any]) -> MattePlan:
         skipped = int(meta["counts"].get("skipped", 0))
         skipped_files = [(s["name"], s["reason"]) for s in meta.get("skipped", [])]
     values = {k: v for k, v in options.items() if v is not None}
+    if not (values.get("backend") or values.get("address") or values.get("workers")):
+        values["backend"] = local_backend(values.get("device"))  # no Ray start-up if small
     values.update(dataset=str(dataset), out=str(state / "run"), output_dir=str(out))
     values = {**command_defaults(JobConfig, "matte"), **values}
     job = load_job(None, values, cli=True)

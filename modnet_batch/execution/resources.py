@@ -36,6 +36,21 @@ def cpu_split(workers: int | None, threads: int | None, cpus: int | None = None)
     return CpuSplit(workers=workers, threads=max(1, cpus // workers))
 
 
+# Up to this many cores, `matte` on the CPU runs in its own process (the inline backend): one
+# onnxruntime session on every core and a decode/encode thread beside it reach the cores' bound
+# as Ray's one-worker-per-core layout does, without Ray's start-up (5 s idle, 25-30 s on a
+# loaded 2-core machine: 0.16 img/s with Ray vs 0.20 inline vs 0.14 for a hand-written loop on
+# 12 ppm100-dev photos, benchmarks/matting.py). Above it the per-core workers scale further.
+INLINE_MAX_CPUS = 2
+
+
+def local_backend(device: str | None = None, cpus: int | None = None) -> str:
+    """The backend a local CPU job runs on when none is asked for: inline on a machine of at
+    most INLINE_MAX_CPUS cores, else Ray (one worker per core)."""
+    small = (cpus or available_cpus()) <= INLINE_MAX_CPUS
+    return "inline" if small and device in (None, "cpu") else "ray"
+
+
 # Each device keeps at least this many CPUs before one of a node's CPUs is held back for the
 # driver, the raylet and Ray's agents: below it, one CPU more per device feeds more than one CPU
 # less for the bookkeeping costs.

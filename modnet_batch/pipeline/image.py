@@ -188,7 +188,7 @@ class ImagePipeline:
         INTER_AREA as MODNet's inference_onnx.py does (float, no 8-bit step before it), or as
         a device resized it (`resized`); the scored alpha itself where the protocol scores at
         the source size (paper)."""
-        if alpha.score.shape == (record.height, record.width):
+        if alpha.values.shape == (record.height, record.width):
             return alpha.score
         if resized is not None:
             return resized

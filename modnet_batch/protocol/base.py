@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -13,12 +15,41 @@ import numpy.typing as npt
 class ScoredAlpha:
     """A prediction at the protocol's scoring resolution.
 
-    `score`: float64 HxW in [0, 1], the values the metrics see.
+    `values`: float32 or float64 HxW in [0, 1], the prediction.
     `stored`: uint8 HxW, what `alpha/<image_id>.npz` holds.
     """
 
-    score: npt.NDArray[np.float64]
+    values: npt.NDArray[np.floating[Any]]
     stored: npt.NDArray[np.uint8]
+
+    @cached_property
+    def score(self) -> npt.NDArray[np.float64]:
+        """The values as float64, what the metrics see; made on first use (a job that only
+        writes files never needs this full-size copy)."""
+        return self.values.astype(np.float64, copy=False)
+
+
+# Rows of a float64 band in `rounded_uint8`: ~512 KiB, small enough to stay in the CPU's cache.
+_BAND_VALUES = 1 << 16
+
+
+def rounded_uint8(values: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.uint8]:
+    """`clip(rint(float64(values) * 255), 0, 255)` as uint8, computed exactly so, one band of
+    rows at a time: no full-size float64 temporaries."""
+    out = np.empty(values.shape, np.uint8)
+    if values.size == 0:
+        return out
+    width = values.shape[1] if values.ndim > 1 else values.size
+    rows = max(1, _BAND_VALUES // max(1, width))
+    band = np.empty((rows, *values.shape[1:]), np.float64)
+    for start in range(0, values.shape[0], rows):
+        part = values[start : start + rows]
+        tmp = band[: len(part)]
+        np.multiply(part, 255.0, out=tmp, dtype=np.float64)
+        np.rint(tmp, out=tmp)
+        np.clip(tmp, 0.0, 255.0, out=tmp)
+        out[start : start + rows] = tmp
+    return out
 
 
 @dataclass(frozen=True)

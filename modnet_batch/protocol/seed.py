@@ -67,7 +67,7 @@ class SeedProtocol(Protocol):
         resized: npt.NDArray[np.float32] | None = None,
     ) -> ScoredAlpha:
         stored = (output * np.float32(255)).astype(np.uint8)  # truncation, as the seed does
-        return ScoredAlpha(score=stored.astype(np.float64) / 255.0, stored=stored)
+        return ScoredAlpha(values=stored.astype(np.float64) / 255.0, stored=stored)
 
     def ground_truth(self, matte: npt.NDArray[np.uint8]) -> npt.NDArray[np.float64]:
         return self.ground_truth_pixels(matte).astype(np.float64) / 255.0
