@@ -138,10 +138,10 @@ def report_runs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     for kind in ("image", "matte"):
         for f in sorted((land / kind).iterdir()):
             shutil.copy(f, src / kind / f"land-{f.name}")
-    ingest(src, base / "ds", shard_size=4)
+    ingest(src, base / "ds", shard_size=4, row_group_rows=4)
     photos = base / "photos"
     shutil.copytree(src / "image", photos)
-    ingest(photos, base / "ds-images", shard_size=4)
+    ingest(photos, base / "ds-images", shard_size=4, row_group_rows=4)
 
     def job(dataset: Path, out: Path, **kw: object) -> Path:
         values = {"dataset": str(dataset), "out": str(out), "model": str(tiny_model)}

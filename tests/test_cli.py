@@ -63,7 +63,7 @@ def test_ingest_then_submit_inline(tiny_model: Path, tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "2 work unit(s) processed" in result.output
+    assert "4 work unit(s) processed" in result.output  # a row group per image: 4 units
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["images"]["scored"] == 4
     page = tmp_path / "report.html"

@@ -58,7 +58,7 @@ def odd_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """12 scored synthetic portraits at an odd size (161x117), in 3 shards."""
     base = tmp_path_factory.mktemp("odd")
     src = make_synthetic(base / "src", n=12, height=161, width=117, seed=3)
-    ingest(src, base / "dataset", shard_size=4)
+    ingest(src, base / "dataset", shard_size=4, row_group_rows=4)
     return base / "dataset"
 
 

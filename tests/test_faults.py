@@ -41,7 +41,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("faults")
     model = make_slow_model(base / "slow.onnx", convs=12, channels=24)
     src = make_synthetic(base / "src", n=IMAGES, height=160, width=120, seed=5)
-    ingest(src, base / "ds", shard_size=SHARD)
+    ingest(src, base / "ds", shard_size=SHARD, row_group_rows=SHARD)
     clean = base / "clean"
     job = {"dataset": str(base / "ds"), "out": str(clean), "model": str(model)}
     run_job(load_job(None, {**job, "backend": "inline", "threads": 1}))
@@ -206,8 +206,10 @@ def test_a_full_disk_stops_with_one_line_and_a_resume_after_freeing_space_comple
     data: dict[str, Path], small_disk: Path
 ) -> None:
     out = small_disk / "run"
-    clean_bytes = sum(p.stat().st_size for p in data["clean"].rglob("*") if p.is_file())
-    _resize(small_disk, f"{clean_bytes // 3 // 4096 * 4096}")  # room for about a third
+    # tmpfs gives each file whole pages: room for the files a run writes before its first image
+    # (job.yaml, state/identity.json, state/lock, logs/ray.log) and about a third of the rest
+    pages = sum(-(-p.stat().st_size // 4096) for p in data["clean"].rglob("*") if p.is_file())
+    _resize(small_disk, f"{(4 + pages // 3) * 4096}")
     code, _stdout, stderr = _run(data, out)
     assert code == 1, stderr[-3000:]
     lines = [line for line in stderr.splitlines() if line.startswith("error:")]

@@ -215,7 +215,7 @@ def test_matte_ends_with_what_was_written_where_how_fast_and_what_was_skipped(
     assert result.exit_code == 4, result.output
     text = result.output
     assert f"4 of 4 images matted into {out} (alpha-png)" in text
-    assert "img/s overall (start-up included)" in text
+    assert "overall img/s (start-up included)" in text
     assert "3 file(s) skipped: listed above" in text
     assert f"modnet-batch report {out}" in text
     for scoring in ("MSE", "mIoU", "paper on", "scored"):  # no scoring table for mattes
