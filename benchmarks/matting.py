@@ -104,7 +104,7 @@ def run_peer(name: str, src: Path, out: Path, model: Path, level: int) -> dict[s
     if summary.is_file():
         doc = json.loads(summary.read_text())
         row["startup_s"] = doc.get("startup_seconds")
-        row["steady_images_per_s"] = doc["throughput"]["images_per_s"]
+        row["steady_images_per_s"] = doc["throughput"]["steady_images_per_s"]
     return row
 
 
