@@ -426,6 +426,23 @@ def test_variant_info(built: dict[str, Path], tiny_model: Path, tmp_path: Path) 
     assert variant_info(stale)["stale"]
 
 
+def test_graph_precision_is_read_once_per_model_file(
+    built: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    copy = tmp_path / "copy.onnx"
+    copy.write_bytes(built["fp16"].read_bytes())
+    digest = sha256_file(copy)
+    assert variants.graph_precision(copy, digest) == "fp16"
+    remembered = tmp_path / "cache" / "graph-precision" / digest
+    assert remembered.read_text() == "fp16\n"
+    reads: list[Path] = []
+    monkeypatch.setattr(variants, "_graph_precision", lambda path: reads.append(path) or "fp32")
+    assert variant_info(copy)["precision"] == "fp16" and reads == []  # remembered, not read
+    remembered.write_text("garbage\n")  # an unreadable record is read again from the graph
+    assert variants.graph_precision(copy, digest) == "fp32" and reads == [copy]
+
+
 # --- the real model
 
 

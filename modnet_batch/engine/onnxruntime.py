@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from modnet_batch.engine.base import EngineSpec
+from modnet_batch.engine.signature import check_signature
 from modnet_batch.errors import ModnetBatchError
 
 if TYPE_CHECKING:
@@ -75,8 +76,6 @@ class OnnxRuntimeEngine:
     def open(self, spec: EngineSpec) -> OnnxRuntimeSession:
         """Open `spec.model` on the requested provider; raise if it would run anywhere else."""
         ort = import_onnxruntime()
-
-        from modnet_batch.engine.signature import check_signature  # onnx: 0.6 s to import
 
         signature = check_signature(spec.model)
         if spec.provider not in PROVIDERS:

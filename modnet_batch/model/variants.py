@@ -5,6 +5,7 @@ Variants live in `<cache>/variants/<name>.onnx` with `<name>.build.json` beside 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -14,7 +15,7 @@ from modnet_batch.digest import sha256_file
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.model.fetch import cache_dir, fetch_model
 from modnet_batch.model.remote import fetch_uri_model
-from modnet_batch.storage import is_uri
+from modnet_batch.storage import atomic_write_bytes, is_uri
 
 VARIANTS = ("fp32", "fp16", "int8")
 
@@ -84,12 +85,12 @@ def variant_info(path: str | Path) -> dict[str, Any]:
     info: dict[str, Any] = {"name": path.stem, "path": str(path), "sha256": digest}
     record = read_build_record(path)
     if record is not None:
-        info["precision"] = record.get("precision") or _graph_precision(path)
+        info["precision"] = record.get("precision") or graph_precision(path, digest)
         info["name"] = record.get("name", path.stem)
         info["stale"] = record.get("output", {}).get("sha256") != digest
         info["build"] = record
     else:
-        info["precision"] = _graph_precision(path)
+        info["precision"] = graph_precision(path, digest)
     return info
 
 
@@ -104,6 +105,23 @@ def calibration_overlap(model_path: str | Path, image_ids: Iterable[str]) -> lis
     """The ids among `image_ids` that the model was calibrated on (sorted); [] if none or if the
     model has no build record with calibration ids."""
     return sorted(calibration_ids(model_path).intersection(image_ids))
+
+
+def graph_precision(path: Path, digest: str) -> str:
+    """int8 (quantize ops), fp16 (fp16 initializers) or fp32, read from the graph once per model
+    file and remembered under `<cache>/graph-precision/<sha256>`: reading it needs the onnx
+    package, whose import alone takes most of a second."""
+    remembered = cache_dir() / "graph-precision" / digest
+    try:
+        known = remembered.read_text().strip()
+        if known in VARIANTS:
+            return known
+    except OSError:
+        pass
+    precision = _graph_precision(path)
+    with contextlib.suppress(OSError):  # a read-only cache: read from the graph each time
+        atomic_write_bytes(remembered, precision.encode() + b"\n")
+    return precision
 
 
 def _graph_precision(path: Path) -> str:
