@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from modnet_batch.bench.config import BenchConfig
 from modnet_batch.bench.environment import LoadMonitor
 from modnet_batch.bench.run import run_bench
 from modnet_batch.bench.stats import latency_summary, stability, window_rates
 from modnet_batch.cli import app
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.execution.stages import LOOP_STAGES, POOL_STAGES
+from modnet_batch.options.bench import BenchConfig
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +67,9 @@ def test_model_only_has_totals_per_device_latency_warmup_and_stability(
 def test_end_to_end_has_the_job_view_and_a_breakdown_that_adds_up(doc: dict[str, Any]) -> None:
     for r in doc["end_to_end"]:
         assert r["images"] == 12 and r["failed"] == 0 and r["images_per_s"] > 0
-        assert r["devices"] == 1 and r["job"]["backend"] == "inline"
+        assert r["devices"] == 2 and r["job"]["backend"] == "inline"
         assert r["startup_s"] >= 0 and r["time_to_first_result_s"] is not None
-        assert set(r["per_device"]) == {"inline:cpu"}
+        assert set(r["per_device"]) == {"inline:cpu0", "inline:cpu1"}
         stages = r["stages_wall_s"]
         assert set(stages) == {*LOOP_STAGES, "outside_shard_loops"}
         assert set(r["pool_cpu_s"]) == set(POOL_STAGES)

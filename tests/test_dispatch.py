@@ -19,6 +19,7 @@ from ray.exceptions import (
 import modnet_batch.execution.ray_dispatch as rd
 from modnet_batch.execution.backend import BackendReport
 from modnet_batch.execution.ray_worker import NotOpen
+from modnet_batch.execution.units import fill_order
 from modnet_batch.results import UnitResult, WorkUnit
 
 
@@ -217,7 +218,7 @@ def test_when_the_last_node_is_lost_the_queue_fails_at_once() -> None:
 def test_every_ready_actor_gets_a_unit_before_any_gets_a_second(
     held: list[int | None], queued: int, expected: list[int]
 ) -> None:
-    assert rd.fill_order(held, queued, limit=2) == expected
+    assert fill_order(held, queued, limit=2) == expected
 
 
 def test_two_units_on_two_actors_go_one_to_each() -> None:

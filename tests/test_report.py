@@ -173,7 +173,7 @@ def test_the_summary_records_each_shards_times(report_runs: dict[str, Path]) -> 
     assert summary.started is not None and len(summary.timeline) == 3
     for entry in summary.timeline:
         assert summary.started <= entry["started"] <= entry["finished"]
-        assert entry["worker"] == "inline:cpu" and entry["infer_s"] > 0
+        assert entry["worker"].startswith("inline:cpu") and entry["infer_s"] > 0
     assert sum(t["images"] for t in summary.timeline) == 10
 
 

@@ -103,8 +103,16 @@ def test_one_run_shows_the_same_figures_everywhere(tiny_model: Path, tmp_path: P
     rows = [line for line in lines if "│" in line and re.search(r"^\W*6\W", line)]
     # the summary table's last two columns, and the device table's
     assert len(rows) == 1 and rows[0].rstrip(" │").split()[-3:] == [steady, "│", overall], rows
-    device = [line for line in lines if "inline:cpu" in line and "│" in line]
-    assert device and device[0].rstrip(" │").split()[-3:] == [steady, "│", overall], device
+    # each device's row shows the summary's figures for that device
+    per_device = json.loads((run / "summary.json").read_text())["throughput"]["per_device"]
+    for label, share in per_device.items():
+        device = [line for line in lines if f" {label} " in line and "│" in line]
+        figures = [
+            f"{share['steady_images_per_s']:.2f}",
+            "│",
+            f"{share['overall_images_per_s']:.2f}",
+        ]
+        assert device and device[0].rstrip(" │").split()[-3:] == figures, device
     page = write_html([run], tmp_path / "page.html").read_text()
     assert f"<th>steady img/s</th><td class='num'>{steady}</td>" in page
     assert f"<th>overall img/s</th><td class='num'>{overall}</td>" in page

@@ -14,7 +14,6 @@ import numpy as np
 import numpy.typing as npt
 
 from modnet_batch import __version__
-from modnet_batch.bench.config import BenchConfig, validate
 from modnet_batch.bench.devices import all_devices, device_counts
 from modnet_batch.bench.end_to_end import run_end_to_end
 from modnet_batch.bench.environment import LoadMonitor, environment, load_average
@@ -25,6 +24,7 @@ from modnet_batch.data.dataset import Dataset
 from modnet_batch.engine.signature import check_signature
 from modnet_batch.execution.resources import available_cpus
 from modnet_batch.model.variants import resolve_model, variant_info
+from modnet_batch.options.bench import BenchConfig, validate
 from modnet_batch.pipeline import ImagePipeline
 from modnet_batch.protocol import get_protocol
 from modnet_batch.storage import atomic_write_json
@@ -76,9 +76,9 @@ def run_bench(cfg: BenchConfig, log: Log | None = None) -> dict[str, Any]:
                         rec = measure(cfg, model, devices[:n], samples, batch)
                     records["model_only"].append({"round": rnd, **rec, "machine_load": load.result})
             if cfg.mode in {"e2e", "both"}:
-                n = counts[-1] if cfg.backend == "ray" else 1  # inline: one worker
+                n = counts[-1]
                 say(f"round {rnd + 1}/{cfg.rounds}: end-to-end, batch {batch}, {n} device(s)")
-                workers = n if cfg.backend == "ray" else None
+                workers = n
                 threads = devices[0].threads if cfg.device == "cpu" else cfg.threads
                 with LoadMonitor() as load:
                     run = run_end_to_end(

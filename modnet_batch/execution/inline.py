@@ -1,9 +1,16 @@
-"""The inline backend: one process, no Ray; the single-process reference and a debugging aid."""
+"""The inline backend: one process, no Ray. On the CPU it runs Ray's layout in threads (one
+single-threaded session per core, each with its own decode/finish thread, units handed to
+whichever worker is free); on an accelerator one session that every core feeds."""
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from typing import Any
 
 from modnet_batch.execution.backend import (
     BackendReport,
@@ -14,10 +21,43 @@ from modnet_batch.execution.backend import (
     no_phase,
 )
 from modnet_batch.execution.processor import UnitProcessor
-from modnet_batch.execution.resources import available_cpus
+from modnet_batch.execution.resources import available_cpus, cpu_split
 from modnet_batch.execution.shard_check import ShardReadError, ShardUnreadable
+from modnet_batch.execution.units import fill_order
 from modnet_batch.execution.worker_spec import WorkerSpec
 from modnet_batch.options import JobConfig
+from modnet_batch.results import WorkUnit
+
+
+def worker_specs(job: JobConfig, base: WorkerSpec, cpus: int | None = None) -> list[WorkerSpec]:
+    """The workers of an inline job on `cpus` cores.
+
+    CPU: `cpu_split` as on a Ray node (by default one single-threaded session per core, which
+    beats one session on every core: resources.cpu_split), each with `--decode-threads` (1)
+    threads that prepare and finish its images. An accelerator: one session, and every core
+    decodes and scores for it.
+    """
+    cpus = cpus or available_cpus()
+    if job.device != "cpu":
+        engine = replace(base.engine, threads=job.threads or cpus)
+        threads = job.decode_threads or cpus
+        label = f"inline:{job.device}"
+        return [replace(base, engine=engine, label=label, decode_threads=threads, cpus=cpus)]
+    split = cpu_split(job.workers, job.threads, cpus)
+    engine = replace(base.engine, threads=split.threads)
+    specs = []
+    for w in range(split.workers):
+        label = "inline:cpu" if split.workers == 1 else f"inline:cpu{w}"
+        specs.append(
+            replace(
+                base,
+                engine=engine,
+                label=label,
+                decode_threads=job.decode_threads or 1,
+                cpus=float(split.threads),
+            )
+        )
+    return specs
 
 
 class InlineBackend:
@@ -31,40 +71,118 @@ class InlineBackend:
         on_phase: OnPhase = no_phase,
     ) -> BackendReport:
         t0 = time.perf_counter()
-        # one process, one session: it gets every core unless --threads says otherwise
-        cpus = available_cpus()
-        engine = replace(base.engine, threads=job.threads or cpus)
-        # on an accelerator the process's cores decode and score for it
-        decode_threads = job.decode_threads or (1 if job.device == "cpu" else cpus)
-        label = "inline:cpu" if job.device == "cpu" else f"inline:{job.device}"
-        spec = replace(
-            base, engine=engine, label=label, decode_threads=decode_threads, cpus=float(cpus)
-        )
-        on_phase(f"loading the model ({base.engine_name}, {engine.provider})")
-        processor = UnitProcessor(spec)
+        specs = worker_specs(job, base)
+        engine = specs[0].engine
+        many = f"{len(specs)} sessions, " if len(specs) > 1 else ""
+        on_phase(f"loading the model ({base.engine_name}, {many}{engine.provider})")
+        with ThreadPoolExecutor(len(specs)) as opening:  # sessions load side by side
+            processors = list(opening.map(UnitProcessor, specs))
         on_phase("running")
-        info = {
-            "label": spec.label,
-            "threads": engine.threads,
-            "cpus": spec.cpus,
-            "decode_threads": spec.decode_threads,
-            "batch_size": processor.batch_size,
-            "batch_tuning": processor.batch_tuning,
-            "provider": processor.session.runs_on,
-            "engine": spec.engine_name,
-            "precision": engine.precision,
-            "session_seconds": processor.session_seconds,
-            "decoder": processor.decoder_name,
-        }
-        report = BackendReport(startup_seconds=time.perf_counter() - t0, workers=[info])
+        report = BackendReport(startup_seconds=time.perf_counter() - t0)
+        report.workers = [_info(p) for p in processors]
         try:
-            for task in units(1):
-                try:
-                    result = processor.process(task, lambda n: on_images(spec.label, n))
-                except (ShardUnreadable, ShardReadError) as exc:  # the job goes on, shard named
-                    report.failed[task.name] = str(exc)
-                    continue
-                on_result(result)
+            _Workers(processors, on_images).run(units(len(processors)), on_result, report)
         finally:
-            processor.close()
+            for p in processors:
+                p.close()
         return report
+
+
+def _info(processor: UnitProcessor) -> dict[str, Any]:
+    spec = processor.spec
+    return {
+        "label": spec.label,
+        "threads": spec.engine.threads,
+        "cpus": spec.cpus,
+        "decode_threads": spec.decode_threads,
+        "batch_size": processor.batch_size,
+        "batch_tuning": processor.batch_tuning,
+        "provider": processor.session.runs_on,
+        "engine": spec.engine_name,
+        "precision": spec.engine.precision,
+        "session_seconds": processor.session_seconds,
+        "decoder": processor.decoder_name,
+    }
+
+
+# Units each worker holds at most: the one it runs and one that prepares its first images
+# meanwhile (UnitProcessor.process), as a Ray actor with shards_in_flight 2.
+HELD = 2
+
+
+class _Workers:
+    """Units go to the workers as they free up, by `fill_order` (every worker gets one before any
+    gets a second), each worker running them on HELD threads; results come back to the calling
+    thread, which records each as it arrives. An error stops the dispatch: the units already
+    started finish, and it is raised here. A unit that cannot be read is reported as failed
+    and the job goes on."""
+
+    def __init__(self, processors: list[UnitProcessor], on_images: OnImages) -> None:
+        self.processors = processors
+        self._on_images = on_images
+        self._images_lock = threading.Lock()
+        self._inbox: list[queue.SimpleQueue[WorkUnit | None]] = [
+            queue.SimpleQueue() for _ in processors
+        ]
+        self._done: queue.SimpleQueue[tuple[int, str, Any]] = queue.SimpleQueue()
+        self._stop = threading.Event()
+
+    def run(self, tasks: list[WorkUnit], on_result: OnResult, report: BackendReport) -> None:
+        threads = [
+            threading.Thread(target=self._serve, args=(w,), name=f"{p.spec.label}-{k}")
+            for w, p in enumerate(self.processors)
+            for k in range(HELD)
+        ]
+        for t in threads:
+            t.start()
+        try:
+            self._dispatch(deque(tasks), on_result, report)
+        finally:
+            self._stop.set()  # units not yet started are not started
+            for inbox in self._inbox:
+                for _ in range(HELD):
+                    inbox.put(None)
+            for t in threads:
+                t.join()
+
+    def _dispatch(self, todo: deque[WorkUnit], on_result: OnResult, report: BackendReport) -> None:
+        held = [0] * len(self.processors)
+        error: BaseException | None = None
+        while True:
+            if error is None:
+                for w in fill_order(held, len(todo), HELD):
+                    self._inbox[w].put(todo.popleft())
+                    held[w] += 1
+            if not any(held):
+                break
+            w, kind, value = self._done.get()
+            held[w] -= 1
+            if kind == "result":
+                on_result(value)
+            elif kind == "failed":
+                report.failed[value[0]] = value[1]
+            elif kind == "error":
+                self._stop.set()
+                error = error or value
+        if error is not None:
+            raise error
+
+    def _serve(self, w: int) -> None:
+        processor = self.processors[w]
+        label = processor.spec.label
+        while (task := self._inbox[w].get()) is not None:
+            if self._stop.is_set():
+                self._done.put((w, "skipped", None))
+                continue
+            try:
+                result = processor.process(task, lambda n: self._images(label, n))
+            except (ShardUnreadable, ShardReadError) as exc:  # the job goes on, unit named
+                self._done.put((w, "failed", (task.name, str(exc))))
+            except BaseException as exc:  # raised on the calling thread
+                self._done.put((w, "error", exc))
+            else:
+                self._done.put((w, "result", result))
+
+    def _images(self, label: str, n: int) -> None:
+        with self._images_lock:
+            self._on_images(label, n)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -27,6 +26,7 @@ from modnet_batch.execution.backend import BackendReport, OnImages, OnResult
 from modnet_batch.execution.ray_dispatch_stats import DispatchStats
 from modnet_batch.execution.ray_worker import NotOpen
 from modnet_batch.execution.shard_check import ShardUnreadable
+from modnet_batch.execution.units import fill_order
 from modnet_batch.options import JobConfig
 from modnet_batch.results import UnitResult, WorkUnit
 
@@ -37,22 +37,6 @@ ACTOR_GONE = (RayActorError, ActorUnschedulableError)
 ACTOR_RESTARTS = 4  # Ray restarts a crashed actor process this many times
 POLL_S = 0.5
 READY_TIMEOUT_S = 300.0  # loading a model on a busy node can be slow; never wait forever
-
-
-def fill_order(held: Sequence[int | None], queued: int, limit: int) -> list[int]:
-    """The actors (indices) that the next `queued` units go to, in order. `held[i]`: the units
-    actor i holds (None: it takes no work now). Every such actor gets a unit before any gets a
-    second, and so on, up to `limit` each."""
-    loads = list(held)
-    order: list[int] = []
-    for depth in range(limit):
-        for i, load in enumerate(loads):
-            if len(order) == queued:
-                return order
-            if load is not None and load <= depth:
-                loads[i] = load + 1
-                order.append(i)
-    return order
 
 
 @dataclass

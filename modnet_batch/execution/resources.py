@@ -36,11 +36,11 @@ def cpu_split(workers: int | None, threads: int | None, cpus: int | None = None)
     return CpuSplit(workers=workers, threads=max(1, cpus // workers))
 
 
-# Up to this many cores, `matte` on the CPU runs in its own process (the inline backend): one
-# onnxruntime session on every core and a decode/encode thread beside it reach the cores' bound
-# as Ray's one-worker-per-core layout does, without Ray's start-up (5 s idle, 25-30 s on a
-# loaded 2-core machine: 0.16 img/s with Ray vs 0.20 inline vs 0.14 for a hand-written loop on
-# 12 ppm100-dev photos, benchmarks/matting.py). Above it the per-core workers scale further.
+# Up to this many cores, `matte` on the CPU runs in its own process (the inline backend): Ray's
+# layout, one single-threaded session per core, in threads, without Ray's start-up (4-5 s on a
+# 2-core machine, a quarter of matting 41 ppm100-dev photos: benchmarks/matting.py). Above it,
+# workers in processes keep one process's interpreter lock from limiting how many cores the
+# Python steps between the native ones can use.
 INLINE_MAX_CPUS = 2
 
 

@@ -21,7 +21,7 @@ earlier attempt were (another worker count, or whole-shard markers of runs made 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
 from modnet_batch.data.dataset import Dataset, ShardInfo
@@ -185,3 +185,19 @@ def split(tasks: list[WorkUnit], workers: int) -> list[WorkUnit]:
                 )
             )
     return sorted(units, key=lambda u: -u.rows)  # stable: dataset order among equals
+
+
+def fill_order(held: Sequence[int | None], queued: int, limit: int) -> list[int]:
+    """The actors (indices) that the next `queued` units go to, in order. `held[i]`: the units
+    actor i holds (None: it takes no work now). Every such actor gets a unit before any gets a
+    second, and so on, up to `limit` each."""
+    loads = list(held)
+    order: list[int] = []
+    for depth in range(limit):
+        for i, load in enumerate(loads):
+            if len(order) == queued:
+                return order
+            if load is not None and load <= depth:
+                loads[i] = load + 1
+                order.append(i)
+    return order
