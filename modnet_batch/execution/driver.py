@@ -20,7 +20,7 @@ from modnet_batch.execution.plan import (
     device_scoring,
     plan_job,
 )
-from modnet_batch.execution.worker_spec import DeviceStages, WorkerSpec
+from modnet_batch.execution.worker_spec import DeviceStages, WorkerSpec, Writes
 from modnet_batch.options import JobConfig
 from modnet_batch.results import Summary, UnitResult
 from modnet_batch.storage import AnyPath, argument
@@ -89,9 +89,11 @@ def worker_spec(plan: JobPlan) -> WorkerSpec:
         tune_hw=_first_size(plan.dataset, job),
         decode_threads=job.decode_threads or 1,
         decode=plan.decode,
-        outputs=plan.outputs,
-        outputs_dir=argument(plan.run.outputs),
-        keep_existing=plan.resumed and plan.dataset.num_with_matte == 0,
+        writes=Writes(
+            outputs=plan.outputs,
+            outputs_dir=argument(plan.run.outputs),
+            keep_existing=plan.resumed and plan.dataset.num_with_matte == 0,
+        ),
         on_device=DeviceStages(
             prepare=job.decoding == "device",
             group_pixels=job.decode_megapixels * 1_000_000,

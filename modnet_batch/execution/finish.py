@@ -1,5 +1,5 @@
 """The finish stage, on a pool thread: postprocess one network output, score it against the
-ground truth, and write the job's per-image files (or hand them back: WorkerSpec.return_files)."""
+ground truth, and write the job's per-image files (or hand them back: Writes.return_files)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ from modnet_batch.results import ReturnedFile, RunDir
 from modnet_batch.results.alpha import encode_alpha
 from modnet_batch.results.outputs import OutputKind, OutputSize, OutputSpec
 from modnet_batch.storage import AnyPath
+
+# outputs encoded from the float alpha (the others from its 8-bit form)
+_FROM_FLOATS = {OutputKind.ALPHA_PNG16, OutputKind.COMPOSITE}
 
 
 class Finisher:
@@ -100,17 +103,21 @@ class Finisher:
         resized: npt.NDArray[np.float32] | None = None,
     ) -> list[tuple[AnyPath, bytes]]:
         spec, record = self.outputs, item.record
+        values: npt.NDArray[np.float32] | npt.NDArray[np.float64]
         rgb = item.rgb
-        if spec.size is OutputSize.SOURCE:
-            values = self.pipeline.source_alpha(output, alpha, record, resized)
+        at_source = spec.size is OutputSize.SOURCE
+        if at_source and alpha.values.shape != (record.height, record.width):
+            values = self.pipeline.source_alpha(output, record, resized)
+            alpha8 = None
         else:
-            values = alpha.score
+            # the scored alpha is the one written (paper, or --output-size scored): every
+            # protocol stores round(score * 255), so its 8-bit form is `stored`; the float64
+            # copy only for the outputs computed from floats
+            alpha8 = alpha.stored
+            values = alpha.score if _FROM_FLOATS & set(spec.files) else alpha.values
             if rgb is not None and rgb.shape[:2] != values.shape:
                 h, w = values.shape
                 rgb = np.asarray(cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA))
-        # the scored alpha's 8-bit form where it is the one written (paper, or --output-size
-        # scored): every protocol stores round(score * 255) or the score is exactly k/255
-        alpha8 = alpha.stored if values is alpha.score else None
         return [
             (
                 self.run.output_path(spec, kind, record.image_id, record.output_name),

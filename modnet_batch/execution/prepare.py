@@ -1,6 +1,6 @@
 """The prepare stage, on a pool thread: decode one image and make its network input (or, under
 `--decoding device`, decode only its matte and leave the photo to the device), or find that an
-earlier attempt already wrote its files (WorkerSpec.keep_existing)."""
+earlier attempt already wrote its files (Writes.keep_existing)."""
 
 from __future__ import annotations
 

@@ -44,8 +44,9 @@ class UnitProcessor:
         self.pipeline = ImagePipeline(
             spec.protocol, spec.decode, device_inputs=spec.on_device.score
         )
-        self.run = RunDir(spec.run_dir, spec.outputs_dir)
-        if not spec.return_files:  # else the driver's run directory may not exist here
+        writes = spec.writes
+        self.run = RunDir(spec.run_dir, writes.outputs_dir)
+        if not writes.return_files:  # else the driver's run directory may not exist here
             self.run.alpha.mkdir(parents=True, exist_ok=True)
         cv2.setNumThreads(1)  # the pool below is the parallelism; never oversubscribe the cores
         t0 = time.perf_counter()
@@ -82,27 +83,27 @@ class UnitProcessor:
         return None if self.device_preparer is None else self.device_preparer.name
 
     def _loop_parts(self) -> LoopParts:
-        spec = self.spec
+        spec, writes = self.spec, self.spec.writes
         preparer = Preparer(
             self.pipeline,
             self.run,
-            spec.outputs,
-            keep_existing=spec.keep_existing,
+            writes.outputs,
+            keep_existing=writes.keep_existing,
             on_device=self.device_preparer is not None,
         )
         return LoopParts(
             pipeline=self.pipeline,
             pool=self._pool,
             preparer=preparer,
-            inference=inference_for(self.session, self.pipeline, spec.outputs, spec.on_device),
+            inference=inference_for(self.session, self.pipeline, writes.outputs, spec.on_device),
             finisher=Finisher(
-                self.pipeline, self.run, spec.outputs, return_files=spec.return_files
+                self.pipeline, self.run, writes.outputs, return_files=writes.return_files
             ),
             batch_size=self.batch_size,
             max_prepared=max(2 * self.batch_size, 2 * spec.decode_threads),
             model=spec.engine.model,
             label=spec.label,
-            needs_pixels=spec.outputs.needs_pixels,
+            needs_pixels=writes.outputs.needs_pixels,
             open_groups=None if self.device_preparer is None else self._device_groups,
         )
 
@@ -117,7 +118,7 @@ class UnitProcessor:
             self.pipeline,
             on_cpu,
             max_images=self.batch_size,
-            keep_rgb=self.spec.outputs.needs_pixels,
+            keep_rgb=self.spec.writes.outputs.needs_pixels,
         )
 
     def process(self, unit: WorkUnit, on_image: Callable[[int], None] | None = None) -> UnitResult:

@@ -49,7 +49,8 @@ class UnitWorker:
                 "auto, or an --out that every node mounts"
             )
         self.results_via = "storage" if sees and setup.results_via != "driver" else "driver"
-        self.spec = replace(spec, return_files=self.results_via == "driver")
+        writes = replace(spec.writes, return_files=self.results_via == "driver")
+        self.spec = replace(spec, writes=writes)
         self.processor: UnitProcessor | None = None
 
     def open(self, shipped: ShippedModel) -> dict[str, Any]:

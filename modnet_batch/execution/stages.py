@@ -36,7 +36,7 @@ class Item:
     record: Record
     inputs: NetworkInput | None = None
     rgb: npt.NDArray[np.uint8] | None = None  # kept only for outputs that need the photo
-    kept: bool = False  # done by an earlier attempt (WorkerSpec.keep_existing)
+    kept: bool = False  # done by an earlier attempt (Writes.keep_existing)
     error: BaseException | None = None
     cpu: dict[str, float] = field(default_factory=dict)  # pool seconds per POOL_STAGES entry
     # `--decoding device`: the photo's bytes, for the loop to decode on the device (its ground

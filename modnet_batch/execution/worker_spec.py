@@ -26,6 +26,21 @@ class DeviceStages:
 
 
 @dataclass(frozen=True)
+class Writes:
+    """What a worker writes per image, and where."""
+
+    # by default npz at the scoring size; frozen, so shared safely
+    outputs: OutputSpec = field(default_factory=OutputSpec)
+    outputs_dir: str | None = None  # where image files go; None = <run_dir>/outputs
+    # a resumed job without ground truth: an image whose every output file exists is done (files
+    # are complete or absent, and the run owns its output folder), so it is not matted again
+    keep_existing: bool = False
+    # per-image files go back to the driver with the unit's result instead of being written
+    # here (a worker that cannot see the run directory: --results-via)
+    return_files: bool = False
+
+
+@dataclass(frozen=True)
 class WorkerSpec:
     """Everything one worker needs; small and picklable (it travels to Ray actors)."""
 
@@ -39,13 +54,5 @@ class WorkerSpec:
     cpus: float = 1.0  # the CPUs Ray holds for this worker (decode_threads feed from them)
     label: str = "cpu:0"
     engine_name: str = DEFAULT_ENGINE
-    # what to write per image (by default npz at the scoring size); frozen, so shared safely
-    outputs: OutputSpec = field(default_factory=OutputSpec)
-    outputs_dir: str | None = None  # where image files go; None = <run_dir>/outputs
-    # a resumed job without ground truth: an image whose every output file exists is done (files
-    # are complete or absent, and the run owns its output folder), so it is not matted again
-    keep_existing: bool = False
-    # per-image files go back to the driver with the unit's result instead of being written
-    # here (a worker that cannot see the run directory: --results-via)
-    return_files: bool = False
+    writes: Writes = field(default_factory=Writes)
     on_device: DeviceStages = field(default_factory=DeviceStages)

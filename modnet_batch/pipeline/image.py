@@ -180,16 +180,12 @@ class ImagePipeline:
     def source_alpha(
         self,
         output: npt.NDArray[np.float32],
-        alpha: ScoredAlpha,
         record: Record,
         resized: npt.NDArray[np.float32] | None = None,
-    ) -> npt.NDArray[np.float32] | npt.NDArray[np.float64]:
-        """The alpha at the photo's own size, in [0, 1]: the network output resized back with
-        INTER_AREA as MODNet's inference_onnx.py does (float, no 8-bit step before it), or as
-        a device resized it (`resized`); the scored alpha itself where the protocol scores at
-        the source size (paper)."""
-        if alpha.values.shape == (record.height, record.width):
-            return alpha.score
+    ) -> npt.NDArray[np.float32]:
+        """The alpha at the photo's own size, in [0, 1], for a protocol that scores at another
+        size: the network output resized back with INTER_AREA as MODNet's inference_onnx.py
+        does (float, no 8-bit step before it), or as a device resized it (`resized`)."""
         if resized is not None:
             return resized
         size = (record.width, record.height)
