@@ -56,8 +56,11 @@ class Terminal:
         self.err.print(shown, highlight=False)
 
     def error(self, exc: Exception) -> None:
-        """A library error as the command's one line, without credentials."""
+        """A library error as the command's one line, without credentials, and the notes
+        added to it on the way (where the logs are)."""
         self.err.print(f"[red]error:[/red] {escape(redact(str(exc)))}", highlight=False)
+        for note in getattr(exc, "__notes__", []):
+            self.err.print(escape(redact(str(note))), highlight=False)
 
 
 def run_and_report(
@@ -125,6 +128,8 @@ def _run_here(job: JobConfig, term: Terminal, what: str) -> JobOutcome:
     startup = live.startup_text()
     if startup:
         term.note(startup)
+    if outcome.logs:
+        term.note(outcome.logs)
     return outcome
 
 

@@ -33,6 +33,8 @@ class BackendReport:
     retries: int = 0
     # the Ray driver's own cost of dispatching (ray_dispatch_stats.DispatchStats); None inline
     dispatch: dict[str, Any] | None = None
+    # where the backend's own logs are, for a run where units failed (None: nothing to look at)
+    logs: str | None = None
 
 
 class Backend(Protocol):

@@ -40,6 +40,7 @@ class JobOutcome:
     run_dir: AnyPath
     complete: bool
     warnings: list[str]
+    logs: str | None = None  # where to look when units failed (the backend's logs)
 
     @property
     def exit_status(self) -> int:
@@ -177,4 +178,5 @@ def run_job(
         run_dir=plan.run.root,
         complete=not report.failed,
         warnings=plan.warnings,
+        logs=report.logs,
     )

@@ -10,7 +10,6 @@ actors on the other nodes.
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from contextlib import nullcontext
@@ -31,7 +30,7 @@ from modnet_batch.execution.backend import (
     no_phase,
 )
 from modnet_batch.execution.ray_dispatch import ACTOR_RESTARTS, POLL_S, READY_TIMEOUT_S, dispatch
-from modnet_batch.execution.ray_join import RAY_LOG, RaySession, ray_session
+from modnet_batch.execution.ray_join import RAY_LOG, ray_session
 from modnet_batch.execution.ray_plan import ActorPlan, plan_actors
 from modnet_batch.execution.ray_worker import Setup, UnitWorker
 from modnet_batch.execution.worker_spec import WorkerSpec
@@ -39,8 +38,6 @@ from modnet_batch.model.shipped import ShippedModel
 from modnet_batch.options import JobConfig
 from modnet_batch.results import RunDir
 from modnet_batch.storage import AnyPath, argument, atomic_write_bytes, location
-
-log = logging.getLogger(__name__)
 
 
 class RayBackend:
@@ -68,11 +65,11 @@ class RayBackend:
             try:
                 report = _run(job, base, units, on_result, on_images, on_phase, t0)
             except (ModnetBatchError, RayActorError) as exc:
-                if not isinstance(exc, JobInterrupted):
-                    _point_at_logs(session)
+                if session is not None and not isinstance(exc, JobInterrupted):
+                    exc.add_note(session.where())  # printed under the error's line
                 raise
-            if report.failed:
-                _point_at_logs(session)
+            if report.failed and session is not None:
+                report.logs = session.where()
             return report
 
 
@@ -80,11 +77,6 @@ def _log_file(base: WorkerSpec) -> Path | None:
     """The run directory's Ray log when the run directory is local (else a temp file)."""
     root = location(base.run_dir)
     return root / RAY_LOG if isinstance(root, Path) else None
-
-
-def _point_at_logs(session: RaySession | None) -> None:
-    if session is not None:
-        log.warning("%s", session.where())
 
 
 def _run(
