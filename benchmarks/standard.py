@@ -21,7 +21,6 @@ from rich.table import Table
 from benchmarks.memory import peak_submit_memory
 from benchmarks.stamp import stamp, write_results
 from benchmarks.tiny import make_tiny_model
-from modnet_batch.bench.config import BenchConfig
 from modnet_batch.bench.devices import Device
 from modnet_batch.bench.end_to_end import run_end_to_end
 from modnet_batch.bench.environment import LoadMonitor, load_average
@@ -34,6 +33,7 @@ from modnet_batch.data.synthetic import make_synthetic
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.execution.resources import available_cpus
 from modnet_batch.model.variants import VARIANTS, resolve_model, variant_info
+from modnet_batch.options.bench import BenchConfig
 from modnet_batch.pipeline import DecodeMode
 from modnet_batch.protocol import get_protocol
 

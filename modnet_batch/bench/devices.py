@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from modnet_batch.bench.config import BenchConfig
 from modnet_batch.bench.environment import gpu_names
 from modnet_batch.engine import default_provider
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.execution.resources import available_cpus, cpu_split
+from modnet_batch.options.bench import BenchConfig
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from modnet_batch.bench.config import BenchConfig
 from modnet_batch.bench.stats import stability, steady_rate, window_rates
 from modnet_batch.execution.driver import run_job
 from modnet_batch.execution.plan import JobPlan
 from modnet_batch.execution.stages import LOOP_STAGES, POOL_STAGES
 from modnet_batch.options import load_job
+from modnet_batch.options.bench import BenchConfig
 from modnet_batch.results import RunDir, Summary
 
 

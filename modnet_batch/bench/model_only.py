@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from modnet_batch.bench.config import BenchConfig
 from modnet_batch.bench.devices import Device
 from modnet_batch.bench.stats import latency_summary, stability, window_rates
 from modnet_batch.engine import EngineSpec, Session, open_session
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.execution.batching import time_runs
 from modnet_batch.execution.resources import available_cpus
+from modnet_batch.options.bench import BenchConfig
 
 
 @dataclass

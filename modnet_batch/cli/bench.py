@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from modnet_batch.bench.config import BenchConfig
 from modnet_batch.cli.common import one_line_errors, term
 from modnet_batch.cli.params import parse, with_options
+from modnet_batch.options.bench import BenchConfig
 
 
 @with_options(BenchConfig, command="bench")

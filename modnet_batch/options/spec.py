@@ -25,8 +25,9 @@ INPUT = "Input"
 MODEL = "Model and engine"
 DEVICES = "Devices"
 OUTPUTS = "Outputs"
+MEASURE = "Measurement"  # bench: what, how long, how often
 ADVANCED = "Advanced"
-PANELS = (INPUT, MODEL, DEVICES, OUTPUTS, ADVANCED)
+PANELS = (INPUT, MODEL, DEVICES, MEASURE, OUTPUTS, ADVANCED)
 
 
 @dataclass(frozen=True)
