@@ -6,7 +6,9 @@ In one sitting, on the same photos:
   comparison), the network at 1 thread and at every core, postprocess (resize back, 8-bit),
   PNG encode, write; as CPU time (core-ms), which a busy machine inflates less than wall time;
 - the bound: on N cores with every stage overlapping, images/s <= N * 1000 / (CPU ms of all
-  stages per image), the network at its cheaper thread count;
+  stages per image), each stage timed while N copies of them run side by side (cores that
+  share caches and memory each run slower when all are busy); from the stages timed alone too,
+  the network at its cheaper thread count, for comparison;
 - rounds, alternating: the whole `modnet-batch matte SRC OUT` command (subprocess, start-up
   included; `matte-inline`, `matte-ray`: with that --backend) and the hand-written loop
   (subprocess too: decode, MODNet's own preprocessing, one onnxruntime session on every core,
@@ -149,7 +151,8 @@ def _photo_stages(
     x, t["preprocess"] = _ms(protocol.preprocess, rgb)
     _, t["preprocess_numpy_normalise"] = _ms(_numpy_normalise, rgb)
     y, t["network_1_thread"] = _ms(sessions[0].run, x[None])
-    _, t["network_all_threads"] = _ms(sessions[1].run, x[None])
+    if sessions[1] is not None:
+        _, t["network_all_threads"] = _ms(sessions[1].run, x[None])
     scored, t["postprocess"] = _ms(protocol.postprocess, y[0, 0], *rgb.shape[:2])
     params = [cv2.IMWRITE_PNG_COMPRESSION, level]
     (_ok, png), t["png"] = _ms(cv2.imencode, ".png", scored.stored, params)
@@ -202,17 +205,58 @@ def png_levels(alphas: list[np.ndarray]) -> dict[str, Any]:
     return out
 
 
-def bound(per_stage: dict[str, float], cores: int) -> dict[str, float]:
-    """Images/s that `cores` cores reach when every stage overlaps and none waits."""
+def _loaded_copy(files: list[Path], model: Path, level: int) -> dict[str, list[float]]:
+    """One of the copies `stages_loaded` runs side by side: the stages of every photo, one
+    thread, each timed (process CPU ms)."""
+    from modnet_batch.engine import EngineSpec, open_session
+
+    session = open_session(EngineSpec(model=str(model), threads=1, spin=False))
+    cv2.setNumThreads(1)
+    ms: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in files:
+            took, _alpha = _photo_stages(path, (session, None), level, Path(tmp))
+            for key, value in took.items():
+                ms.setdefault(key, []).append(value)
+    return ms
+
+
+def stages_loaded(files: list[Path], model: Path, level: int, cores: int) -> dict[str, float]:
+    """Median CPU ms per image of each stage while every core runs the stages too: `cores`
+    processes side by side, each over all the photos (started at different ones). Cores that
+    share caches and memory bandwidth each run slower when all are busy, so this, not the
+    stages timed alone, is what a pipeline that fills every core can reach."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    shifted = [
+        files[k * len(files) // cores :] + files[: k * len(files) // cores] for k in range(cores)
+    ]
+    with ProcessPoolExecutor(cores, mp_context=get_context("spawn")) as pool:
+        copies = list(pool.map(_loaded_copy, shifted, [model] * cores, [level] * cores))
+    keys = copies[0].keys()
+    return {key: statistics.median(v for c in copies for v in c[key]) for key in keys}
+
+
+STEPS = ("read", "decode", "preprocess", "postprocess", "png", "write")
+
+
+def bound(per_stage: dict[str, float], loaded: dict[str, float], cores: int) -> dict[str, float]:
+    """Images/s that `cores` cores reach when every stage overlaps and none waits: from the
+    stages timed alone (unreachable where busy cores slow each other) and from the stages
+    timed with every core busy (`images_per_s`, the bound the peers are held to)."""
     network = min(per_stage["network_1_thread"], per_stage["network_all_threads"])
-    steps = ("read", "decode", "preprocess", "postprocess", "png", "write")
-    core_ms = network + sum(per_stage[k] for k in steps)
-    at_all = per_stage["network_all_threads"] + sum(per_stage[k] for k in steps)
+    core_ms = network + sum(per_stage[k] for k in STEPS)
+    at_all = per_stage["network_all_threads"] + sum(per_stage[k] for k in STEPS)
+    loaded_ms = loaded["network_1_thread"] + sum(loaded[k] for k in STEPS)
     return {
         "images_per_s_network_on_all_cores": cores * 1000 / at_all,
-        "core_ms_per_image": core_ms,
-        "network_core_ms": network,
-        "images_per_s": cores * 1000 / core_ms,
+        "core_ms_per_image_alone": core_ms,
+        "network_core_ms_alone": network,
+        "images_per_s_alone": cores * 1000 / core_ms,
+        "core_ms_per_image": loaded_ms,
+        "network_core_ms": loaded["network_1_thread"],
+        "images_per_s": cores * 1000 / loaded_ms,
     }
 
 
@@ -272,15 +316,26 @@ def sitting(args: argparse.Namespace) -> dict[str, Any]:
         src = photos(args, tmp)
         files = sorted(src.iterdir())
         per_stage, alphas = stages(files, model, level, cores, keep=5)
-        doc.update(images=len(files), stages_ms=per_stage, bound=bound(per_stage, cores))
+        print("stages (ms/image, 1 thread):", json.dumps(per_stage), flush=True)
+        loaded = stages_loaded(files, model, level, cores)
+        print(f"stages, {cores} cores busy:", json.dumps(loaded), flush=True)
+        doc.update(images=len(files), stages_ms=per_stage, stages_ms_all_cores_busy=loaded)
+        doc["bound"] = bound(per_stage, loaded, cores)
         doc["png_levels"] = png_levels(alphas)
         del alphas
-        print("stages (ms/image, 1 thread):", json.dumps(per_stage), flush=True)
         doc["rounds"] = rounds(src, model, level, args.peers, args.rounds, tmp)
     med = {k: statistics.median(r["images_per_s"] for r in v) for k, v in doc["rounds"].items()}
     doc["median_images_per_s"] = med
     top = doc["bound"]["images_per_s"]
     doc["fraction_of_bound"] = {k: v / top for k, v in med.items()}
+    steady = {
+        k: statistics.median(r["steady_images_per_s"] for r in v)
+        for k, v in doc["rounds"].items()
+        if all(r.get("steady_images_per_s") for r in v)
+    }
+    doc["fraction_of_bound_steady"] = {k: v / top for k, v in steady.items()}
+    alone = doc["bound"]["images_per_s_alone"]
+    doc["fraction_of_bound_alone"] = {k: v / alone for k, v in med.items()}
     # load-independent: what each peer spends per image, against the stages' sum
     doc["median_cpu_ms_per_image"] = {
         k: statistics.median(r["cpu_ms_per_image"] for r in v) for k, v in doc["rounds"].items()

@@ -35,13 +35,19 @@ def test_stages_bound_and_png_levels(tmp_path: Path, tiny_model: Path) -> None:
     expected |= {"network_1_thread", "network_all_threads", "png", "write"}
     assert set(per_stage) == expected and all(v >= 0 for v in per_stage.values())
     assert len(alphas) == 2 and alphas[0].shape == (96, 72) and alphas[0].dtype == np.uint8
-    top = matting.bound(per_stage, 2)
+    loaded = matting.stages_loaded(files, tiny_model, 5, cores=2)
+    assert set(loaded) == expected - {"network_all_threads"}
+    assert all(v >= 0 for v in loaded.values())
+    top = matting.bound(per_stage, loaded, 2)
     steps = ("read", "decode", "preprocess", "postprocess", "png", "write")
     network = min(per_stage["network_1_thread"], per_stage["network_all_threads"])
-    assert top["core_ms_per_image"] == network + sum(per_stage[k] for k in steps)
-    assert top["images_per_s"] == 2000 / top["core_ms_per_image"]
+    assert top["core_ms_per_image_alone"] == network + sum(per_stage[k] for k in steps)
+    assert top["images_per_s_alone"] == 2000 / top["core_ms_per_image_alone"]
     at_all = per_stage["network_all_threads"] + sum(per_stage[k] for k in steps)
     assert top["images_per_s_network_on_all_cores"] == 2000 / at_all
+    # the bound the peers are held to: the stages timed with both cores busy
+    assert top["core_ms_per_image"] == loaded["network_1_thread"] + sum(loaded[k] for k in steps)
+    assert top["images_per_s"] == 2000 / top["core_ms_per_image"]
     levels = matting.png_levels(alphas)
     assert set(levels) == {"megapixels_median", *map(str, range(10))}
     assert levels["0"]["kib"] >= levels["9"]["kib"]
@@ -67,6 +73,10 @@ def test_a_sitting_compares_matte_with_the_loop_and_the_bound(
     assert doc["over_loop"] == {"matte-inline": med["matte-inline"] / med["loop"]}
     top = doc["bound"]["images_per_s"]
     assert doc["fraction_of_bound"] == {k: v / top for k, v in med.items()}
+    alone = doc["bound"]["images_per_s_alone"]
+    assert doc["fraction_of_bound_alone"] == {k: v / alone for k, v in med.items()}
+    steady = doc["rounds"]["matte-inline"][0]["steady_images_per_s"]
+    assert doc["fraction_of_bound_steady"] == {"matte-inline": steady / top}
     assert set(doc["median_cpu_ms_per_image"]) == {"matte-inline", "loop"}
     core_ms = doc["bound"]["core_ms_per_image"]
     assert doc["cpu_efficiency"] == {
