@@ -441,6 +441,8 @@ def test_graph_precision_is_read_once_per_model_file(
     assert variant_info(copy)["precision"] == "fp16" and reads == []  # remembered, not read
     remembered.write_text("garbage\n")  # an unreadable record is read again from the graph
     assert variants.graph_precision(copy, digest) == "fp32" and reads == [copy]
+    remembered.write_bytes(b"\xff\xfe")  # not even text
+    assert variants.graph_precision(copy, digest) == "fp32" and reads == [copy, copy]
 
 
 # --- the real model

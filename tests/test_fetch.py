@@ -94,3 +94,37 @@ def test_signature_mismatch_says_what_was_found(tmp_path: Path) -> None:
 def test_real_model_fetch_matches_pinned_hash(real_model: Path) -> None:
     assert sha256_file(real_model) == REFERENCE.sha256
     assert check_signature(real_model).input_name == "input"
+
+
+def test_hostile_model_files_get_one_line_that_says_what_is_wrong(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    import onnx
+
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00\x01not a model" * 100)
+    with pytest.raises(ModnetBatchError, match=r"is not a readable ONNX file \(.+\)"):
+        check_signature(junk)
+    # a graph from a newer opset than this onnxruntime knows: the file is fine, the reader old
+    model = onnx.load(str(tiny_model))
+    model.opset_import[0].version = 99
+    future = tmp_path / "future.onnx"
+    onnx.save(model, str(future))
+    with pytest.raises(ModnetBatchError, match="needs a newer onnxruntime than onnxruntime"):
+        check_signature(future)
+
+
+def test_without_onnxruntime_the_onnx_package_reads_the_signature(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The torch engine alone (no onnxruntime installed): the same answers, from onnx."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` fails
+    sig = check_signature(tiny_model)
+    assert (sig.input_name, sig.output_name) == ("input", "output")
+    test_signature_mismatch_says_what_was_found(tmp_path)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00\x01not a model" * 100)
+    with pytest.raises(ModnetBatchError, match="is not a readable ONNX file"):
+        check_signature(junk)

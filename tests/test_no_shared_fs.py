@@ -92,5 +92,5 @@ def test_without_a_shared_file_system_the_model_travels_and_results_come_back(
     for folder in ("alpha", "outputs"):
         got, want = _files(out / folder), _files(clean / folder)
         assert len(want) == 12 and got == want, folder
-    # the driver's side holds the run only: the workers' model copies are in their own tmpfs
-    assert not (private / "cache").exists()
+    # the workers' model copies are in their own tmpfs, not on the driver's side
+    assert not shipped.exists()

@@ -1,8 +1,8 @@
 """Check that an ONNX file has MODNet's signature: float [B,3,H,W] in, float [B,1,H,W] out.
 
-The check reads the graph's inputs and outputs from an onnxruntime session, which the engine
-opens anyway (a bare, unoptimised one loads MODNet in under 0.1 s; importing the onnx package
-alone would add most of a second to every command's start-up).
+The graph's inputs and outputs are read from a bare, unoptimised onnxruntime session (it loads
+MODNet in under 0.1 s; importing the onnx package alone takes most of a second), or with the
+onnx package where onnxruntime is not installed (the torch engine alone).
 """
 
 from __future__ import annotations
@@ -20,30 +20,42 @@ class Signature:
     output_name: str
 
 
-def _type(arg: Any) -> str:
-    kind = str(arg.type)  # "tensor(float)"
-    return kind[len("tensor(") : -1] if kind.startswith("tensor(") else kind
+@dataclass(frozen=True)
+class _Arg:
+    """A graph input or output: its name, element type (float, ...) and dimensions (a name,
+    a size, or None where the graph leaves it open)."""
+
+    name: str
+    elem: str
+    dims: tuple[str | int | None, ...]
+
+    def __str__(self) -> str:
+        shown = ", ".join("?" if d is None else str(d) for d in self.dims)
+        return f"{self.name}: {self.elem} [{shown}]"
 
 
-def _describe(arg: Any) -> str:
-    return f"{arg.name}: {_type(arg)} {list(arg.shape)}"
-
-
-def signature_of(session: Any, path: str | Path) -> Signature:
-    """The signature of an open onnxruntime session of `path`; a ModnetBatchError saying what
-    was found unless it is MODNet's."""
-    inputs, outputs = list(session.get_inputs()), list(session.get_outputs())
+def check_signature(path: str | Path) -> Signature:
+    """Raise a ModnetBatchError saying what was found unless the model has MODNet's signature."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModnetBatchError(
+            f"model {path} does not exist; run `modnet-batch model fetch` or pass --model PATH"
+        )
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        inputs, outputs = _onnx_args(path)
+    else:
+        inputs, outputs = _onnxruntime_args(path)
     ok = (
         len(inputs) == 1
         and len(outputs) == 1
-        and all(_type(a) == "float" and len(a.shape) == 4 for a in inputs + outputs)
-        and inputs[0].shape[1] == 3
-        and outputs[0].shape[1] == 1
+        and all(a.elem == "float" and len(a.dims) == 4 for a in inputs + outputs)
+        and inputs[0].dims[1] == 3
+        and outputs[0].dims[1] == 1
     )
     if not ok:
-        found = "; ".join(
-            [f"input {_describe(i)}" for i in inputs] + [f"output {_describe(o)}" for o in outputs]
-        )
+        found = "; ".join([f"input {i}" for i in inputs] + [f"output {o}" for o in outputs])
         raise ModnetBatchError(
             f"model {path} does not have MODNet's signature (one float input [B,3,H,W], one float "
             f"output [B,1,H,W]); found {found}"
@@ -51,15 +63,9 @@ def signature_of(session: Any, path: str | Path) -> Signature:
     return Signature(input_name=inputs[0].name, output_name=outputs[0].name)
 
 
-def check_signature(path: str | Path) -> Signature:
-    """Raise a ModnetBatchError saying what was found unless the model has MODNet's signature."""
+def _onnxruntime_args(path: Path) -> tuple[list[_Arg], list[_Arg]]:
     import onnxruntime as ort
 
-    path = Path(path)
-    if not path.is_file():
-        raise ModnetBatchError(
-            f"model {path} does not exist; run `modnet-batch model fetch` or pass --model PATH"
-        )
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.intra_op_num_threads = 1
@@ -67,6 +73,47 @@ def check_signature(path: str | Path) -> Signature:
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModnetBatchError(f"model {path} is not a readable ONNX file ({reason})") from None
-    return signature_of(session, path)
+        raise _unreadable(path, exc, f"onnxruntime {ort.__version__}") from None
+
+    def args(values: list[Any]) -> list[_Arg]:
+        kind = [str(v.type).removeprefix("tensor(").removesuffix(")") for v in values]
+        return [_Arg(v.name, k, tuple(v.shape)) for v, k in zip(values, kind, strict=True)]
+
+    return args(session.get_inputs()), args(session.get_outputs())
+
+
+def _onnx_args(path: Path) -> tuple[list[_Arg], list[_Arg]]:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise _unreadable(path, exc, f"onnx {onnx.__version__}") from None
+
+    def args(values: list[Any]) -> list[_Arg]:
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            elem = onnx.TensorProto.DataType.Name(t.elem_type).lower()
+            dims = tuple(
+                d.dim_param or (d.dim_value if d.HasField("dim_value") else None)
+                for d in t.shape.dim
+            )
+            out.append(_Arg(v.name, elem, dims))
+        return out
+
+    weights = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in weights]
+    return args(inputs), args(list(model.graph.output))
+
+
+def _unreadable(path: Path, exc: Exception, reader: str) -> ModnetBatchError:
+    """A model the reader cannot load: too new for it (say so), or not an ONNX model."""
+    text = str(exc).strip()
+    reason = text.splitlines()[0] if text else type(exc).__name__
+    if any(k in text for k in ("IR version", "opset", "Opset")):
+        return ModnetBatchError(
+            f"model {path} needs a newer {reader.split()[0]} than {reader} ({reason}); upgrade "
+            "it (pip install -U onnxruntime), or export the model for an older opset"
+        )
+    return ModnetBatchError(f"model {path} is not a readable ONNX file ({reason})")

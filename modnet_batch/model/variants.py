@@ -112,12 +112,10 @@ def graph_precision(path: Path, digest: str) -> str:
     file and remembered under `<cache>/graph-precision/<sha256>`: reading it needs the onnx
     package, whose import alone takes most of a second."""
     remembered = cache_dir() / "graph-precision" / digest
-    try:
-        known = remembered.read_text().strip()
-        if known in VARIANTS:
-            return known
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):
+        known = remembered.read_bytes().strip()  # anything else is read from the graph again
+        if known.decode("ascii", "replace") in VARIANTS:
+            return known.decode()
     precision = _graph_precision(path)
     with contextlib.suppress(OSError):  # a read-only cache: read from the graph each time
         atomic_write_bytes(remembered, precision.encode() + b"\n")
