@@ -126,3 +126,47 @@ def test_an_errors_notes_print_under_its_line() -> None:
         "error: worker cpu0 could not start: boom",
         "Ray's logs: /tmp/run/logs/ray.log",
     ]
+
+
+def test_a_stopped_worker_stops_its_unit_at_the_next_image(
+    synth_dataset: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    from modnet_batch.data.dataset import Dataset
+    from modnet_batch.execution.processor import Stopped
+    from modnet_batch.results import WorkUnit
+
+    ds = Dataset.open(synth_dataset)
+    shard = ds.shards[0]
+    unit = WorkUnit(shard.name, str(ds.shard_path(shard)), shard.rows)
+    processor = UnitProcessor(
+        WorkerSpec(EngineSpec(str(tiny_model)), "seed-area", str(tmp_path / "run"), batch_size=1)
+    )
+    seen: list[int] = []
+
+    def on_image(n: int) -> None:
+        seen.append(n)
+        processor.stop()  # as the inline backend does when the job unwinds
+
+    try:
+        with pytest.raises(Stopped, match="worker cpu:0 was stopped"):
+            processor.process(unit, on_image)
+    finally:
+        processor.close()
+    assert 1 <= len(seen) < shard.rows
+
+
+def test_an_error_while_recording_stops_the_workers_and_is_raised(
+    synth_dataset: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    from modnet_batch.execution import driver
+
+    def broken(self: Any, result: Any) -> None:
+        raise OSError(28, "No space left on device", str(tmp_path / "run" / "state"))
+
+    job = _job(synth_dataset, tmp_path / "run", tiny_model, workers=2, threads=1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(driver._Recorder, "__call__", broken)
+        with pytest.raises(ModnetBatchError, match="no space left on its device"):
+            run_job(job)
+    # no worker thread is left behind
+    assert not [t for t in threading.enumerate() if t.name.startswith("inline:cpu")]

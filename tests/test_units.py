@@ -116,11 +116,11 @@ def test_names_and_coverage() -> None:
 def test_split_run_equals_whole_shard_run_and_markers_are_per_unit(
     grouped: dict[str, Path], reference: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
-    outcome = run_job(_job(grouped["big"], tmp_path / "run", tiny_model))
+    outcome = run_job(_job(grouped["big"], tmp_path / "run", tiny_model, workers=1))
     assert outcome.complete
     _same(reference, tmp_path / "run")
     markers = sorted(p.stem for p in (tmp_path / "run" / "state" / "units").glob("*.json"))
-    # inline is one worker: units of up to ceil(22 / 4) = 6 images
+    # one worker: units of up to ceil(22 / 4) = 6 images
     assert markers == [f"shard-00000.rg{g}-{g}" for g in range(4)] + ["shard-00000.rg4-5"]
     assert outcome.summary.units.total == 5 and outcome.summary.units.processed == 5
 

@@ -42,7 +42,7 @@ def worker_specs(job: JobConfig, base: WorkerSpec, cpus: int | None = None) -> l
         engine = replace(base.engine, threads=job.threads or cpus)
         threads = job.decode_threads or cpus
         label = f"inline:{job.device}"
-        return [replace(base, engine=engine, label=label, decode_threads=threads, cpus=cpus)]
+        return [replace(base, engine=engine, label=label, decode_threads=threads, cpus=float(cpus))]
     split = cpu_split(job.workers, job.threads, cpus)
     engine = replace(base.engine, threads=split.threads)
     specs = []
@@ -75,17 +75,30 @@ class InlineBackend:
         engine = specs[0].engine
         many = f"{len(specs)} sessions, " if len(specs) > 1 else ""
         on_phase(f"loading the model ({base.engine_name}, {many}{engine.provider})")
-        with ThreadPoolExecutor(len(specs)) as opening:  # sessions load side by side
-            processors = list(opening.map(UnitProcessor, specs))
+        processors = _open(specs)
         on_phase("running")
         report = BackendReport(startup_seconds=time.perf_counter() - t0)
         report.workers = [_info(p) for p in processors]
         try:
-            _Workers(processors, on_images).run(units(len(processors)), on_result, report)
+            workers = _Workers(processors, on_images, held=job.shards_in_flight)
+            workers.run(units(len(processors)), on_result, report)
         finally:
             for p in processors:
                 p.close()
         return report
+
+
+def _open(specs: list[WorkerSpec]) -> list[UnitProcessor]:
+    """The workers' processors, their sessions loading side by side; none left open if one
+    fails."""
+    with ThreadPoolExecutor(len(specs)) as opening:
+        futures = [opening.submit(UnitProcessor, spec) for spec in specs]
+    opened = [f.result() for f in futures if f.exception() is None]
+    if len(opened) < len(futures):
+        for p in opened:
+            p.close()
+        raise next(e for f in futures if (e := f.exception()) is not None)
+    return opened
 
 
 def _info(processor: UnitProcessor) -> dict[str, Any]:
@@ -105,25 +118,27 @@ def _info(processor: UnitProcessor) -> dict[str, Any]:
     }
 
 
-# Units each worker holds at most: the one it runs and one that prepares its first images
-# meanwhile (UnitProcessor.process), as a Ray actor with shards_in_flight 2.
-HELD = 2
-
-
 class _Workers:
     """Units go to the workers as they free up, by `fill_order` (every worker gets one before any
-    gets a second), each worker running them on HELD threads; results come back to the calling
-    thread, which records each as it arrives. An error stops the dispatch: the units already
-    started finish, and it is raised here. A unit that cannot be read is reported as failed
-    and the job goes on."""
+    gets a second), up to `held` each (`--shards-in-flight`), a thread for each: the one it
+    runs and those that prepare their first images meanwhile (UnitProcessor.process).
 
-    def __init__(self, processors: list[UnitProcessor], on_images: OnImages) -> None:
+    Results come back to the calling thread, which records each as it arrives. An error in a
+    worker stops the dispatch: the units already running finish, and it is raised here. A unit
+    that cannot be read is reported as failed and the job goes on. When the calling thread
+    unwinds (an error in recording, a KeyboardInterrupt), the workers stop at their next image.
+    """
+
+    def __init__(self, processors: list[UnitProcessor], on_images: OnImages, held: int) -> None:
         self.processors = processors
+        self.held = max(1, held)
         self._on_images = on_images
         self._images_lock = threading.Lock()
         self._inbox: list[queue.SimpleQueue[WorkUnit | None]] = [
             queue.SimpleQueue() for _ in processors
         ]
+        # (worker, kind, value): kind is result, failed (unreadable unit), error, or skipped (a
+        # unit handed out but not started once the dispatch stopped)
         self._done: queue.SimpleQueue[tuple[int, str, Any]] = queue.SimpleQueue()
         self._stop = threading.Event()
 
@@ -131,16 +146,21 @@ class _Workers:
         threads = [
             threading.Thread(target=self._serve, args=(w,), name=f"{p.spec.label}-{k}")
             for w, p in enumerate(self.processors)
-            for k in range(HELD)
+            for k in range(self.held)
         ]
         for t in threads:
             t.start()
+        finished = False
         try:
             self._dispatch(deque(tasks), on_result, report)
+            finished = True
         finally:
             self._stop.set()  # units not yet started are not started
+            if not finished:  # and those running stop at their next image
+                for p in self.processors:
+                    p.stop()
             for inbox in self._inbox:
-                for _ in range(HELD):
+                for _ in range(self.held):
                     inbox.put(None)
             for t in threads:
                 t.join()
@@ -150,13 +170,13 @@ class _Workers:
         error: BaseException | None = None
         while True:
             if error is None:
-                for w in fill_order(held, len(todo), HELD):
+                for w in fill_order(held, len(todo), self.held):
                     self._inbox[w].put(todo.popleft())
                     held[w] += 1
             if not any(held):
                 break
             w, kind, value = self._done.get()
-            held[w] -= 1
+            held[w] -= 1  # every unit handed out comes back once, whatever its kind
             if kind == "result":
                 on_result(value)
             elif kind == "failed":

@@ -21,6 +21,7 @@ from modnet_batch.data.dataset import Record
 from modnet_batch.engine import Session, open_session
 from modnet_batch.engine.device_work import DevicePreparer, DeviceWork
 from modnet_batch.errors import ModnetBatchError
+from modnet_batch.execution import signals
 from modnet_batch.execution.batching import tune_batch
 from modnet_batch.execution.device_prepare import DeviceGroups
 from modnet_batch.execution.finish import Finisher
@@ -34,6 +35,10 @@ from modnet_batch.model.variants import resolve_model
 from modnet_batch.pipeline import ImagePipeline
 from modnet_batch.results import RunDir, UnitResult, WorkUnit
 from modnet_batch.storage import is_uri
+
+
+class Stopped(Exception):
+    """A unit given up on by UnitProcessor.stop: no result, nothing recorded."""
 
 
 class UnitProcessor:
@@ -68,14 +73,26 @@ class UnitProcessor:
         self.images_done = 0  # read by progress polls from another thread
         self.running: str | None = None  # the unit holding the loop (progress polls read it)
         self._lock = threading.Lock()
-        # A threaded Ray actor may call process() for a queued unit while one runs: the loops
-        # take turns (one session, one pool), but the queued one starts preparing first.
+        # A worker holding two units (a threaded Ray actor, an inline worker's second thread)
+        # calls process() for the queued one while one runs: the loops take turns (one
+        # session, one pool), but the queued one starts preparing first.
         self._loop_lock = threading.Lock()
         self._waiting = 0  # process() calls waiting for the loop
         self._checked = CheckedShards()
+        self._stopped = threading.Event()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+    def stop(self) -> None:
+        """Stop the units running on other threads at their next image (they raise Stopped);
+        for a caller that gives up on them (an inline job unwinding from an error)."""
+        self._stopped.set()
+
+    def _check(self) -> None:
+        signals.check()
+        if self._stopped.is_set():
+            raise Stopped(f"worker {self.spec.label} was stopped")
 
     @property
     def decoder_name(self) -> str | None:
@@ -105,6 +122,7 @@ class UnitProcessor:
             label=spec.label,
             needs_pixels=writes.outputs.needs_pixels,
             open_groups=None if self.device_preparer is None else self._device_groups,
+            check=self._check,
         )
 
     def _device_groups(self) -> DeviceGroups:
@@ -127,8 +145,8 @@ class UnitProcessor:
         run = UnitRun(self.parts, unit, lambda: self._count(on_image))
         extra: dict[str, float] = {}
         if not self._loop_lock.acquire(blocking=False):
-            # Another unit holds the loop (a threaded Ray actor runs the queued one): start
-            # preparing now so that our first images are ready when it ends.
+            # Another unit holds the loop (this worker's other thread runs it): start preparing
+            # now so that our first images are ready when it ends.
             extra["read_ahead"] = run.read_ahead()
             self._wait_for_loop()
         start, started = time.perf_counter(), time.time()

@@ -45,6 +45,8 @@ class LoopParts:
     label: str  # the worker, in the unit's result
     needs_pixels: bool  # outputs that need the photo: read the original bytes, not prepared
     open_groups: Callable[[], DeviceGroups] | None = None  # `--decoding device`
+    # called between images: raises to stop the unit (a signal; the worker being stopped)
+    check: Callable[[], None] = signals.check
 
 
 class UnitRun:
@@ -109,7 +111,7 @@ class UnitRun:
     def run(self) -> None:
         """Every image through the stages up to handing it to the finish stage."""
         while True:
-            signals.check()  # inline: a SIGTERM or Ctrl-C stops between images
+            self.parts.check()  # a SIGTERM, a Ctrl-C or a stopped worker stops between images
             self.read()
             if not self.preparing:
                 break

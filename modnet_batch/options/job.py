@@ -255,7 +255,7 @@ class JobConfig:
     )
     shards_in_flight: int = option(
         2,
-        "Work units queued per actor: one running, one waiting.",
+        "Work units each worker holds: one running, the next preparing meanwhile.",
         min=1,
         panel=ADVANCED,
     )
