@@ -8,7 +8,9 @@ In one sitting, on the same photos:
 - the bound: on N cores with every stage overlapping, images/s <= N * 1000 / (CPU ms of all
   stages per image), each stage timed while N copies of them run side by side (cores that
   share caches and memory each run slower when all are busy); from the stages timed alone too,
-  the network at its cheaper thread count, for comparison;
+  the network at its cheaper thread count, for comparison; and for a whole command on the
+  folder, that rate after the start-up no program skips (Python, numpy, OpenCV and onnxruntime
+  imported, the model opened: timed as a subprocess);
 - rounds, alternating: the whole `modnet-batch matte SRC OUT` command (subprocess, start-up
   included; `matte-inline`, `matte-ray`: with that --backend) and the hand-written loop
   (subprocess too: decode, MODNet's own preprocessing, one onnxruntime session on every core,
@@ -240,6 +242,29 @@ def stages_loaded(files: list[Path], model: Path, level: int, cores: int) -> dic
 
 STEPS = ("read", "decode", "preprocess", "postprocess", "png", "write")
 
+# What every program that mattes with MODNet does before its first photo: start Python, import
+# numpy, OpenCV and onnxruntime, open the model.
+_START = (
+    "import cv2, numpy, onnxruntime as ort, sys; "
+    "o = ort.SessionOptions(); o.intra_op_num_threads = 1; "
+    "ort.InferenceSession(sys.argv[1], o, providers=['CPUExecutionProvider'])"
+)
+
+
+def least_startup(model: Path, repeat: int = 3) -> float:
+    """Median seconds of the start-up no program can skip (_START), as a subprocess."""
+    took = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", _START, str(model)], check=True)
+        took.append(time.perf_counter() - t0)
+    return statistics.median(took)
+
+
+def folder_bound(per_image_s: float, startup_s: float, images: int) -> float:
+    """Images/s of a whole command on `images` photos at the bound, after the least start-up."""
+    return images / (startup_s + images / per_image_s)
+
 
 def bound(per_stage: dict[str, float], loaded: dict[str, float], cores: int) -> dict[str, float]:
     """Images/s that `cores` cores reach when every stage overlaps and none waits: from the
@@ -321,6 +346,11 @@ def sitting(args: argparse.Namespace) -> dict[str, Any]:
         print(f"stages, {cores} cores busy:", json.dumps(loaded), flush=True)
         doc.update(images=len(files), stages_ms=per_stage, stages_ms_all_cores_busy=loaded)
         doc["bound"] = bound(per_stage, loaded, cores)
+        startup = least_startup(model)
+        doc["bound"]["least_startup_s"] = startup
+        doc["bound"]["images_per_s_whole_command"] = folder_bound(
+            doc["bound"]["images_per_s"], startup, len(files)
+        )
         doc["png_levels"] = png_levels(alphas)
         del alphas
         doc["rounds"] = rounds(src, model, level, args.peers, args.rounds, tmp)
@@ -328,6 +358,8 @@ def sitting(args: argparse.Namespace) -> dict[str, Any]:
     doc["median_images_per_s"] = med
     top = doc["bound"]["images_per_s"]
     doc["fraction_of_bound"] = {k: v / top for k, v in med.items()}
+    whole = doc["bound"]["images_per_s_whole_command"]
+    doc["fraction_of_bound_whole_command"] = {k: v / whole for k, v in med.items()}
     steady = {
         k: statistics.median(r["steady_images_per_s"] for r in v)
         for k, v in doc["rounds"].items()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from benchmarks import matting
 from modnet_batch.data.synthetic import make_synthetic
@@ -73,6 +74,11 @@ def test_a_sitting_compares_matte_with_the_loop_and_the_bound(
     assert doc["over_loop"] == {"matte-inline": med["matte-inline"] / med["loop"]}
     top = doc["bound"]["images_per_s"]
     assert doc["fraction_of_bound"] == {k: v / top for k, v in med.items()}
+    startup = doc["bound"]["least_startup_s"]
+    assert startup > 0
+    whole = doc["bound"]["images_per_s_whole_command"]
+    assert whole == pytest.approx(2 / (startup + 2 / top)) and whole < top
+    assert doc["fraction_of_bound_whole_command"] == {k: v / whole for k, v in med.items()}
     alone = doc["bound"]["images_per_s_alone"]
     assert doc["fraction_of_bound_alone"] == {k: v / alone for k, v in med.items()}
     steady = doc["rounds"]["matte-inline"][0]["steady_images_per_s"]
