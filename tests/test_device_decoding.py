@@ -42,6 +42,7 @@ def _run(dataset: Path, out: Path, model: Path, status: int = 0, **kw: Any) -> d
             "model": str(model),
             "backend": "inline",
             "engine": "torch",
+            "workers": 1,  # one worker's groups, in order (the spies below count them)
             **kw,
         },
     )
