@@ -78,7 +78,7 @@ class InlineBackend:
         processors = _open(specs)
         on_phase("running")
         report = BackendReport(startup_seconds=time.perf_counter() - t0)
-        report.workers = [_info(p) for p in processors]
+        report.workers = [p.info() for p in processors]
         try:
             workers = _Workers(processors, on_images, held=job.shards_in_flight)
             workers.run(units(len(processors)), on_result, report)
@@ -99,23 +99,6 @@ def _open(specs: list[WorkerSpec]) -> list[UnitProcessor]:
             p.close()
         raise next(e for f in futures if (e := f.exception()) is not None)
     return opened
-
-
-def _info(processor: UnitProcessor) -> dict[str, Any]:
-    spec = processor.spec
-    return {
-        "label": spec.label,
-        "threads": spec.engine.threads,
-        "cpus": spec.cpus,
-        "decode_threads": spec.decode_threads,
-        "batch_size": processor.batch_size,
-        "batch_tuning": processor.batch_tuning,
-        "provider": processor.session.runs_on,
-        "engine": spec.engine_name,
-        "precision": spec.engine.precision,
-        "session_seconds": processor.session_seconds,
-        "decoder": processor.decoder_name,
-    }
 
 
 class _Workers:

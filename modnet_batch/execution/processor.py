@@ -94,6 +94,24 @@ class UnitProcessor:
         if self._stopped.is_set():
             raise Stopped(f"worker {self.spec.label} was stopped")
 
+    def info(self) -> dict[str, Any]:
+        """What the worker is, for the summary's `workers`: its label, threads, batch size, the
+        provider its session runs on, how long the session took to open."""
+        spec = self.spec
+        return {
+            "label": spec.label,
+            "threads": spec.engine.threads,
+            "cpus": spec.cpus,
+            "decode_threads": spec.decode_threads,
+            "batch_size": self.batch_size,
+            "batch_tuning": self.batch_tuning,
+            "provider": self.session.runs_on,
+            "engine": spec.engine_name,
+            "precision": spec.engine.precision,
+            "session_seconds": self.session_seconds,
+            "decoder": self.decoder_name,
+        }
+
     @property
     def decoder_name(self) -> str | None:
         """What decodes photos on the device (None: the CPU threads decode)."""

@@ -72,23 +72,13 @@ class UnitWorker:
         processor = self._opened()
         ctx = ray.get_runtime_context()
         return {
-            "label": self.spec.label,
+            **processor.info(),
             "node": self.node,
             "node_id": ctx.get_node_id(),
             "pid": os.getpid(),
             "accelerators": {k: list(v) for k, v in ctx.get_accelerator_ids().items() if v},
             "device_index": self.spec.engine.device_index,
-            "threads": self.spec.engine.threads,
-            "cpus": self.spec.cpus,
-            "decode_threads": self.spec.decode_threads,
-            "batch_size": processor.batch_size,
-            "batch_tuning": processor.batch_tuning,
-            "provider": processor.session.runs_on,
-            "engine": self.spec.engine_name,
-            "precision": self.spec.engine.precision,
-            "session_seconds": processor.session_seconds,
             "results_via": self.results_via,
-            "decoder": processor.decoder_name,
             "model": self.spec.engine.model,  # the file it opened: the job's, or a shipped copy
         }
 
