@@ -31,7 +31,7 @@ from modnet_batch.bench.stats import median
 from modnet_batch.data.ingest import ingest
 from modnet_batch.data.synthetic import make_synthetic
 from modnet_batch.errors import ModnetBatchError
-from modnet_batch.execution.resources import available_cpus
+from modnet_batch.execution.resources import CpuSplit, available_cpus, cpu_split
 from modnet_batch.model.variants import VARIANTS, resolve_model, variant_info
 from modnet_batch.options.bench import BenchConfig
 from modnet_batch.pipeline import DecodeMode
@@ -41,18 +41,6 @@ PROTOCOL = "seed-area"
 SHARD_SIZE = 4  # 41 ppm100-dev images -> 11 shards, enough for two workers to share evenly
 METRICS = ("mse", "mad", "miou")
 MEMORY_SIZES = (200, 2000)
-
-
-@dataclass(frozen=True)
-class Layout:
-    """A way to spend the cores: `workers` sessions of `threads` intra-op threads each."""
-
-    workers: int
-    threads: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.workers}x{self.threads}"
 
 
 @dataclass(frozen=True)
@@ -79,10 +67,16 @@ def inputs_for(precision: str) -> tuple[Inputs, ...]:
     return tuple(i for i in INPUTS if not (auto is DecodeMode.EXACT and i.name == "exact"))
 
 
-def layouts(cores: int) -> list[Layout]:
-    """`submit`'s default first (one single-threaded session per core), then one session on
-    every core."""
-    return [Layout(1, 1)] if cores == 1 else [Layout(cores, 1), Layout(1, cores)]
+def layouts(cores: int) -> list[CpuSplit]:
+    """Ways to spend the cores (`workers` sessions of `threads` intra-op threads each):
+    `submit`'s default first (resources.cpu_split), then one session on every core."""
+    default = cpu_split(None, None, cores)
+    every = CpuSplit(workers=1, threads=cores)
+    return [default] if every == default else [default, every]
+
+
+def layout_name(split: CpuSplit) -> str:
+    return f"{split.workers}x{split.threads}"
 
 
 def prepare_data(out: Path, log: Console) -> dict[str, Any]:
@@ -155,7 +149,7 @@ def bench_model(
         )
         return rec
 
-    def model_only(rnd: int, lay: Layout, b: int, pair: str, after: str = "") -> None:
+    def model_only(rnd: int, lay: CpuSplit, b: int, pair: str, after: str = "") -> None:
         """`pair`: the end-to-end run this one precedes; `after`: the one it follows."""
         cfg = BenchConfig(mode="model", model=model, duration_s=args.duration, warmup=2)
         devs = [Device(f"cpu{i}", "cpu", 0, lay.threads) for i in range(lay.workers)]
@@ -163,7 +157,7 @@ def bench_model(
             "model_only",
             rnd,
             lambda: measure(cfg, model, devs, samples, b),
-            layout=lay.name,
+            layout=layout_name(lay),
             batch_size=b,
             pair=pair,
             after=after,
@@ -175,9 +169,9 @@ def bench_model(
             for b in args.batch[1:]:  # other batch sizes: model-only, for information
                 model_only(rnd, lay, b, "")
             runs = inputs_for(precision)
-            model_only(rnd, lay, batch, f"{lay.name}/{runs[0].name}")
+            model_only(rnd, lay, batch, f"{layout_name(lay)}/{runs[0].name}")
             for k, inp in enumerate(runs):
-                pair = f"{lay.name}/{inp.name}"
+                pair = f"{layout_name(lay)}/{inp.name}"
                 cfg = BenchConfig(
                     mode="e2e",
                     dataset=prepared if inp.prepared else plain,
@@ -191,7 +185,7 @@ def bench_model(
                     lambda cfg=cfg, lay=lay, run_dir=run_dir: run_end_to_end(
                         cfg, model, batch, lay.workers, lay.threads, run_dir
                     ),
-                    layout=lay.name,
+                    layout=layout_name(lay),
                     inputs=inp.name,
                     batch_size=batch,
                     pair=pair,
@@ -204,10 +198,10 @@ def bench_model(
                         layout=f"1x{cores}",
                         pair=pair,
                     )
-                following = f"{lay.name}/{runs[k + 1].name}" if k + 1 < len(runs) else ""
+                following = f"{layout_name(lay)}/{runs[k + 1].name}" if k + 1 < len(runs) else ""
                 model_only(rnd, lay, batch, following, after=pair)
     summary = summarize_model(records)
-    summary["default_layout"] = default.name
+    summary["default_layout"] = layout_name(default)
     summary["precision"] = precision
     return {"records": records, "summary": summary}
 
