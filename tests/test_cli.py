@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,3 +118,24 @@ def test_the_cluster_entrypoint_runs_a_job_file_as_submit_does(
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "none.yaml" in lines[0]
     assert main([]) == 2
+
+
+def test_pyarrow_does_not_import_pandas_at_start_up() -> None:
+    """Where pandas is installed, pyarrow imports it at its first conversion (0.3-0.4 s); the
+    command line spares that, and pandas still works when asked for."""
+    pytest.importorskip("pandas")
+    convert = (
+        "import pyarrow as pa; t = pa.Table.from_pylist([{'a': 1}]); "
+        "seen = 'pandas' in sys.modules; print(seen, type(t.to_pandas()).__name__)"
+    )
+    spared = "from modnet_batch.cli.app import _pyarrow_without_pandas as f; f(); "
+
+    def run(code: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", f"import sys; {code}"], capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert run(convert) == "True DataFrame"  # what pyarrow does on its own
+    assert run(spared + convert) == "False DataFrame"

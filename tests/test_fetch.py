@@ -1,4 +1,5 @@
-"""Model fetch: hash check, atomicity, idempotence; signature check messages."""
+"""Model fetch: hash check, atomicity, idempotence; signature check messages, from a bare
+session, the engine's own session, or once per model file."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from modnet_batch.digest import sha256_file
+from modnet_batch.engine import EngineSpec, open_session
 from modnet_batch.engine.signature import check_signature
 from modnet_batch.errors import ModnetBatchError
-from modnet_batch.model import fetch
+from modnet_batch.model import fetch, variants
 from modnet_batch.model.fetch import REFERENCE, ModelSource, fetch_model
 
 
@@ -72,7 +74,8 @@ def test_signature_of_tiny_model(tiny_model: Path) -> None:
     assert (sig.input_name, sig.output_name) == ("input", "output")
 
 
-def test_signature_mismatch_says_what_was_found(tmp_path: Path) -> None:
+def _not_modnet(tmp_path: Path) -> Path:
+    """A valid ONNX model with another signature: float [1, 4] -> [1, 4]."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -84,8 +87,15 @@ def test_signature_mismatch_says_what_was_found(tmp_path: Path) -> None:
     )
     path = tmp_path / "bad.onnx"
     onnx.save(helper.make_model(graph), str(path))
-    with pytest.raises(ModnetBatchError, match=r"found input x: float \[1, 4\]"):
-        check_signature(path)
+    return path
+
+
+NOT_MODNET = r"does not have MODNet's signature .*; found input x: float \[1, 4\]"
+
+
+def test_signature_mismatch_says_what_was_found(tmp_path: Path) -> None:
+    with pytest.raises(ModnetBatchError, match=NOT_MODNET):
+        check_signature(_not_modnet(tmp_path))
     with pytest.raises(ModnetBatchError, match="does not exist"):
         check_signature(tmp_path / "missing.onnx")
 
@@ -128,3 +138,60 @@ def test_without_onnxruntime_the_onnx_package_reads_the_signature(
     junk.write_bytes(b"\x00\x01not a model" * 100)
     with pytest.raises(ModnetBatchError, match="is not a readable ONNX file"):
         check_signature(junk)
+
+
+def test_the_engine_reads_the_signature_from_the_session_it_opens(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One session per worker, not a bare one to check the signature and then the real one;
+    a file that is not MODNet, or not ONNX, still gets its one line."""
+    import onnxruntime as ort
+
+    opened: list[str] = []
+    real = ort.InferenceSession
+
+    def counting(path: str, *args: object, **kwargs: object) -> object:
+        opened.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", counting)
+    session = open_session(EngineSpec(str(tiny_model)))
+    assert (session.signature.input_name, session.signature.output_name) == ("input", "output")
+    assert opened == [str(tiny_model)]
+    with pytest.raises(ModnetBatchError, match=NOT_MODNET):
+        open_session(EngineSpec(str(_not_modnet(tmp_path))))
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00\x01not a model" * 100)
+    with pytest.raises(ModnetBatchError, match=r"is not a readable ONNX file \(.+\)"):
+        open_session(EngineSpec(str(junk)))
+
+
+def test_a_job_checks_each_model_file_once(
+    tmp_path: Path, tiny_model: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """checked_model remembers a good signature by the file's sha256 (a job's start-up then
+    opens no session to check it); a model that fails the check is checked again each time."""
+    checks: list[Path] = []
+    real = variants.check_signature
+
+    def counting(path: Path) -> object:
+        checks.append(Path(path))
+        return real(path)
+
+    monkeypatch.setattr(variants, "check_signature", counting)
+    copy = tmp_path / "copy.onnx"
+    copy.write_bytes(tiny_model.read_bytes())
+    info = variants.checked_model(copy)
+    assert info["sha256"] == sha256_file(copy) and info["precision"] == "fp32"
+    record = cache / "signature" / info["sha256"]
+    assert record.read_text() == "input\noutput\n"
+    assert variants.checked_model(copy) == info and checks == [copy]  # remembered
+    record.write_text("garbage\n")  # a record that is not a signature is read again
+    assert variants.checked_model(copy) == info and checks == [copy, copy]
+    bad = _not_modnet(tmp_path)
+    for _ in range(2):
+        with pytest.raises(ModnetBatchError, match=NOT_MODNET):
+            variants.checked_model(bad)
+    assert checks == [copy, copy, bad, bad]
+    with pytest.raises(ModnetBatchError, match="does not exist; run `modnet-batch model fetch`"):
+        variants.checked_model(tmp_path / "missing.onnx")

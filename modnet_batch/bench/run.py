@@ -21,9 +21,8 @@ from modnet_batch.bench.model_only import measure, random_samples
 from modnet_batch.bench.naive import run_naive
 from modnet_batch.bench.stats import median
 from modnet_batch.data.dataset import Dataset
-from modnet_batch.engine.signature import check_signature
 from modnet_batch.execution.resources import available_cpus
-from modnet_batch.model.variants import resolve_model, variant_info
+from modnet_batch.model.variants import checked_model, resolve_model
 from modnet_batch.options.bench import BenchConfig, validate
 from modnet_batch.pipeline import ImagePipeline
 from modnet_batch.protocol import get_protocol
@@ -53,7 +52,7 @@ def run_bench(cfg: BenchConfig, log: Log | None = None) -> dict[str, Any]:
     validate(cfg)
     say = log or (lambda msg: None)
     model_path = resolve_model(cfg.model)
-    check_signature(model_path)
+    model_info = checked_model(model_path)
     model = str(model_path)
     protocol = get_protocol(cfg.protocol)
     devices = all_devices(cfg)
@@ -108,7 +107,7 @@ def run_bench(cfg: BenchConfig, log: Log | None = None) -> dict[str, Any]:
         "schema": SCHEMA,
         "tool_version": __version__,
         "config": cfg.to_dict(),
-        "model": {"path": model, **variant_info(model_path)},
+        "model": {"path": model, **model_info},
         "environment": env,
         "load_average_after": load_average(),
         "seconds": time.perf_counter() - started,

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from modnet_batch.engine.base import EngineSpec
-from modnet_batch.engine.signature import check_signature
+from modnet_batch.engine.signature import check_signature, session_signature
 from modnet_batch.errors import ModnetBatchError
 
 if TYPE_CHECKING:
@@ -76,8 +76,6 @@ class OnnxRuntimeEngine:
     def open(self, spec: EngineSpec) -> OnnxRuntimeSession:
         """Open `spec.model` on the requested provider; raise if it would run anywhere else."""
         ort = import_onnxruntime()
-
-        signature = check_signature(spec.model)
         if spec.provider not in PROVIDERS:
             known = ", ".join(PROVIDERS)
             raise ModnetBatchError(
@@ -104,9 +102,14 @@ class OnnxRuntimeEngine:
             providers = [(ort_name, {"device_id": spec.device_index})]
         if spec.provider != "cpu":
             providers.append("CPUExecutionProvider")  # for ops the accelerator lacks, not instead
-        session = ort.InferenceSession(
-            str(Path(spec.model)), sess_options=options, providers=providers
-        )
+        try:
+            session = ort.InferenceSession(
+                str(Path(spec.model)), sess_options=options, providers=providers
+            )
+        except Exception:
+            check_signature(spec.model)  # one line where the file is not a MODNet model
+            raise
+        signature = session_signature(spec.model, session)
         active = session.get_providers()
         if not active or active[0] != ort_name:
             raise ModnetBatchError(

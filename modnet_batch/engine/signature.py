@@ -1,8 +1,9 @@
 """Check that an ONNX file has MODNet's signature: float [B,3,H,W] in, float [B,1,H,W] out.
 
-The graph's inputs and outputs are read from a bare, unoptimised onnxruntime session (it loads
-MODNet in under 0.1 s; importing the onnx package alone takes most of a second), or with the
-onnx package where onnxruntime is not installed (the torch engine alone).
+The graph's inputs and outputs are read from an onnxruntime session: a bare, unoptimised one (it
+loads MODNet in under 0.1 s; importing the onnx package alone takes most of a second), or the
+engine's own (`session_signature`). Where onnxruntime is not installed (the torch engine alone),
+they are read with the onnx package.
 """
 
 from __future__ import annotations
@@ -42,11 +43,31 @@ def check_signature(path: str | Path) -> Signature:
             f"model {path} does not exist; run `modnet-batch model fetch` or pass --model PATH"
         )
     try:
-        import onnxruntime  # noqa: F401
+        import onnxruntime as ort
     except ImportError:
-        inputs, outputs = _onnx_args(path)
-    else:
-        inputs, outputs = _onnxruntime_args(path)
+        return _signature(path, *_onnx_args(path))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3  # its warnings are not the user's concern here
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise _unreadable(path, exc, f"onnxruntime {ort.__version__}") from None
+    return session_signature(path, session)
+
+
+def session_signature(path: str | Path, session: Any) -> Signature:
+    """check_signature of the model that the onnxruntime `session` has open (from `path`)."""
+
+    def args(values: list[Any]) -> list[_Arg]:
+        kind = [str(v.type).removeprefix("tensor(").removesuffix(")") for v in values]
+        return [_Arg(v.name, k, tuple(v.shape)) for v, k in zip(values, kind, strict=True)]
+
+    return _signature(Path(path), args(session.get_inputs()), args(session.get_outputs()))
+
+
+def _signature(path: Path, inputs: list[_Arg], outputs: list[_Arg]) -> Signature:
     ok = (
         len(inputs) == 1
         and len(outputs) == 1
@@ -61,25 +82,6 @@ def check_signature(path: str | Path) -> Signature:
             f"output [B,1,H,W]); found {found}"
         )
     return Signature(input_name=inputs[0].name, output_name=outputs[0].name)
-
-
-def _onnxruntime_args(path: Path) -> tuple[list[_Arg], list[_Arg]]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3  # its warnings are not the user's concern here
-    try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise _unreadable(path, exc, f"onnxruntime {ort.__version__}") from None
-
-    def args(values: list[Any]) -> list[_Arg]:
-        kind = [str(v.type).removeprefix("tensor(").removesuffix(")") for v in values]
-        return [_Arg(v.name, k, tuple(v.shape)) for v, k in zip(values, kind, strict=True)]
-
-    return args(session.get_inputs()), args(session.get_outputs())
 
 
 def _onnx_args(path: Path) -> tuple[list[_Arg], list[_Arg]]:

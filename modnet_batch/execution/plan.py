@@ -16,14 +16,13 @@ from modnet_batch.data.dataset import Dataset
 from modnet_batch.data.parquet import ParquetColumns, open_dataset
 from modnet_batch.digest import sha256_file
 from modnet_batch.engine import DEFAULT_ENGINE
-from modnet_batch.engine.signature import check_signature
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.execution import units
 from modnet_batch.model.variants import (
     calibration_ids,
     calibration_overlap,
+    checked_model,
     resolve_model,
-    variant_info,
 )
 from modnet_batch.options import JobConfig, job_yaml
 from modnet_batch.pipeline import DecodeMode
@@ -127,8 +126,7 @@ def plan_job(job: JobConfig) -> JobPlan:
     dataset = open_dataset(job.dataset, job_columns(job))
     protocol = get_protocol(job.protocol)
     model_path = resolve_model(job.model)
-    check_signature(model_path)
-    info = variant_info(model_path)
+    info = checked_model(model_path)
     scored = dataset.num_with_matte > 0
     outputs = output_spec(job, scored)
     decode = DecodeMode.for_job(job.decode_reduce, protocol, info.get("precision", "fp32"), scored)

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from modnet_batch.digest import sha256_file
+from modnet_batch.engine.signature import check_signature
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.model.fetch import cache_dir, fetch_model
 from modnet_batch.model.remote import fetch_uri_model
@@ -74,14 +75,15 @@ def resolve_model(spec: str | None) -> Path:
     return path
 
 
-def variant_info(path: str | Path) -> dict[str, Any]:
+def variant_info(path: str | Path, digest: str | None = None) -> dict[str, Any]:
     """name, precision, sha256, path and, when built here, the build record (`build`).
 
     `precision` comes from build.json, else from the graph (quantize ops -> int8, fp16
     initializers -> fp16, else fp32). `stale` is True when build.json names another file hash.
+    `digest`: the file's sha256 where the caller has it.
     """
     path = Path(path)
-    digest = sha256_file(path)
+    digest = digest or sha256_file(path)
     info: dict[str, Any] = {"name": path.stem, "path": str(path), "sha256": digest}
     record = read_build_record(path)
     if record is not None:
@@ -92,6 +94,22 @@ def variant_info(path: str | Path) -> dict[str, Any]:
     else:
         info["precision"] = graph_precision(path, digest)
     return info
+
+
+def checked_model(path: str | Path) -> dict[str, Any]:
+    """variant_info of a model with MODNet's signature; else one line saying what the file
+    is. Both are read from the graph once per model file (see `remembered`)."""
+    path = Path(path)
+    if not path.is_file():
+        check_signature(path)  # says how to get a model
+    digest = sha256_file(path)
+
+    def signature() -> str:
+        found = check_signature(path)
+        return f"{found.input_name}\n{found.output_name}"
+
+    remembered("signature", digest, signature, lambda text: len(text.splitlines()) == 2)
+    return variant_info(path, digest)
 
 
 def calibration_ids(model_path: str | Path) -> set[str]:
@@ -109,17 +127,27 @@ def calibration_overlap(model_path: str | Path, image_ids: Iterable[str]) -> lis
 
 def graph_precision(path: Path, digest: str) -> str:
     """int8 (quantize ops), fp16 (fp16 initializers) or fp32, read from the graph once per model
-    file and remembered under `<cache>/graph-precision/<sha256>`: reading it needs the onnx
-    package, whose import alone takes most of a second."""
-    remembered = cache_dir() / "graph-precision" / digest
+    file: reading it needs the onnx package, whose import alone takes most of a second."""
+    return remembered(
+        "graph-precision", digest, lambda: _graph_precision(path), VARIANTS.__contains__
+    )
+
+
+def remembered(
+    fact: str, digest: str, read: Callable[[], str], valid: Callable[[str], bool]
+) -> str:
+    """A fact about a model file, `read` from its graph once per content and remembered under
+    `<cache>/<fact>/<sha256>`. A record that is not `valid` is read again; in a read-only
+    cache, each time."""
+    record = cache_dir() / fact / digest
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        known = record.read_text(encoding="utf-8").rstrip("\n")
+        if valid(known):
+            return known
+    text = read()
     with contextlib.suppress(OSError):
-        known = remembered.read_bytes().strip()  # anything else is read from the graph again
-        if known.decode("ascii", "replace") in VARIANTS:
-            return known.decode()
-    precision = _graph_precision(path)
-    with contextlib.suppress(OSError):  # a read-only cache: read from the graph each time
-        atomic_write_bytes(remembered, precision.encode() + b"\n")
-    return precision
+        atomic_write_bytes(record, text.encode() + b"\n")
+    return text
 
 
 def _graph_precision(path: Path) -> str:
