@@ -159,14 +159,14 @@ def load_run(
         raise ModnetBatchError(f"submit exited with {proc.returncode}; {log}:\n{tail}")
     summary = json.loads((out / "summary.json").read_text())
     dispatch = summary.get("dispatch") or {}
-    shards = int(summary["units"]["processed"])
+    units = int(summary["units"]["processed"])
     return {
         "wall_s": round(wall, 2),
         "startup_s": round(float(summary["startup_seconds"]), 2),
         "time_to_first_result_s": round(first_result or 0.0, 2),
         "images_per_s": round(images / wall, 1),
         "processing_images_per_s": round(float(summary["throughput"]["overall_images_per_s"]), 1),
-        "shards": shards,
+        "units": units,  # smaller than shards at the end (execution/units.py)
         "workers": len(summary["workers"]),
         # the last result to the exit: the summary (every marker read), metrics.parquet, Ray's
         # shutdown
@@ -179,7 +179,7 @@ def load_run(
             "process_cpu_s": last["driver_cpu_s"],
             # between the first checkpoint and the last: the steady state, start-up left out
             "steady_cpu_per_shard_ms": _steady_cpu(checkpoints, shard_size),
-            "process_cpu_per_shard_ms": round(last["driver_cpu_s"] / max(shards, 1) * 1e3, 2),
+            "process_cpu_per_shard_ms": round(last["driver_cpu_s"] / max(units, 1) * 1e3, 2),
             "peak_rss_mib": last["driver_peak_rss_mib"],
         },
         "checkpoints": checkpoints,
@@ -407,7 +407,7 @@ def run_bench(
 def print_bench(doc: dict[str, Any]) -> None:
     run = doc["run"]
     print(
-        f"{doc['images']} images in {run['shards']} shards, {run['workers']} workers: "
+        f"{doc['images']} images in {run['units']} units, {run['workers']} workers: "
         f"{run['wall_s']} s ({run['images_per_s']} img/s, start-up {run['startup_s']} s)"
     )
     d = run["driver"]

@@ -64,7 +64,10 @@ def test_a_two_node_cluster_reads_and_writes_only_through_s3(
     assert summary["job"]["address"] == "auto"  # the driver ran inside the cluster
     busy = {n: e["images"] for n, e in summary["throughput"]["per_node"].items() if e["images"]}
     assert len(busy) == 2 and sum(busy.values()) == 12, summary["throughput"]["per_node"]
-    assert len(list((run / "state" / "units").glob("*.json"))) == 6
+    markers = list((run / "state" / "units").glob("*.json"))
+    assert len(markers) == summary["units"]["processed"]  # a marker per unit, in the bucket
+    ids = [r["image_id"] for m in markers for r in json.loads(m.read_text())["rows"]]
+    assert len(ids) == len(set(ids)) == 12
     assert len(list((run / "alpha").glob("*.npz"))) == 12
     assert not any(Path(os.environ["MODNET_BATCH_CACHE"]).glob("remote/*/*.tmp"))
 

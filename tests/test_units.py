@@ -86,19 +86,34 @@ def test_units_never_split_a_row_group_and_cover_each_once(grouped: dict[str, Pa
     two = units.split(tasks, 2)
     assert [u.name for u in two] == [f"shard-00000.rg{g}-{g}" for g in range(6)]
     assert [u.rows for u in two] == [4, 4, 4, 4, 4, 2]
-    # 1 worker: 6 images per unit, still whole row groups: 4, 4, 4, 4, 4+2
+    # 1 worker: at most ceil(22 / 4) = 6 images in the first unit, then ceil(18 / 4) = 5, ...
+    # down to ceil(2 / 4) = 1, so the last row groups stay apart: 4, 4, 4, 4, 4, 2
     one = units.split(tasks, 1)
-    assert [(u.name, u.rows) for u in one] == [
-        ("shard-00000.rg4-5", 6),
-        ("shard-00000.rg0-0", 4),
-        ("shard-00000.rg1-1", 4),
-        ("shard-00000.rg2-2", 4),
-        ("shard-00000.rg3-3", 4),
+    assert [(u.name, u.rows) for u in one] == [(f"shard-00000.rg{g}-{g}", 4) for g in range(5)] + [
+        ("shard-00000.rg5-5", 2)
     ]
     groups = sorted(g for u in one for g in u.row_groups or ())
     assert groups == list(range(6))
     # few images on many workers: whole files are never cut into more than their row groups
     assert len(units.split(_pending(grouped["small"]), 8)) == 6
+
+
+def test_units_shrink_to_single_images_as_the_work_left_does() -> None:
+    """Each unit is cut by the rule from the images not yet in a unit: big first, single images
+    at the end, so a worker that runs out waits at most about one image for the others."""
+    photos = WorkUnit("shard-00000", "x", 41, row_groups=tuple(range(41)), group_rows=(1,) * 41)
+    two = units.split([photos], 2)
+    # ceil(41 / 8) = 6, ceil(35 / 8) = 5, ceil(30 / 8) = 4, ...
+    assert [u.rows for u in two] == [6, 5, 4, 4, 3, 3, 2, 2, 2, 2] + [1] * 8
+    assert sorted(g for u in two for g in u.row_groups or ()) == list(range(41))
+    # a folder as `matte` lists it (shards of 4 photos): units within shards, shrinking too
+    listed = [
+        WorkUnit(f"shard-{k:05}", "x", n, row_groups=tuple(range(n)), group_rows=(1,) * n)
+        for k, n in enumerate([4] * 11 + [1])
+    ]
+    cut = units.split(listed, 2)
+    assert sum(u.rows for u in cut) == 45 and [u.rows for u in cut][-8:] == [1] * 8
+    assert [u.rows for u in cut] == sorted((u.rows for u in cut), reverse=True)
 
 
 def test_names_and_coverage() -> None:
@@ -120,9 +135,9 @@ def test_split_run_equals_whole_shard_run_and_markers_are_per_unit(
     assert outcome.complete
     _same(reference, tmp_path / "run")
     markers = sorted(p.stem for p in (tmp_path / "run" / "state" / "units").glob("*.json"))
-    # one worker: units of up to ceil(22 / 4) = 6 images
-    assert markers == [f"shard-00000.rg{g}-{g}" for g in range(4)] + ["shard-00000.rg4-5"]
-    assert outcome.summary.units.total == 5 and outcome.summary.units.processed == 5
+    # one worker: units of up to ceil(22 / 4) = 6 images, shrinking; one per row group here
+    assert markers == [f"shard-00000.rg{g}-{g}" for g in range(6)]
+    assert outcome.summary.units.total == 6 and outcome.summary.units.processed == 6
 
 
 def test_a_run_made_before_units_resumes(

@@ -2,15 +2,16 @@
 
 A unit is a run of consecutive row groups of one shard file, never part of a row group (ingest
 writes a row group per image by default, so a job of as many images as workers gives every
-worker one). The rule, for the images left to
-do and the job's workers:
+worker one). Units are cut in dataset order, each by the rule, for the images not yet in a
+unit and the job's workers:
 
-    unit size = min(MAX_UNIT_IMAGES, ceil(images / (UNITS_PER_WORKER * workers)))
+    unit size = min(MAX_UNIT_IMAGES, ceil(images left / (UNITS_PER_WORKER * workers)))
 
 and each shard's row groups are taken in order into units of at most that many images (a row
 group larger than that is a unit of its own). So every worker gets about UNITS_PER_WORKER units
-or more, the last ones to finish are small, and a stop loses at most one unit per worker. Units
-are handed out largest first, so the small ones fill the tail.
+or more, and the units shrink as the work left does, down to single images: the last ones to
+finish are small, whatever the number of images, and no worker idles long while another ends a
+big one. A stop loses at most one unit per worker. Units are handed out largest first.
 
 A unit covering a whole file is named as the shard (`shard-00000`, as every marker was before
 units); a part is `shard-00000.rg0-3` (row groups 0 to 3). Each unit has its own completion
@@ -152,9 +153,7 @@ def split(tasks: list[WorkUnit], workers: int) -> list[WorkUnit]:
 
     Retries of some images (`only`) and files whose footer could not be read stay as they are.
     """
-    size = unit_images(
-        sum(t.rows for t in tasks if t.only is None and t.row_groups is not None), workers
-    )
+    left = sum(t.rows for t in tasks if t.only is None and t.row_groups is not None)
     units: list[WorkUnit] = []
     for task in tasks:
         if task.only is not None or task.row_groups is None:
@@ -162,12 +161,15 @@ def split(tasks: list[WorkUnit], workers: int) -> list[WorkUnit]:
             continue
         parts: list[list[int]] = []
         images = 0
+        size = 0
         for k, n in enumerate(task.group_rows):
             if not parts or images + n > size:
                 parts.append([])
                 images = 0
+                size = unit_images(left, workers)
             parts[-1].append(k)
             images += n
+            left -= n
         if len(parts) <= 1:
             units.append(task)
             continue
