@@ -264,7 +264,9 @@ def test_ctrl_c_keeps_the_finished_shards_and_says_how_to_continue(tmp_path: Pat
     import os
     import signal
 
-    src = _big_flat_source(tmp_path / "src", 40)
+    # 120 photos: seconds of work left after the first shard, so that a loaded machine that
+    # delays this process cannot let the ingest finish before the signal is sent
+    src = _big_flat_source(tmp_path / "src", 120)
     out = tmp_path / "ds"
     args = ["ingest", src, out, "--shard-size", "2", "--backend", "ray", "--task-files", "1"]
     proc = subprocess.Popen(
