@@ -42,6 +42,7 @@ from modnet_batch.data.ingest import Item, Loaded, ingest
 from modnet_batch.data.loading import Row
 from modnet_batch.data.synthetic import make_synthetic
 from modnet_batch.errors import ModnetBatchError
+from modnet_batch.execution.units import parse_unit
 from modnet_batch.results import RunDir
 from modnet_batch.results.alpha import write_alpha
 
@@ -113,11 +114,14 @@ def _submit_cmd(dataset: Path, out: Path, model: Path, extra: list[str]) -> list
 
 
 def _images_done(run: Path, shard_size: int, images: int) -> int:
+    """The images the unit markers cover: a whole shard, or a run of its row groups (one
+    image each in this dataset)."""
     try:
-        markers = len(os.listdir(run / "state" / "units"))
+        names = os.listdir(run / "state" / "units")
     except FileNotFoundError:
         return 0
-    return min(images, markers * shard_size)
+    groups = (parse_unit(name.removesuffix(".json"))[1] for name in names)
+    return min(images, sum(shard_size if g is None else len(g) for g in groups))
 
 
 def load_run(
@@ -179,7 +183,10 @@ def load_run(
             "process_cpu_s": last["driver_cpu_s"],
             # between the first checkpoint and the last: the steady state, start-up left out
             "steady_cpu_per_shard_ms": _steady_cpu(checkpoints, shard_size),
-            "process_cpu_per_shard_ms": round(last["driver_cpu_s"] / max(units, 1) * 1e3, 2),
+            # per shard: per `shard_size` images, as the steady figure (dispatch: per unit)
+            "process_cpu_per_shard_ms": round(
+                last["driver_cpu_s"] / max(images / shard_size, 1) * 1e3, 2
+            ),
             "peak_rss_mib": last["driver_peak_rss_mib"],
         },
         "checkpoints": checkpoints,

@@ -126,16 +126,22 @@ def test_pyarrow_does_not_import_pandas_at_start_up() -> None:
     pytest.importorskip("pandas")
     convert = (
         "import pyarrow as pa; t = pa.Table.from_pylist([{'a': 1}]); "
-        "seen = 'pandas' in sys.modules; print(seen, type(t.to_pandas()).__name__)"
+        "seen = 'pandas' in sys.modules; print(seen, type(t.to_pandas()).__name__); "
+        # from then on pyarrow converts pandas objects as pandas objects: nulls, index
+        "import pandas as pd; s = pd.Series([1.0, None], index=[10, 20]); "
+        "print(pa.array(s).null_count, pa.Table.from_pandas(pd.DataFrame({'s': s})).num_rows)"
     )
-    spared = "from modnet_batch.cli.app import _pyarrow_without_pandas as f; f(); "
+    command = (  # what `modnet-batch --version` runs before it prints and exits
+        "from modnet_batch.cli import main; sys.argv = ['modnet-batch', '--version']\n"
+        "try: main()\nexcept SystemExit: pass\n"
+    )
 
-    def run(code: str) -> str:
+    def run(code: str) -> list[str]:
         done = subprocess.run(
-            [sys.executable, "-c", f"import sys; {code}"], capture_output=True, text=True
+            [sys.executable, "-c", f"import sys\n{code}"], capture_output=True, text=True
         )
         assert done.returncode == 0, done.stderr
-        return done.stdout.strip()
+        return done.stdout.strip().splitlines()
 
-    assert run(convert) == "True DataFrame"  # what pyarrow does on its own
-    assert run(spared + convert) == "False DataFrame"
+    assert run(convert) == ["True DataFrame", "1 2"]  # what pyarrow does on its own
+    assert run(command + convert)[-2:] == ["False DataFrame", "1 2"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -164,6 +165,17 @@ def test_the_engine_reads_the_signature_from_the_session_it_opens(
     junk.write_bytes(b"\x00\x01not a model" * 100)
     with pytest.raises(ModnetBatchError, match=r"is not a readable ONNX file \(.+\)"):
         open_session(EngineSpec(str(junk)))
+    # a MODNet model whose session fails for another reason: that reason, as it came
+
+    def failing(path: str, *args: Any, **kwargs: Any) -> object:
+        options = kwargs.get("sess_options") or args[0]
+        if options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL:
+            return real(path, *args, **kwargs)  # check_signature's bare session reads the file
+        raise RuntimeError("out of memory on the device")
+
+    monkeypatch.setattr(ort, "InferenceSession", failing)
+    with pytest.raises(RuntimeError, match="out of memory on the device"):
+        open_session(EngineSpec(str(tiny_model)))
 
 
 def test_a_job_checks_each_model_file_once(
@@ -183,7 +195,7 @@ def test_a_job_checks_each_model_file_once(
     copy.write_bytes(tiny_model.read_bytes())
     info = variants.checked_model(copy)
     assert info["sha256"] == sha256_file(copy) and info["precision"] == "fp32"
-    record = cache / "signature" / info["sha256"]
+    record = cache / "signature-1" / info["sha256"]
     assert record.read_text() == "input\noutput\n"
     assert variants.checked_model(copy) == info and checks == [copy]  # remembered
     record.write_text("garbage\n")  # a record that is not a signature is read again

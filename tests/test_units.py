@@ -108,12 +108,29 @@ def test_units_shrink_to_single_images_as_the_work_left_does() -> None:
     assert sorted(g for u in two for g in u.row_groups or ()) == list(range(41))
     # a folder as `matte` lists it (shards of 4 photos): units within shards, shrinking too
     listed = [
-        WorkUnit(f"shard-{k:05}", "x", n, row_groups=tuple(range(n)), group_rows=(1,) * n)
+        WorkUnit(
+            f"shard-{k:05}", f"shard-{k:05}", n, row_groups=tuple(range(n)), group_rows=(1,) * n
+        )
         for k, n in enumerate([4] * 11 + [1])
     ]
     cut = units.split(listed, 2)
-    assert sum(u.rows for u in cut) == 45 and [u.rows for u in cut][-8:] == [1] * 8
-    assert [u.rows for u in cut] == sorted((u.rows for u in cut), reverse=True)
+    singles = [f"shard-0000{k}.rg{g}-{g}" for k, g in ((6, 3), (7, 3), (9, 2), (9, 3))]
+    assert [(u.name, u.rows) for u in cut] == [
+        *((f"shard-{k:05}", 4) for k in range(6)),  # ceil(45 / 8) = 6 > 4: whole shards
+        ("shard-00006.rg0-2", 3),  # 21 left: ceil(21 / 8) = 3
+        ("shard-00007.rg0-2", 3),
+        ("shard-00008.rg0-1", 2),  # 13 left: 2
+        ("shard-00008.rg2-3", 2),
+        ("shard-00009.rg0-1", 2),
+        *((name, 1) for name in singles),  # 8 left: 1
+        *((f"shard-00010.rg{g}-{g}", 1) for g in range(4)),
+        ("shard-00011", 1),
+    ]
+    for u in cut:  # within its shard, each photo once
+        assert units.parse_unit(u.name)[0] == u.path
+    assert sorted((units.parse_unit(u.name)[0], g) for u in cut for g in u.row_groups or ()) == [
+        (f"shard-{k:05}", g) for k, n in enumerate([4] * 11 + [1]) for g in range(n)
+    ]
 
 
 def test_names_and_coverage() -> None:

@@ -75,9 +75,11 @@ class _NoPandas:
 
 def _pyarrow_without_pandas() -> None:
     """pyarrow looks for pandas at its first conversion of Python values, and imports it when
-    it is installed (0.3-0.4 s of start-up). No command hands pyarrow a pandas object, so that
-    first look is made with pandas hidden. pandas imports as ever afterwards, and pyarrow's
-    own conversions to it (`Table.to_pandas`) import it when called."""
+    it is installed (0.3-0.4 s of start-up). No command hands pyarrow a pandas object (the
+    package never imports pandas: an import contract), so that first look is made with pandas
+    hidden. In this process pyarrow then takes a pandas object for a plain sequence until
+    something asks it for pandas (`Table.to_pandas` imports pandas as ever, and pyarrow sees it
+    from then on)."""
     if "pandas" in sys.modules:
         return
     import pyarrow as pa

@@ -107,7 +107,10 @@ class OnnxRuntimeEngine:
                 str(Path(spec.model)), sess_options=options, providers=providers
             )
         except Exception:
-            check_signature(spec.model)  # one line where the file is not a MODNet model
+            try:
+                check_signature(spec.model)  # one line where the file is not a MODNet model
+            except ModnetBatchError as bad:
+                raise bad from None
             raise
         signature = session_signature(spec.model, session)
         active = session.get_providers()
