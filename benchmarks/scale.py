@@ -138,7 +138,8 @@ def load_run(
         )
         watch = TreeWatch(proc.pid)
         first_result = all_done = None
-        before: dict[str, Any] = {}  # the previous sample, with its images done
+        before: dict[str, Any] = {}  # the last sample with every worker, and its images done
+        most = 0  # the most workers a sample has seen
         while proc.poll() is None:
             watch.sample()
             done = _images_done(out, shard_size, images)
@@ -146,14 +147,19 @@ def load_run(
                 first_result = time.perf_counter() - t0
             if done >= images and all_done is None:
                 all_done = time.perf_counter() - t0
-            now = {"images_done": done, "elapsed_s": round(time.perf_counter() - t0, 1)}
+            now: dict[str, Any] = {
+                "images_done": done,
+                "elapsed_s": round(time.perf_counter() - t0, 1),
+            }
             now |= watch.snapshot()
+            most = max(most, len(now["workers"]))
+            whole = bool(now["workers"]) and len(now["workers"]) == most
             while marks and done >= marks[0]:
-                # the last shard's marker comes as the job ends and its workers go: then the
-                # sample before it (a few shards earlier) stands for the end
-                point = now if now["workers"] or not before else before
+                # the last unit's marker comes as the job ends and its workers go: then the last
+                # sample that had every worker (a few units earlier) stands for the end
+                point = now if whole or not before else before
                 checkpoints.append({"checkpoint": marks.pop(0), **point})
-            if now["workers"]:
+            if whole:
                 before = now
             time.sleep(SAMPLE_S)
         last = watch.snapshot()  # the final sample: the driver's peak includes finalize
