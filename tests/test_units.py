@@ -21,6 +21,7 @@ from modnet_batch.execution.processor import UnitProcessor
 from modnet_batch.execution.worker_spec import WorkerSpec
 from modnet_batch.options import JobConfig, load_job
 from modnet_batch.results import RunDir, UnitResult, WorkUnit
+from tests.helpers import calls_to
 
 
 def _job(dataset: Path, out: Path, model: Path, **kw: object) -> JobConfig:
@@ -215,14 +216,7 @@ def test_a_unit_reads_only_its_row_groups_and_a_file_is_hashed_once(
 ) -> None:
     ds = Dataset.open(grouped["big"])
     tasks = units.split(_pending(grouped["big"]), 2)
-    hashed: list[str] = []
-    real = processor_module.sha256_file
-
-    def counting(path: Any) -> str:
-        hashed.append(str(path))
-        return real(path)
-
-    monkeypatch.setattr(processor_module, "sha256_file", counting)
+    hashed = calls_to(monkeypatch, processor_module, "sha256_file")
     spec = WorkerSpec(EngineSpec(str(tiny_model)), "seed-area", str(tmp_path / "run"))
     proc = UnitProcessor(spec)
     try:
